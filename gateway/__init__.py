@@ -1,0 +1,3 @@
+"""OpenAI-compatible LLM API gateway."""
+
+__version__ = "0.1.0"

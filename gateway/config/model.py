@@ -1,0 +1,134 @@
+"""The shape of the YAML config file."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+Dialect = Literal["openai", "echo"]
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeyConfig(_Strict):
+    name: str = Field(min_length=1)
+    key: SecretStr | None = None
+    key_sha256: str | None = None
+    models: list[str] | None = Field(
+        default=None, description="Model names or glob patterns this key may use; all when absent."
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("is empty (set the variable it comes from, or use key_sha256)")
+        return value
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _is_hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not _HEX64.match(value):
+            raise ValueError("must be the 64 hex digits of a SHA-256 digest")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _exactly_one_secret(self) -> KeyConfig:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of `key` or `key_sha256`")
+        return self
+
+    def digest(self) -> bytes:
+        if self.key is not None:
+            return hashlib.sha256(self.key.get_secret_value().encode()).digest()
+        assert self.key_sha256 is not None
+        return bytes.fromhex(self.key_sha256)
+
+
+class UpstreamConfig(_Strict):
+    name: str = Field(min_length=1)
+    dialect: Dialect
+    base_url: str | None = None
+    api_key: SecretStr | None = Field(
+        default=None, description="Sent upstream as a bearer token. Set but empty: the upstream is disabled."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent upstream.")
+    echo_delay_ms: float = Field(default=0.0, ge=0, description="echo only: pause between streamed chunks.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _base_url_when_needed(self) -> UpstreamConfig:
+        if self.dialect != "echo" and self.base_url is None:
+            raise ValueError(f"`base_url` is required for dialect `{self.dialect}`")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_key is None or bool(self.api_key.get_secret_value())
+
+
+class ModelConfig(_Strict):
+    name: str = Field(
+        min_length=1, description="What clients send; glob patterns such as `claude-*` allowed."
+    )
+    upstream: str = Field(min_length=1)
+    upstream_model: str | None = Field(default=None, description="The name sent upstream; default: `name`.")
+    weight: float = Field(default=1.0, gt=0, description="Share of traffic among deployments of one name.")
+
+    @property
+    def is_pattern(self) -> bool:
+        return any(ch in self.name for ch in "*?[")
+
+
+class GatewayConfig(_Strict):
+    redis_url: str | None = None
+    keys: list[KeyConfig] = Field(min_length=1)
+    upstreams: list[UpstreamConfig] = Field(min_length=1)
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        _unique("keys", [k.name for k in self.keys])
+        _unique("upstreams", [u.name for u in self.upstreams])
+        digests = [k.digest() for k in self.keys]
+        if len(set(digests)) != len(digests):
+            raise ValueError("keys: two entries have the same secret")
+        known = {u.name for u in self.upstreams}
+        for i, model in enumerate(self.models):
+            if model.upstream not in known:
+                raise ValueError(
+                    f"models[{i}].upstream: unknown upstream `{model.upstream}` "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+        return self
+
+
+def _unique(section: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{section}[{i}].name: `{name}` is used twice")
+        seen.add(name)

@@ -1,0 +1,124 @@
+"""What every dialect provides, and the plain values passed between dialects and transports."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.config import UpstreamConfig
+from gateway.errors import UpstreamStatusError
+from gateway.request import ChatRequest
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """One HTTP request to an upstream, fully built: the transport sends it as it is."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    upstream: str  # config name, for messages and logs
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    billed_units: float | None = None
+
+
+@dataclass(slots=True)
+class DecodedReply:
+    body: bytes  # the OpenAI chat.completion, serialized
+    usage: Usage | None
+
+
+class StreamDecoder(Protocol):
+    """Created per request; fed upstream bytes as they come, returns client SSE events ready to send."""
+
+    usage: Usage | None
+
+    def feed(self, data: bytes) -> list[bytes]: ...
+
+    def finish(self) -> list[bytes]:
+        """Called when the upstream body ended; raises if it ended before the reply was complete."""
+        ...
+
+
+class Dialect(Protocol):
+    def build_request(
+        self, request: ChatRequest, upstream: UpstreamConfig, model: str
+    ) -> UpstreamRequest: ...
+
+    def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply: ...
+
+    def stream_decoder(self, request: ChatRequest) -> StreamDecoder: ...
+
+    def decode_error(
+        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
+    ) -> UpstreamStatusError: ...
+
+
+@dataclass(slots=True)
+class ErrorParts:
+    message: str
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_FORWARDED_ERROR_HEADERS = ("retry-after", "retry-after-ms")
+_SECRETISH = re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9_*\-]{6,}", re.IGNORECASE)
+
+
+def upstream_status_error(
+    status: int, parts: ErrorParts, headers: dict[str, str], upstream: UpstreamConfig
+) -> UpstreamStatusError:
+    """The error a client sees for an upstream's non-2xx answer.
+
+    A client mistake the upstream caught keeps its 4xx status. The upstream refusing the gateway's own
+    credentials (401/403) is the operator's problem, not the caller's, so it becomes a 502.
+    Upstream 5xx become 502, except 503 and 504 which keep their meaning.
+    """
+    message = redact(parts.message, upstream)
+    kind, code = parts.type, parts.code
+    if status in (401, 403):
+        client_status, kind, code = 502, "upstream_error", "upstream_auth_failed"
+        message = f"The upstream `{upstream.name}` rejected the gateway's credentials (HTTP {status})."
+    elif status == 429:
+        client_status, kind = 429, kind or "rate_limit_error"
+    elif 400 <= status < 500:
+        client_status, kind = status, kind or "invalid_request_error"
+    elif status in (503, 504):
+        client_status, kind = status, "upstream_error"
+    else:
+        client_status, kind = 502, "upstream_error"
+    forwarded = [
+        (name.encode(), headers[name].encode()) for name in _FORWARDED_ERROR_HEADERS if name in headers
+    ]
+    err = UpstreamStatusError(
+        f"{message}" if status < 500 else f"The upstream `{upstream.name}` failed (HTTP {status}): {message}",
+        status=client_status,
+        type=kind,
+        code=code,
+        param=parts.param,
+        headers=forwarded,
+    )
+    err.upstream_status = status
+    return err
+
+
+def redact(text: str, upstream: UpstreamConfig) -> str:
+    """Remove the upstream's key, and anything shaped like a key, from text bound for a client."""
+    if upstream.api_key is not None:
+        secret = upstream.api_key.get_secret_value()
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _SECRETISH.sub("[redacted]", text)
+    return text[:2000]

@@ -1,0 +1,119 @@
+"""Filling in what the OpenAI spec requires when an upstream is sloppy. Mutates and returns the dict."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.dialects.base import Usage
+from gateway.types import JSON
+
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+_FINISH_ALIASES = {
+    "eos": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "sensitive": "content_filter",
+    "refusal": "content_filter",
+}
+
+
+def completion(obj: JSON, model: str, fallback_id: str) -> JSON:
+    _envelope(obj, "chat.completion", model, fallback_id)
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        choices = obj["choices"] = []
+    for position, choice in enumerate(choices):
+        if not isinstance(choice.get("index"), int):
+            choice["index"] = position
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            message = choice["message"] = {}
+        message["role"] = "assistant"
+        message.setdefault("content", None)
+        message.setdefault("refusal", None)
+        tool_calls = message.get("tool_calls")
+        if tool_calls:
+            for call in tool_calls:
+                call.setdefault("type", "function")
+        elif "tool_calls" in message:
+            del message["tool_calls"]
+        choice.setdefault("logprobs", None)
+        choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), bool(tool_calls)) or "stop"
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        _usage(usage)
+    elif "usage" in obj:
+        del obj["usage"]
+    return obj
+
+
+def chunk(obj: JSON, model: str, fallback_id: str, created: int) -> JSON:
+    _envelope(obj, "chat.completion.chunk", model, fallback_id, created)
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        choices = obj["choices"] = []
+    for position, choice in enumerate(choices):
+        if not isinstance(choice.get("index"), int):
+            choice["index"] = position
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = choice["delta"] = {}
+        tool_calls = delta.get("tool_calls")
+        if isinstance(tool_calls, list):
+            for i, call in enumerate(tool_calls):
+                if not isinstance(call.get("index"), int):
+                    call["index"] = i
+        choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), False)
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        _usage(usage)
+    return obj
+
+
+def usage_of(usage: Any) -> Usage | None:
+    """Token counts from an OpenAI-style usage object, wherever the vendor put the details."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    completion_tokens = _int(usage.get("completion_tokens"))
+    total = _int(usage.get("total_tokens")) or prompt + completion_tokens
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    cached = _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    cached = cached or _int(usage.get("prompt_cache_hit_tokens")) or _int(usage.get("cached_tokens"))
+    reasoning = (
+        _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+    )
+    billed = usage.get("billed_units")
+    billed_units = float(billed) if isinstance(billed, int | float) and not isinstance(billed, bool) else None
+    return Usage(prompt, completion_tokens, total, cached, reasoning, billed_units)
+
+
+def _envelope(obj: JSON, kind: str, model: str, fallback_id: str, created: int | None = None) -> None:
+    obj["object"] = kind
+    if not isinstance(obj.get("id"), str) or not obj["id"]:
+        obj["id"] = fallback_id
+    if not isinstance(obj.get("created"), int):
+        obj["created"] = created if created is not None else int(time.time())
+    if not isinstance(obj.get("model"), str) or not obj["model"]:
+        obj["model"] = model
+
+
+def _finish_reason(value: Any, has_tool_calls: bool) -> str | None:
+    if value is None or value in FINISH_REASONS:
+        return value if value is not None or not has_tool_calls else "tool_calls"
+    return _FINISH_ALIASES.get(value, "stop")
+
+
+def _usage(usage: JSON) -> None:
+    for name in ("prompt_tokens", "completion_tokens"):
+        usage[name] = _int(usage.get(name))
+    if not isinstance(usage.get("total_tokens"), int):
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

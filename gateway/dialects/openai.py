@@ -1,0 +1,167 @@
+"""The OpenAI chat completions wire format, spoken by OpenAI and most vendors' compatible endpoints.
+
+Replies pass through, parsed only as far as usage capture and the spec's required fields need.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import orjson
+
+from gateway.config import UpstreamConfig
+from gateway.dialects import normalize
+from gateway.dialects.base import (
+    DecodedReply,
+    ErrorParts,
+    UpstreamRequest,
+    Usage,
+    upstream_status_error,
+)
+from gateway.dialects.sse import SSEParser
+from gateway.errors import UpstreamProtocolError, UpstreamStatusError
+from gateway.request import ChatRequest
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+def sse_event(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+class OpenAIDialect:
+    def build_request(self, request: ChatRequest, upstream: UpstreamConfig, model: str) -> UpstreamRequest:
+        body = dict(request.body)
+        body["model"] = model
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if request.stream:
+            # The gateway bills every stream, so it always asks for the usage chunk; the decoder
+            # drops it again for clients who did not ask.
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options or {}), "include_usage": True}
+            headers["accept"] = "text/event-stream"
+        if upstream.api_key is not None:
+            headers["authorization"] = "Bearer " + upstream.api_key.get_secret_value()
+        headers.update(upstream.headers)
+        return UpstreamRequest(
+            method="POST",
+            url=f"{upstream.base_url or ''}/chat/completions",
+            headers=headers,
+            body=orjson.dumps(body),
+            upstream=upstream.name,
+        )
+
+    def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply:
+        obj = _json_object(body, "reply")
+        if "error" in obj and "choices" not in obj:
+            raise _embedded_error(obj)
+        normalize.completion(obj, request.model, completion_id())
+        return DecodedReply(orjson.dumps(obj), normalize.usage_of(obj.get("usage")))
+
+    def stream_decoder(self, request: ChatRequest) -> OpenAIStreamDecoder:
+        return OpenAIStreamDecoder(request.model, request.include_usage)
+
+    def decode_error(
+        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
+    ) -> UpstreamStatusError:
+        return upstream_status_error(status, error_parts(body), headers, upstream)
+
+
+class OpenAIStreamDecoder:
+    """Relays an OpenAI event stream chunk by chunk, capturing usage and fixing what the spec requires."""
+
+    __slots__ = ("_created", "_finished", "_id", "_include_usage", "_model", "_parser", "_saw_done", "usage")
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self._parser = SSEParser()
+        self._model = model
+        self._include_usage = include_usage
+        self._id = completion_id()
+        self._created = int(time.time())
+        self._saw_done = False
+        self._finished = False
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for event in self._parser.feed(data):
+            if event.data == b"[DONE]":
+                self._saw_done = True
+                continue
+            obj = _json_object(event.data, "stream event")
+            if "error" in obj and "choices" not in obj:
+                raise _embedded_error(obj)
+            normalize.chunk(obj, self._model, self._id, self._created)
+            if "usage" in obj:
+                usage = normalize.usage_of(obj["usage"])
+                if usage is not None:
+                    self.usage = usage
+                if not self._include_usage:
+                    if not obj["choices"]:
+                        continue
+                    del obj["usage"]
+            if any(c.get("finish_reason") for c in obj["choices"]):
+                self._finished = True
+            out.append(sse_event(obj))
+        return out
+
+    def finish(self) -> list[bytes]:
+        self._parser.finish()
+        if not (self._saw_done or self._finished):
+            raise UpstreamProtocolError("The upstream closed the stream before the reply was complete.")
+        return [DONE_EVENT]
+
+
+def error_parts(body: bytes) -> ErrorParts:
+    """The message, type, code and param of an upstream error body, whatever its exact shape."""
+    try:
+        obj = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, str):
+            return ErrorParts(err)
+        if isinstance(err, dict):
+            message = err.get("message") or err.get("msg") or err.get("detail") or "no message"
+            return ErrorParts(
+                str(message),
+                type=_str_or_none(err.get("type")),
+                code=_str_or_none(err.get("code")),
+                param=_str_or_none(err.get("param")),
+            )
+    text = body.decode("utf-8", "replace").strip()
+    return ErrorParts(text[:300] or "empty reply")
+
+
+def _embedded_error(obj: dict[str, Any]) -> UpstreamStatusError:
+    parts = error_parts(orjson.dumps(obj))
+    err = UpstreamStatusError(
+        f"The upstream reported an error: {parts.message}",
+        type=parts.type or "upstream_error",
+        code=parts.code,
+    )
+    err.upstream_status = 502
+    return err
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(f"The upstream sent a {what} that is not JSON.") from None
+    if not isinstance(obj, dict):
+        raise UpstreamProtocolError(f"The upstream sent a {what} that is not a JSON object.")
+    return obj
+
+
+def _str_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value)

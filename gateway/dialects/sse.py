@@ -1,0 +1,67 @@
+"""Incremental Server-Sent Events parsing (WHATWG rules), fed arbitrary byte pieces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    event: str | None
+    data: bytes
+
+
+class SSEParser:
+    """Splits a byte stream into events. Handles CRLF, CR and LF line ends split anywhere."""
+
+    __slots__ = ("_buffer", "_data", "_event", "_pending_cr")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._pending_cr = False
+        self._data: list[bytes] = []
+        self._event: str | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._pending_cr:
+            # A CR ended the last piece; if this piece opens with LF they were one CRLF line end.
+            chunk = chunk[1:] if chunk.startswith(b"\n") else chunk
+            self._pending_cr = False
+        if b"\r" in chunk:
+            self._pending_cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buffer = self._buffer + chunk if self._buffer else chunk
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            self._buffer = buffer
+            return []
+        self._buffer = buffer[end + 1 :]
+        events: list[SSEEvent] = []
+        for line in buffer[:end].split(b"\n"):
+            self._line(line, events)
+        return events
+
+    def finish(self) -> list[SSEEvent]:
+        """End of stream: a final event without its blank line is discarded, as the spec says."""
+        self._buffer = b""
+        self._data = []
+        self._event = None
+        return []
+
+    def _line(self, line: bytes, events: list[SSEEvent]) -> None:
+        if not line:
+            if self._data:
+                events.append(SSEEvent(self._event, b"\n".join(self._data)))
+            self._data = []
+            self._event = None
+            return
+        if line[0] == 58:  # ":" comment, e.g. keep-alive pings
+            return
+        name, sep, value = line.partition(b":")
+        if sep and value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        # `id:` and `retry:` carry nothing the gateway uses.

@@ -1,0 +1,121 @@
+"""Errors the gateway answers with, always rendered in OpenAI shape.
+
+    GatewayError
+    ├── InvalidRequest          400 invalid_request_error
+    ├── BodyTooLarge            413 invalid_request_error
+    ├── AuthenticationFailed    401 invalid_api_key
+    ├── ModelNotFound           404 model_not_found
+    └── UpstreamError           status decided by what the upstream did
+        ├── UpstreamStatusError     the upstream answered with an error status
+        ├── UpstreamConnectError    502, could not connect
+        ├── UpstreamTimeout         504, no answer in time
+        └── UpstreamProtocolError   502, dropped or garbled reply
+
+Messages never contain credentials or upstream URLs: upstreams are named by their config name.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        status: int | None = None,
+        type: str | None = None,
+        code: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        if code is not None:
+            self.code = code
+        self.headers = headers or []
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another deployment may succeed where this one failed."""
+        return False
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.", param="model"
+        )
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a non-2xx status (kept in `upstream_status`)."""
+
+    upstream_status: int = 0
+
+    @property
+    def retryable(self) -> bool:
+        # Another deployment may well succeed after throttling, a server fault or refused credentials.
+        return self.upstream_status in (401, 403, 408, 409, 429) or self.upstream_status >= 500
+
+
+class UpstreamConnectError(UpstreamError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    status = 502
+    code = "upstream_protocol_error"

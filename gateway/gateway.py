@@ -1,0 +1,73 @@
+"""The parts of a running gateway, built from settings and config, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from gateway.auth import KeyTable
+from gateway.config import GatewayConfig
+from gateway.ledger import Ledger, MemoryLedger
+from gateway.ledger.redis import RedisLedger
+from gateway.relay import Relay
+from gateway.routing import Router
+from gateway.settings import Settings
+from gateway.upstream.base import Transport
+from gateway.upstream.echo import EchoTransport
+from gateway.upstream.http import HttpTransport
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    config: GatewayConfig
+    keys: KeyTable
+    router: Router
+    ledger: Ledger
+    transports: dict[str, Transport]
+    relay: Relay
+    started_at: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def build(cls, settings: Settings, config: GatewayConfig) -> Gateway:
+        http = HttpTransport(
+            pool_size=settings.upstream_pool_size,
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+        )
+        transports: dict[str, Transport] = {}
+        for upstream in config.upstreams:
+            transports[upstream.name] = (
+                EchoTransport(upstream.echo_delay_ms) if upstream.dialect == "echo" else http
+            )
+        ledger: Ledger
+        if config.redis_url:
+            ledger = RedisLedger(
+                config.redis_url,
+                flush_interval=settings.ledger_flush_interval,
+                timeout=settings.redis_timeout,
+                cluster=settings.redis_cluster,
+            )
+        else:
+            ledger = MemoryLedger()
+        router = Router(config)
+        relay = Relay(router, transports, ledger, settings.max_attempts)
+        return cls(settings, config, KeyTable(config.keys), router, ledger, transports, relay)
+
+    async def start(self) -> None:
+        if self.config.redis_url:
+            log.info("usage is written to Redis")
+        else:
+            log.warning("no redis_url configured: usage is kept in this process only and lost on restart")
+        for upstream in self.config.upstreams:
+            if not upstream.enabled:
+                log.warning("upstream %s is disabled: its api_key is empty", upstream.name)
+        await self.ledger.start()
+
+    async def stop(self) -> None:
+        for transport in {id(t): t for t in self.transports.values()}.values():
+            await transport.aclose()
+        await self.ledger.aclose()

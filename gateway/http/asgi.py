@@ -1,0 +1,61 @@
+"""Small helpers for plain ASGI responses on the hot path."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from gateway.errors import BodyTooLarge, GatewayError
+from gateway.types import Headers, Receive, Send
+
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id(presented: bytes | None) -> bytes:
+    """The caller's `x-request-id` when it is sane, else a new one."""
+    if presented and _REQUEST_ID.match(presented):
+        return presented
+    return b"req_" + os.urandom(12).hex().encode()
+
+
+async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        return body
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def send_bytes(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, error: GatewayError, rid: bytes) -> None:
+    headers = [*JSON_HEADERS, (b"x-request-id", rid), *error.headers]
+    if error.status < 500 and error.status not in (408, 409, 429):
+        # A client mistake: nothing changes by sending it again.
+        headers.append((b"x-should-retry", b"false"))
+    await send_bytes(send, error.status, error.to_json(), headers)

@@ -1,0 +1,121 @@
+"""`POST /v1/chat/completions` as a plain ASGI endpoint: the hot path, without framework overhead."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.auth import KeyTable, key_from_headers
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, read_body, request_id, send_bytes, send_error
+from gateway.relay import Relay, Stream
+from gateway.request import parse_chat_request
+from gateway.types import Receive, Scope, Send
+
+log = logging.getLogger("gateway.http")
+
+_INTERNAL = GatewayError("The gateway failed to handle the request.", status=500, type="server_error")
+
+
+class ChatCompletions:
+    def __init__(self, keys: KeyTable, relay: Relay, max_body_bytes: int) -> None:
+        self._keys = keys
+        self._relay = relay
+        self._limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        authorization = api_key = x_api_key = length = presented_id = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"api-key":
+                api_key = value
+            elif name == b"x-api-key":
+                x_api_key = value
+            elif name == b"x-request-id":
+                presented_id = value
+        rid = request_id(presented_id)
+        started = False
+        try:
+            if scope["method"] != "POST":
+                raise GatewayError(
+                    "Use POST for /v1/chat/completions.",
+                    status=405,
+                    type="invalid_request_error",
+                    headers=[(b"allow", b"POST")],
+                )
+            principal = self._keys.authenticate(
+                key_from_headers(_text(authorization), _text(api_key), _text(x_api_key))
+            )
+            request = parse_chat_request(await read_body(receive, self._limit, length))
+            if not request.stream:
+                body = await self._relay.complete(principal, request)
+                await send_bytes(send, 200, body, [*JSON_HEADERS, (b"x-request-id", rid)])
+                return
+            stream = await self._relay.stream(principal, request)
+            started = True
+            await self._send_stream(stream, rid, receive, send)
+        except GatewayError as exc:
+            if not started:
+                await send_error(send, exc, rid)
+        except Exception:
+            log.exception("request %s failed", rid.decode())
+            if not started:
+                await send_error(send, _INTERNAL, rid)
+
+    async def _send_stream(self, stream: Stream, rid: bytes, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", rid)]}
+        )
+        await send({"type": "http.response.body", "body": b"".join(stream.first), "more_body": True})
+        watcher = _DisconnectWatcher(receive)
+        try:
+            async for event in stream.rest:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            watcher.stop()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watcher.fired:
+                raise
+            # The client went away; closing the iterator below closes the upstream and records usage.
+            log.info("client disconnected from stream %s", rid.decode())
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        finally:
+            watcher.stop()
+            await stream.rest.aclose()  # type: ignore[attr-defined]
+
+
+class _DisconnectWatcher:
+    """Cancels the current task when the client disconnects, until stopped."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.fired = False
+        self._stopped = False
+        self._target = asyncio.current_task()
+        self._task = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        if self._target is not None and not self._stopped:
+            self.fired = True
+            self._target.cancel()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._task.cancel()
+
+
+def _text(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("latin-1").strip()
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        raise InvalidRequest("Malformed header.") from None

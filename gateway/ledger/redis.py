@@ -1,0 +1,173 @@
+"""Usage in Redis, written in batches off the hot path, exactly once, through outages.
+
+Key layout (the `{principal}` hash tag keeps one key's data in one Redis Cluster slot):
+
+    gw:{<key name>}:usage:<YYYY-MM-DD>:<model>   hash: requests, prompt_tokens, completion_tokens,
+                                                 total_tokens, cached_tokens, reasoning_tokens,
+                                                 billed_units (only when an upstream reported them)
+    gw:{<key name>}:models:<YYYY-MM-DD>          set: the models with usage that day
+    gw:{<key name>}:batch:<batch id>             marker of a written batch, kept one day
+
+Records are summed in memory per key, day and model. Every flush turns what is pending into batches
+(one per key name) with fresh ids; a Lua script applies a batch only if its marker is new, so a batch
+re-sent after a timeout whose write did land is not counted twice. While Redis is down the same
+batches are retried and new records keep summing in memory, so memory stays bounded by the number of
+(key, day, model) combinations and nothing is lost while the process lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.ledger.base import Aggregate, Totals, UsageRecord, add_into
+
+log = logging.getLogger("gateway.ledger")
+
+BATCH_MARKER_TTL = 86400
+
+_APPLY_BATCH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+local entries = cjson.decode(ARGV[2])
+for i, entry in ipairs(entries) do
+  local hash = KEYS[2 * i]
+  for name, value in pairs(entry[2]) do
+    if name == 'billed_units' then
+      redis.call('HINCRBYFLOAT', hash, name, value)
+    else
+      redis.call('HINCRBY', hash, name, value)
+    end
+  end
+  redis.call('SADD', KEYS[2 * i + 1], entry[1])
+end
+return 1
+"""
+
+
+def usage_key(prefix: str, principal: str, day: str, model: str) -> str:
+    return f"{prefix}:{{{principal}}}:usage:{day}:{model}"
+
+
+def models_key(prefix: str, principal: str, day: str) -> str:
+    return f"{prefix}:{{{principal}}}:models:{day}"
+
+
+@dataclass(slots=True)
+class Batch:
+    id: str
+    principal: str
+    entries: list[tuple[str, str, Totals]]  # (day, model, counters)
+
+
+class RedisLedger:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "gw",
+        flush_interval: float = 0.5,
+        timeout: float = 2.0,
+        cluster: bool = False,
+    ) -> None:
+        self._prefix = prefix
+        self._interval = flush_interval
+        kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        if cluster:
+            self._redis: Any = aioredis.RedisCluster.from_url(url, **kwargs)
+        else:
+            self._redis = aioredis.Redis.from_url(url, **kwargs)
+        self._script = self._redis.register_script(_APPLY_BATCH)
+        self._pending: Aggregate = {}
+        self._unwritten: list[Batch] = []
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def record(self, record: UsageRecord) -> None:
+        add_into(self._pending, record)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-flush")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> bool:
+        """Write what is pending; True when nothing is left unwritten."""
+        if self._pending:
+            self._unwritten.extend(self._batches(self._pending))
+            self._pending = {}
+        while self._unwritten:
+            batch = self._unwritten[0]
+            try:
+                await self._apply(batch)
+            except (TimeoutError, RedisError, OSError) as exc:
+                if not self._failing:
+                    log.warning("usage writes to Redis failing, keeping them queued: %s", type(exc).__name__)
+                    self._failing = True
+                return False
+            self._unwritten.pop(0)
+        if self._failing:
+            log.warning("usage writes to Redis recovered")
+            self._failing = False
+        return True
+
+    def _batches(self, pending: Aggregate) -> list[Batch]:
+        by_principal: dict[str, Batch] = {}
+        for (principal, day, model), totals in pending.items():
+            batch = by_principal.get(principal)
+            if batch is None:
+                batch = by_principal[principal] = Batch(os.urandom(12).hex(), principal, [])
+            batch.entries.append((day, model, totals))
+        return list(by_principal.values())
+
+    async def _apply(self, batch: Batch) -> None:
+        keys = [f"{self._prefix}:{{{batch.principal}}}:batch:{batch.id}"]
+        payload = []
+        for day, model, totals in batch.entries:
+            keys.append(usage_key(self._prefix, batch.principal, day, model))
+            keys.append(models_key(self._prefix, batch.principal, day))
+            payload.append([model, {name: _number(name, value) for name, value in totals.items()}])
+        await self._script(keys=keys, args=[BATCH_MARKER_TTL, orjson.dumps(payload)])
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if not await self.flush():
+            lost = sum(len(b.entries) for b in self._unwritten)
+            log.error("Redis unreachable at shutdown: %d usage totals could not be written", lost)
+        await self._redis.aclose()
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (TimeoutError, RedisError, OSError):
+            return False
+
+    async def usage(self, principal: str, day: str) -> dict[str, Totals]:
+        models = await self._redis.smembers(models_key(self._prefix, principal, day))
+        out: dict[str, Totals] = {}
+        for raw in sorted(models):
+            model = raw.decode()
+            fields = await self._redis.hgetall(usage_key(self._prefix, principal, day, model))
+            out[model] = {k.decode(): float(v) for k, v in fields.items()}
+        return out
+
+
+def _number(name: str, value: float) -> str:
+    # Strings, so the script's Lua never formats a large count in exponent notation.
+    return repr(float(value)) if name == "billed_units" else str(int(value))

@@ -1,0 +1,171 @@
+"""One chat completion through the gateway: route, build, send, decode, record.
+
+Retries across deployments happen only before the first byte has gone to the client. Once a
+stream has started, an error becomes an SSE `error` event followed by `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from gateway.auth import Principal
+from gateway.config import UpstreamConfig
+from gateway.dialects import dialect_for
+from gateway.dialects.base import StreamDecoder, Usage, redact
+from gateway.dialects.openai import DONE_EVENT
+from gateway.errors import GatewayError, ModelNotFound, UpstreamError
+from gateway.ledger import Ledger, UsageRecord
+from gateway.request import ChatRequest
+from gateway.routing import Deployment, Router
+from gateway.upstream.base import Transport, UpstreamResponse
+
+log = logging.getLogger("gateway.relay")
+
+
+class NoUsableDeployment(GatewayError):
+    status = 503
+    type = "upstream_error"
+    code = "upstream_not_configured"
+
+
+@dataclass(slots=True)
+class Stream:
+    """A stream that has produced its first events; `rest` yields the others and never raises."""
+
+    first: list[bytes]
+    rest: AsyncIterator[bytes]
+
+
+class Relay:
+    def __init__(
+        self, router: Router, transports: Mapping[str, Transport], ledger: Ledger, max_attempts: int
+    ) -> None:
+        self._router = router
+        self._transports = transports
+        self._ledger = ledger
+        self._max_attempts = max_attempts
+
+    def _deployments(self, principal: Principal, request: ChatRequest) -> list[Deployment]:
+        route = self._router.match(request.model)
+        if route is None or not principal.may_use(request.model):
+            raise ModelNotFound(request.model)
+        deployments = self._router.order(route)
+        if not deployments:
+            raise NoUsableDeployment(
+                f"The model `{request.model}` is served only by upstreams without credentials configured.",
+                headers=[(b"x-should-retry", b"false")],
+            )
+        return deployments[: self._max_attempts]
+
+    async def complete(self, principal: Principal, request: ChatRequest) -> bytes:
+        """A buffered reply: the OpenAI chat.completion body."""
+        deployments = self._deployments(principal, request)
+        for attempt, deployment in enumerate(deployments, 1):
+            try:
+                return await self._complete_once(principal, request, deployment)
+            except UpstreamError as exc:
+                if not exc.retryable or attempt == len(deployments):
+                    raise
+                log.info("retrying on another deployment after: %s", exc.message)
+        raise AssertionError("unreachable")
+
+    async def _complete_once(
+        self, principal: Principal, request: ChatRequest, deployment: Deployment
+    ) -> bytes:
+        upstream = deployment.upstream
+        dialect = dialect_for(upstream.dialect)
+        built = dialect.build_request(request, upstream, deployment.model_for(request.model))
+        response = await self._transports[upstream.name].open(built)
+        body = await response.read()
+        try:
+            if response.status >= 300:
+                raise dialect.decode_error(response.status, body, response.headers, upstream)
+            reply = dialect.decode_reply(body, request)
+        except UpstreamError as exc:
+            exc.message = redact(exc.message, upstream)
+            raise
+        self._record(principal, request, reply.usage)
+        return reply.body
+
+    async def stream(self, principal: Principal, request: ChatRequest) -> Stream:
+        """Open a stream on the first deployment that produces output; raises `GatewayError` before that."""
+        deployments = self._deployments(principal, request)
+        for attempt, deployment in enumerate(deployments, 1):
+            try:
+                return await self._stream_once(principal, request, deployment)
+            except UpstreamError as exc:
+                if not exc.retryable or attempt == len(deployments):
+                    raise
+                log.info("retrying on another deployment after: %s", exc.message)
+        raise AssertionError("unreachable")
+
+    async def _stream_once(
+        self, principal: Principal, request: ChatRequest, deployment: Deployment
+    ) -> Stream:
+        upstream = deployment.upstream
+        dialect = dialect_for(upstream.dialect)
+        built = dialect.build_request(request, upstream, deployment.model_for(request.model))
+        response = await self._transports[upstream.name].open(built)
+        if response.status >= 300:
+            body = await response.read()
+            error = dialect.decode_error(response.status, body, response.headers, upstream)
+            error.message = redact(error.message, upstream)
+            raise error
+        decoder = dialect.stream_decoder(request)
+        chunks = response.iter_chunks()
+        first: list[bytes] = []
+        try:
+            async for data in chunks:
+                first = decoder.feed(data)
+                if first:
+                    break
+            else:
+                first = decoder.finish()
+        except UpstreamError as exc:
+            response.close()
+            exc.message = redact(exc.message, upstream)
+            raise
+        except BaseException:
+            response.close()
+            raise
+        if first and first[-1] == DONE_EVENT:
+            self._record(principal, request, decoder.usage)
+            return Stream(first, _empty())
+        rest = self._relay_rest(principal, request, response, chunks, decoder, upstream)
+        return Stream(first, rest)
+
+    async def _relay_rest(
+        self,
+        principal: Principal,
+        request: ChatRequest,
+        response: UpstreamResponse,
+        chunks: AsyncIterator[bytes],
+        decoder: StreamDecoder,
+        upstream: UpstreamConfig,
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for data in chunks:
+                for event in decoder.feed(data):
+                    yield event
+            for event in decoder.finish():
+                yield event
+        except GatewayError as exc:
+            response.close()
+            exc.message = redact(exc.message, upstream)
+            log.warning("stream from %s failed after the first byte: %s", upstream.name, exc.message)
+            yield b"data: " + exc.to_json() + b"\n\n"
+            yield DONE_EVENT
+        finally:
+            # Also reached when the client went away and the generator was closed.
+            response.close()
+            self._record(principal, request, decoder.usage)
+
+    def _record(self, principal: Principal, request: ChatRequest, usage: Usage | None) -> None:
+        self._ledger.record(UsageRecord(principal.name, request.model, usage or Usage()))
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield  # pragma: no cover

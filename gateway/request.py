@@ -1,0 +1,262 @@
+"""Checking a chat completion request body, pure and fast: plain dicts, no pydantic on the hot path.
+
+Known fields are checked for type and range so that a client mistake gets a 400 naming the field
+instead of an upstream error; unknown fields pass through for the upstream to judge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.errors import InvalidRequest
+from gateway.types import JSON
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+TOOL_CHOICES = frozenset({"none", "auto", "required"})
+RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A checked request. `body` is the client's JSON object, unchanged."""
+
+    body: JSON
+    model: str
+    stream: bool
+    include_usage: bool
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return check_chat_body(body)
+
+
+def check_chat_body(body: JSON) -> ChatRequest:
+    model = body.get("model")
+    if model is None:
+        raise _missing("model")
+    if not isinstance(model, str) or not model:
+        raise _bad_type("model", "a non-empty string", model)
+    _check_messages(body.get("messages"))
+    stream = _optional_bool(body, "stream") or False
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise InvalidRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+            )
+        if not isinstance(options, dict):
+            raise _bad_type("stream_options", "an object", options)
+        include_usage = _optional_bool(options, "include_usage", "stream_options.") or False
+
+    _optional_number(body, "temperature", 0, 2)
+    _optional_number(body, "top_p", 0, 1)
+    _optional_number(body, "presence_penalty", -2, 2)
+    _optional_number(body, "frequency_penalty", -2, 2)
+    _optional_int(body, "max_tokens", 1)
+    _optional_int(body, "max_completion_tokens", 1)
+    _optional_int(body, "n", 1, 128)
+    _optional_int(body, "seed", None)
+    _optional_int(body, "top_logprobs", 0, 20)
+    _optional_bool(body, "logprobs")
+    _optional_bool(body, "parallel_tool_calls")
+    _optional_bool(body, "store")
+    _optional_str(body, "user")
+    _optional_enum(body, "reasoning_effort", REASONING_EFFORTS)
+    _check_stop(body.get("stop"))
+    _check_tools(body.get("tools"))
+    _check_tool_choice(body.get("tool_choice"))
+    _check_response_format(body.get("response_format"))
+    for name in ("logit_bias", "metadata"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise _bad_type(name, "an object", value)
+    return ChatRequest(body=body, model=model, stream=stream, include_usage=include_usage)
+
+
+def _check_messages(messages: Any) -> None:
+    if messages is None:
+        raise _missing("messages")
+    if not isinstance(messages, list):
+        raise _bad_type("messages", "an array", messages)
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _bad_type(where, "an object", message)
+        role = message.get("role")
+        if role is None:
+            raise _missing(f"{where}.role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"Invalid value for '{where}.role': {_show(role)}. "
+                f"Supported values are: {', '.join(sorted(ROLES))}.",
+                param=f"{where}.role",
+            )
+        content = message.get("content")
+        if content is None:
+            if role not in ("assistant", "function") and "content" not in message:
+                raise _missing(f"{where}.content")
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise _bad_type(f"{where}.content[{j}]", "an object with a string 'type'", part)
+        elif not isinstance(content, str):
+            raise _bad_type(f"{where}.content", "a string or an array of content parts", content)
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None and not isinstance(tool_calls, list):
+            raise _bad_type(f"{where}.tool_calls", "an array", tool_calls)
+
+
+def _check_stop(stop: Any) -> None:
+    if stop is None or isinstance(stop, str):
+        return
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise _bad_type("stop", "a string or an array of strings", stop)
+    if len(stop) > 4:
+        raise InvalidRequest("'stop' may hold at most 4 sequences.", param="stop")
+
+
+def _check_tools(tools: Any) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _bad_type("tools", "an array", tools)
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _bad_type(where, "an object", tool)
+        kind = tool.get("type")
+        if not isinstance(kind, str):
+            raise _missing(f"{where}.type") if kind is None else _bad_type(f"{where}.type", "a string", kind)
+        if kind != "function":
+            continue
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            if function is None:
+                raise _missing(f"{where}.function")
+            raise _bad_type(f"{where}.function", "an object", function)
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            if name is None:
+                raise _missing(f"{where}.function.name")
+            raise _bad_type(f"{where}.function.name", "a non-empty string", name)
+        params = function.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise _bad_type(f"{where}.function.parameters", "an object", params)
+
+
+def _check_tool_choice(choice: Any) -> None:
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICES:
+            raise InvalidRequest(
+                f"Invalid value for 'tool_choice': {_show(choice)}. "
+                "Supported values are: 'none', 'auto', 'required', or an object naming a tool.",
+                param="tool_choice",
+            )
+        return
+    if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
+        raise _bad_type("tool_choice", "a string or an object with a 'type'", choice)
+
+
+def _check_response_format(fmt: Any) -> None:
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict):
+        raise _bad_type("response_format", "an object", fmt)
+    kind = fmt.get("type")
+    if kind not in RESPONSE_FORMATS:
+        raise InvalidRequest(
+            f"Invalid value for 'response_format.type': {_show(kind)}. "
+            "Supported values are: 'text', 'json_object', 'json_schema'.",
+            param="response_format.type",
+        )
+    if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
+        raise _missing("response_format.json_schema")
+
+
+def _optional_bool(obj: JSON, name: str, prefix: str = "") -> bool | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _bad_type(prefix + name, "a boolean", value)
+    return value
+
+
+def _optional_str(obj: JSON, name: str) -> None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _bad_type(name, "a string", value)
+
+
+def _optional_enum(obj: JSON, name: str, allowed: frozenset[str]) -> None:
+    value = obj.get(name)
+    if value is not None and value not in allowed:
+        raise InvalidRequest(
+            f"Invalid value for '{name}': {_show(value)}. Supported values are: {', '.join(sorted(allowed))}.",
+            param=name,
+        )
+
+
+def _optional_number(obj: JSON, name: str, low: float, high: float) -> None:
+    value = obj.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad_type(name, "a number", value)
+    if not low <= value <= high:
+        raise InvalidRequest(
+            f"Invalid value for '{name}': {value} is outside the range {low} to {high}.", param=name
+        )
+
+
+def _optional_int(obj: JSON, name: str, low: int | None, high: int | None = None) -> None:
+    value = obj.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad_type(name, "an integer", value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise InvalidRequest(f"Invalid value for '{name}': {value}; it must be {bounds}.", param=name)
+
+
+def _missing(param: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
+
+
+def _bad_type(param: str, expected: str, value: Any) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)}.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    return names.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

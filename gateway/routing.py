@@ -1,0 +1,93 @@
+"""Model name -> ordered deployments: exact names first, then glob patterns, weighted choice."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from gateway.config import GatewayConfig, UpstreamConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One place a model can be served: an upstream and the model name it knows."""
+
+    upstream: UpstreamConfig
+    upstream_model: str | None  # None: send the name the client used
+    weight: float
+
+    def model_for(self, requested: str) -> str:
+        return self.upstream_model or requested
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str  # the config entry that matched (an exact name or a pattern)
+    deployments: tuple[Deployment, ...]
+
+    @property
+    def usable(self) -> tuple[Deployment, ...]:
+        return tuple(d for d in self.deployments if d.upstream.enabled)
+
+
+class Router:
+    def __init__(self, config: GatewayConfig, rng: random.Random | None = None) -> None:
+        upstreams = {u.name: u for u in config.upstreams}
+        grouped: dict[str, list[Deployment]] = {}
+        for entry in config.models:
+            dep = Deployment(upstreams[entry.upstream], entry.upstream_model, entry.weight)
+            grouped.setdefault(entry.name, []).append(dep)
+        self._exact: dict[str, Route] = {}
+        self._patterns: list[Route] = []
+        for name, deps in grouped.items():
+            route = Route(name, tuple(deps))
+            if any(ch in name for ch in "*?["):
+                self._patterns.append(route)
+            else:
+                self._exact[name] = route
+        self._rng = rng or random.Random()
+
+    def match(self, model: str) -> Route | None:
+        route = self._exact.get(model)
+        if route is not None:
+            return route
+        for pattern in self._patterns:  # in config order: the first matching pattern wins
+            if fnmatchcase(model, pattern.name):
+                return pattern
+        return None
+
+    def order(self, route: Route) -> list[Deployment]:
+        """Usable deployments in the order to try them: a weighted random permutation."""
+        deps = list(route.usable)
+        if len(deps) <= 1:
+            return deps
+        ordered: list[Deployment] = []
+        while deps:
+            pick = self._rng.choices(range(len(deps)), weights=[d.weight for d in deps])[0]
+            ordered.append(deps.pop(pick))
+        return ordered
+
+    @property
+    def exact_routes(self) -> list[Route]:
+        return list(self._exact.values())
+
+    @property
+    def pattern_routes(self) -> list[Route]:
+        return list(self._patterns)
+
+    def describe(self) -> list[str]:
+        """The routing table, one line per deployment, for `check-config` and the start-up log."""
+        lines = []
+        for route in [*self._exact.values(), *self._patterns]:
+            kind = "pattern" if route in self._patterns else "exact"
+            total = sum(d.weight for d in route.deployments)
+            for dep in route.deployments:
+                target = dep.upstream_model or "(same name)"
+                state = "" if dep.upstream.enabled else "  [disabled: api_key is empty]"
+                share = f"{100 * dep.weight / total:.0f}%"
+                lines.append(
+                    f"{route.name:<28} {kind:<8} -> {dep.upstream.name}/{target} "
+                    f"({dep.upstream.dialect}, {share}){state}"
+                )
+        return lines

@@ -1,0 +1,34 @@
+"""Process settings, read from `GATEWAY_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    config: Path | None = Field(default=None, description="Path of the YAML config file.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    log_level: str = "info"
+    access_log: bool = False
+
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted."
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Deployments tried per request before giving up.")
+
+    upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    upstream_read_timeout: float = Field(
+        default=300.0, gt=0, description="Longest wait for the next bytes from an upstream."
+    )
+    upstream_pool_size: int = Field(default=1000, ge=1, description="Open upstream connections per process.")
+
+    ledger_flush_interval: float = Field(default=0.5, gt=0, description="Seconds between usage writes.")
+    redis_timeout: float = Field(default=2.0, gt=0)
+    redis_cluster: bool = Field(default=False, description="Treat redis_url as a Redis Cluster node.")

@@ -1,0 +1,33 @@
+"""The interface every transport offers: open a request, read or stream the answer, close."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from gateway.dialects.base import UpstreamRequest
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: dict[str, str]  # lower-case names
+
+    async def read(self) -> bytes:
+        """The whole body; releases the connection."""
+        ...
+
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body piece by piece, as it arrives."""
+        ...
+
+    def close(self) -> None:
+        """Abandon the response (the connection is not reused)."""
+        ...
+
+
+class Transport(Protocol):
+    async def open(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send the request and wait for the status line; raises only `UpstreamError`s."""
+        ...
+
+    async def aclose(self) -> None: ...

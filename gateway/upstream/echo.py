@@ -1,0 +1,150 @@
+"""The built-in offline upstream: answers in the OpenAI wire format with the last user message.
+
+It behaves like a real upstream as far as the gateway can tell (same bytes, streamed with optional
+pauses, usage numbers, `max_tokens` truncation), so the quickstart and the HTTP-layer tests need no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway.dialects.base import UpstreamRequest
+from gateway.dialects.openai import DONE_EVENT, completion_id, sse_event
+
+_PIECES = re.compile(r"\s*\S+\s*|\s+")
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+class EchoReply:
+    """What the echo upstream answers to one request body."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        messages = body.get("messages") or []
+        last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+        text = _text_of(last_user.get("content")) if last_user else ""
+        self.model = str(body.get("model") or "echo")
+        self.pieces = _PIECES.findall(text) or ["(the last user message had no text)"]
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        self.finish_reason = "stop"
+        if isinstance(cap, int) and cap < len(self.pieces):
+            self.pieces = self.pieces[:cap]
+            self.finish_reason = "length"
+        self.prompt_tokens = sum(4 + _tokens(_text_of(m.get("content"))) for m in messages) + 3
+        self.completion_tokens = len(self.pieces)
+        self.id = completion_id()
+        self.created = int(time.time())
+        options = body.get("stream_options") or {}
+        self.include_usage = bool(options.get("include_usage"))
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+
+    def completion(self) -> bytes:
+        message = {"role": "assistant", "content": "".join(self.pieces), "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [choice],
+                "usage": self.usage(),
+            }
+        )
+
+    def events(self) -> list[bytes]:
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [choice],
+            }
+
+        events = [sse_event(chunk({"role": "assistant", "content": ""}, None))]
+        events += [sse_event(chunk({"content": piece}, None)) for piece in self.pieces]
+        events.append(sse_event(chunk({}, self.finish_reason)))
+        if self.include_usage:
+            events.append(sse_event({**chunk({}, None), "choices": [], "usage": self.usage()}))
+        events.append(DONE_EVENT)
+        return events
+
+
+class EchoResponse:
+    def __init__(
+        self, status: int, headers: dict[str, str], body: bytes, events: list[bytes], delay: float
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self._body = body
+        self._events = events
+        self._delay = delay
+
+    async def read(self) -> bytes:
+        return self._body if not self._events else b"".join(self._events)
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        if not self._events:
+            yield self._body
+            return
+        for i, event in enumerate(self._events):
+            if self._delay and i:
+                await asyncio.sleep(self._delay)
+            yield event
+
+    def close(self) -> None:
+        self._events = []
+
+
+class EchoTransport:
+    def __init__(self, delay_ms: float = 0.0) -> None:
+        self._delay = delay_ms / 1000
+
+    async def open(self, request: UpstreamRequest) -> EchoResponse:
+        try:
+            body = orjson.loads(request.body)
+            reply = EchoReply(body)
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            error = {
+                "error": {
+                    "message": "echo: cannot read the request",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+            return EchoResponse(400, {"content-type": "application/json"}, orjson.dumps(error), [], 0)
+        if body.get("stream"):
+            headers = {"content-type": "text/event-stream; charset=utf-8"}
+            return EchoResponse(200, headers, b"", reply.events(), self._delay)
+        return EchoResponse(200, {"content-type": "application/json"}, reply.completion(), [], 0)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,105 @@
+"""Upstream calls over HTTP: one pooled aiohttp session per process.
+
+Every aiohttp and socket exception becomes a `gateway.errors.UpstreamError` here, from one table,
+and nowhere else. Messages name the upstream by its config name, never by URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from gateway.dialects.base import UpstreamRequest
+from gateway.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger("gateway.upstream")
+
+# First match wins, so subclasses come before their bases.
+EXCEPTION_TABLE: tuple[tuple[type[BaseException], type[UpstreamError], str], ...] = (
+    (asyncio.TimeoutError, UpstreamTimeout, "did not answer in time"),
+    (aiohttp.ClientConnectorError, UpstreamConnectError, "could not be reached"),
+    (aiohttp.ServerDisconnectedError, UpstreamProtocolError, "closed the connection unexpectedly"),
+    (aiohttp.ClientPayloadError, UpstreamProtocolError, "sent a broken reply body"),
+    (aiohttp.ClientResponseError, UpstreamProtocolError, "sent a malformed reply"),
+    (aiohttp.ClientConnectionError, UpstreamConnectError, "connection failed"),
+    (aiohttp.ClientError, UpstreamProtocolError, "request failed"),
+    (OSError, UpstreamConnectError, "connection failed"),
+)
+
+
+def translate(exc: BaseException, upstream: str) -> UpstreamError:
+    for source, target, what in EXCEPTION_TABLE:
+        if isinstance(exc, source):
+            log.warning("upstream %s %s: %s", upstream, what, type(exc).__name__)
+            return target(f"The upstream `{upstream}` {what}.")
+    raise TypeError(f"not a transport exception: {exc!r}")
+
+
+class HttpResponse:
+    __slots__ = ("_resp", "_upstream", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, upstream: str) -> None:
+        self._resp = resp
+        self._upstream = upstream
+        self.status = resp.status
+        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._resp.close()
+            raise translate(exc, self._upstream) from None
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._resp.close()
+            raise translate(exc, self._upstream) from None
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class HttpTransport:
+    def __init__(self, *, pool_size: int, connect_timeout: float, read_timeout: float) -> None:
+        self._pool_size = pool_size
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running loop (aiohttp binds the session to it).
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, auto_decompress=True, trust_env=False
+            )
+        return self._session
+
+    async def open(self, request: UpstreamRequest) -> HttpResponse:
+        session = self._session_now()
+        try:
+            resp = await session.request(
+                request.method, request.url, headers=request.headers, data=request.body, allow_redirects=False
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, request.upstream) from None
+        return HttpResponse(resp, request.upstream)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
