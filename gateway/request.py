@@ -206,7 +206,8 @@ def _optional_enum(obj: JSON, name: str, allowed: frozenset[str]) -> None:
     value = obj.get(name)
     if value is not None and value not in allowed:
         raise InvalidRequest(
-            f"Invalid value for '{name}': {_show(value)}. Supported values are: {', '.join(sorted(allowed))}.",
+            f"Invalid value for '{name}': {_show(value)}. "
+            f"Supported values are: {', '.join(sorted(allowed))}.",
             param=name,
         )
 
