@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+
+from gateway.config import GatewayConfig, parse_config
+from gateway.http.app import GatewayApp, create_app
+from gateway.settings import Settings
+from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
+from tests.support.redis_server import RedisServer
+from tests.support.spec import AsyncValidatingTransport, Checker, ValidatingTransport
+from tests.support.threads import AiohttpServer, UvicornServer
+
+CLIENT_KEY = "sk-test-client-key"
+LIMITED_KEY = "sk-test-limited-key"
+
+
+def config_yaml(fake_url: str, redis_url: str | None = None) -> str:
+    return f"""
+redis_url: {redis_url or ""}
+keys:
+  - name: tester
+    key: {CLIENT_KEY}
+  - name: limited
+    key: {LIMITED_KEY}
+    models: [echo]
+upstreams:
+  - name: local
+    dialect: echo
+  - name: fake
+    dialect: openai
+    base_url: {fake_url}/v1
+    api_key: {UPSTREAM_KEY}
+  - name: dead
+    dialect: openai
+    base_url: http://127.0.0.1:9/v1
+    api_key: sk-dead
+  - name: unconfigured
+    dialect: openai
+    base_url: https://example.invalid/v1
+    api_key: ""
+models:
+  - name: echo
+    upstream: local
+  - name: gpt-test
+    upstream: fake
+    upstream_model: ok
+  - name: fake-*
+    upstream: fake
+  - name: fallback
+    upstream: dead
+    weight: 1000
+  - name: fallback
+    upstream: fake
+    upstream_model: ok
+    weight: 0.001
+  - name: dead
+    upstream: dead
+  - name: nokey
+    upstream: unconfigured
+"""
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if redis_server.proc is None:
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[tuple[FakeOpenAI, AiohttpServer]]:
+    fake = FakeOpenAI()
+    server = AiohttpServer(fake.app())
+    yield fake, server
+    server.close()
+
+
+@pytest.fixture
+def fake(fake_server: tuple[FakeOpenAI, AiohttpServer]) -> FakeOpenAI:
+    fake_server[0].requests.clear()
+    return fake_server[0]
+
+
+@pytest.fixture
+def fake_url(fake_server: tuple[FakeOpenAI, AiohttpServer]) -> str:
+    return fake_server[1].url
+
+
+def test_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "upstream_connect_timeout": 1.0,
+        "upstream_read_timeout": 1.0,
+        "ledger_flush_interval": 0.05,
+        "max_body_bytes": 64 * 1024,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@dataclass
+class RunningGateway:
+    app: GatewayApp
+    server: UvicornServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., RunningGateway]]:
+    running: list[RunningGateway] = []
+
+    def start(config: GatewayConfig, **settings: Any) -> RunningGateway:
+        app = create_app(test_settings(**settings), config)
+        gateway = RunningGateway(app, UvicornServer(app))
+        running.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in running:
+        gateway.server.close()
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., RunningGateway], fake_url: str, fake: FakeOpenAI) -> RunningGateway:
+    """The gateway with the in-process ledger, in front of the fake upstream and echo."""
+    return start_gateway(parse_config(config_yaml(fake_url)))
+
+
+@pytest.fixture
+def checker() -> Iterator[Checker]:
+    checker = Checker()
+    yield checker
+
+
+@pytest.fixture
+def client(gateway: RunningGateway, checker: Checker) -> Iterator[openai.OpenAI]:
+    http = httpx.Client(transport=ValidatingTransport(checker))
+    yield openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0, http_client=http)
+    http.close()
+
+
+@pytest.fixture
+async def async_client(gateway: RunningGateway, checker: Checker) -> Any:
+    http = httpx.AsyncClient(transport=AsyncValidatingTransport(checker))
+    yield openai.AsyncOpenAI(
+        base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0, http_client=http
+    )
+    await http.aclose()
+
+
+@pytest.fixture
+def raw(gateway: RunningGateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, headers={"authorization": f"Bearer {CLIENT_KEY}"}) as http:
+        yield http
+
+
+GOLDEN = Path(__file__).parent / "golden"

@@ -1,0 +1,233 @@
+"""A fake OpenAI upstream: a real aiohttp server on loopback speaking the OpenAI wire format.
+
+The model name the gateway sends upstream (less a leading `fake-`) picks the behaviour:
+
+    ok / anything else   a normal reply (streamed in several writes with short pauses)
+    slow                 streamed with 50 ms pauses
+    sloppy               leaves out fields the spec requires (refusal, logprobs, ids, indexes, [DONE])
+    usage-in-last        a vendor style: usage rides on the last content chunk, not a separate one
+    crlf                 CRLF line ends, keep-alive comments, events split across writes
+    status-NNN           answers HTTP NNN with an OpenAI error body (429 and 503 add Retry-After)
+    hang                 never answers
+    drop                 streams two chunks, then closes the connection without finishing
+    mid-error            streams a chunk, then an error event (as vendors do after a 200)
+    not-json             answers 200 with an HTML page
+    leaky-401            a 401 whose message quotes the upstream key
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+ID = "chatcmpl-Bx7fakeUpstream0001"
+CREATED = 1_763_700_000
+FINGERPRINT = "fp_f33640a400"
+
+
+@dataclass
+class Seen:
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeOpenAI:
+    requests: list[Seen] = field(default_factory=list)
+    streams_cut: int = 0  # streams whose reader went away before the end
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(Seen({k.lower(): v for k, v in request.headers.items()}, body))
+        if request.headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        model = body["model"].removeprefix("fake-")
+        if model.startswith("status-"):
+            status = int(model.removeprefix("status-"))
+            headers = {"retry-after": "1"} if status in (429, 503) else {}
+            return _error(status, f"fake upstream says {status}", _type_for(status), None, headers=headers)
+        if model == "leaky-401":
+            return _error(401, f"Incorrect API key provided: {UPSTREAM_KEY}.", "invalid_request_error", "bad")
+        if model == "hang":
+            await asyncio.sleep(3600)
+        if model == "not-json":
+            return web.Response(text="<html>502 Bad Gateway</html>", content_type="text/html")
+        text = _last_user_text(body)
+        if body.get("stream"):
+            return await self._stream(request, body, model, text)
+        return web.Response(
+            body=json.dumps(_completion(body["model"], text, sloppy=model == "sloppy"), indent=2).encode(),
+            headers={
+                "content-type": "application/json",
+                "openai-processing-ms": "12",
+                "x-request-id": "req_up",
+            },
+        )
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], model: str, text: str
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+        )
+        await resp.prepare(request)
+        try:
+            await self._events(request, resp, body, model, text)
+        except ConnectionError:
+            self.streams_cut += 1
+        return resp
+
+    async def _events(
+        self, request: web.Request, resp: web.StreamResponse, body: dict[str, Any], model: str, text: str
+    ) -> None:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = _chunks(body["model"], model, text, include_usage)
+        pause = 0.05 if model == "slow" else 0.002
+        newline = "\r\n" if model == "crlf" else "\n"
+        for i, event in enumerate(events):
+            if model == "drop" and i == 2:
+                assert request.transport is not None
+                request.transport.close()
+                return
+            if model == "mid-error" and i == 2:
+                error = {
+                    "error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}
+                }
+                await resp.write(f"data: {json.dumps(error)}{newline}{newline}".encode())
+                return
+            wire = f"data: {event}{newline}{newline}".encode()
+            if model == "crlf":
+                await resp.write(b": keep-alive\r\n\r\n")
+                half = len(wire) // 2 + 1  # split inside the JSON, and between CR and LF at the end
+                await resp.write(wire[:half])
+                await asyncio.sleep(0)
+                await resp.write(wire[half:-1])
+                await resp.write(wire[-1:])
+            else:
+                await resp.write(wire)
+            await asyncio.sleep(pause)
+        if model != "sloppy":
+            await resp.write(f"data: [DONE]{newline}{newline}".encode())
+        await resp.write_eof()
+
+
+def _usage(text: str) -> dict[str, Any]:
+    completion = len(text.split())
+    return {
+        "prompt_tokens": 19,
+        "completion_tokens": completion,
+        "total_tokens": 19 + completion,
+        "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 2,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+        "billed_units": 1.5,
+    }
+
+
+def _completion(model: str, text: str, sloppy: bool) -> dict[str, Any]:
+    if sloppy:
+        return {
+            "model": model,
+            "choices": [{"message": {"content": text}, "finish_reason": "eos"}],
+            "usage": {"prompt_tokens": 19, "completion_tokens": 2},
+        }
+    return {
+        "id": ID,
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(text),
+        "service_tier": "default",
+        "system_fingerprint": FINGERPRINT,
+    }
+
+
+def _chunks(model: str, behaviour: str, text: str, include_usage: bool) -> list[str]:
+    sloppy = behaviour == "sloppy"
+
+    def chunk(delta: dict[str, Any], finish: str | None, usage: Any = None) -> str:
+        if sloppy:
+            return json.dumps({"choices": [{"delta": delta, "finish_reason": finish}]}, separators=(",", ":"))
+        obj: dict[str, Any] = {
+            "id": ID,
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": model,
+            "service_tier": "default",
+            "system_fingerprint": FINGERPRINT,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            obj["usage"] = usage
+        obj["obfuscation"] = "x9Q"
+        return json.dumps(obj, separators=(",", ":"))
+
+    words = text.split(" ")
+    pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+    events = [chunk({"role": "assistant", "content": "", "refusal": None}, None)]
+    events += [chunk({"content": p}, None) for p in pieces]
+    if behaviour == "usage-in-last":
+        events.append(chunk({}, "stop", _usage(text)))
+        return events
+    events.append(chunk({}, "stop"))
+    if include_usage and not sloppy:
+        usage_chunk = json.loads(chunk({}, None, _usage(text)))
+        usage_chunk["choices"] = []
+        events.append(json.dumps(usage_chunk, separators=(",", ":")))
+    return events
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages", [])):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return "nothing to say"
+
+
+def _type_for(status: int) -> str:
+    return {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        404: "invalid_request_error",
+        429: "requests",
+    }.get(status, "server_error")
+
+
+def _error(
+    status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {
+        "error": {
+            "message": message,
+            "type": kind,
+            "param": "messages" if status == 400 else None,
+            "code": code,
+        }
+    }
+    return web.Response(
+        status=status,
+        body=json.dumps(body, indent=2).encode(),
+        headers={"content-type": "application/json", **(headers or {})},
+    )
