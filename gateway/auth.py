@@ -36,9 +36,7 @@ class KeyTable:
 
     def authenticate(self, presented: str | None) -> Principal:
         if not presented:
-            raise AuthenticationFailed(
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
-            )
+            raise AuthenticationFailed("You didn't provide an API key. Send it as `Authorization: Bearer <key>`.")
         digest = hashlib.sha256(presented.encode()).digest()
         # The dict lookup is on the digest, so its timing says nothing usable about the key itself.
         found = self._by_digest.get(digest)

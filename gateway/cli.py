@@ -35,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"gateway: bad GATEWAY_* environment: {exc}", file=sys.stderr)
         return 2
-    overrides = {
-        k: v for k in ("config", "host", "port", "workers") if (v := getattr(args, k, None)) is not None
-    }
+    overrides = {k: v for k in ("config", "host", "port", "workers") if (v := getattr(args, k, None)) is not None}
     settings = settings.model_copy(update=overrides)
     if settings.config is None:
         print("gateway: no config file: pass --config PATH or set GATEWAY_CONFIG", file=sys.stderr)
@@ -67,9 +65,7 @@ def _serve(settings: Settings, config: GatewayConfig) -> int:
 
     from gateway.http.app import create_app
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("gateway")
     for line in Router(config).describe():
         log.info("route %s", line)

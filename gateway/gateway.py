@@ -40,9 +40,7 @@ class Gateway:
         )
         transports: dict[str, Transport] = {}
         for upstream in config.upstreams:
-            transports[upstream.name] = (
-                EchoTransport(upstream.echo_delay_ms) if upstream.dialect == "echo" else http
-            )
+            transports[upstream.name] = EchoTransport(upstream.echo_delay_ms) if upstream.dialect == "echo" else http
         ledger: Ledger
         if config.redis_url:
             ledger = RedisLedger(

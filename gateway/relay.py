@@ -39,9 +39,7 @@ class Stream:
 
 
 class Relay:
-    def __init__(
-        self, router: Router, transports: Mapping[str, Transport], ledger: Ledger, max_attempts: int
-    ) -> None:
+    def __init__(self, router: Router, transports: Mapping[str, Transport], ledger: Ledger, max_attempts: int) -> None:
         self._router = router
         self._transports = transports
         self._ledger = ledger
@@ -71,9 +69,7 @@ class Relay:
                 log.info("retrying on another deployment after: %s", exc.message)
         raise AssertionError("unreachable")
 
-    async def _complete_once(
-        self, principal: Principal, request: ChatRequest, deployment: Deployment
-    ) -> bytes:
+    async def _complete_once(self, principal: Principal, request: ChatRequest, deployment: Deployment) -> bytes:
         upstream = deployment.upstream
         dialect = dialect_for(upstream.dialect)
         built = dialect.build_request(request, upstream, deployment.model_for(request.model))
@@ -101,9 +97,7 @@ class Relay:
                 log.info("retrying on another deployment after: %s", exc.message)
         raise AssertionError("unreachable")
 
-    async def _stream_once(
-        self, principal: Principal, request: ChatRequest, deployment: Deployment
-    ) -> Stream:
+    async def _stream_once(self, principal: Principal, request: ChatRequest, deployment: Deployment) -> Stream:
         upstream = deployment.upstream
         dialect = dialect_for(upstream.dialect)
         built = dialect.build_request(request, upstream, deployment.model_for(request.model))

@@ -101,8 +101,7 @@ def _check_messages(messages: Any) -> None:
             raise _missing(f"{where}.role")
         if role not in ROLES:
             raise InvalidRequest(
-                f"Invalid value for '{where}.role': {_show(role)}. "
-                f"Supported values are: {', '.join(sorted(ROLES))}.",
+                f"Invalid value for '{where}.role': {_show(role)}. Supported values are: {', '.join(sorted(ROLES))}.",
                 param=f"{where}.role",
             )
         content = message.get("content")
@@ -206,8 +205,7 @@ def _optional_enum(obj: JSON, name: str, allowed: frozenset[str]) -> None:
     value = obj.get(name)
     if value is not None and value not in allowed:
         raise InvalidRequest(
-            f"Invalid value for '{name}': {_show(value)}. "
-            f"Supported values are: {', '.join(sorted(allowed))}.",
+            f"Invalid value for '{name}': {_show(value)}. Supported values are: {', '.join(sorted(allowed))}.",
             param=name,
         )
 
@@ -219,9 +217,7 @@ def _optional_number(obj: JSON, name: str, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad_type(name, "a number", value)
     if not low <= value <= high:
-        raise InvalidRequest(
-            f"Invalid value for '{name}': {value} is outside the range {low} to {high}.", param=name
-        )
+        raise InvalidRequest(f"Invalid value for '{name}': {value} is outside the range {low} to {high}.", param=name)
 
 
 def _optional_int(obj: JSON, name: str, low: int | None, high: int | None = None) -> None:
@@ -236,9 +232,7 @@ def _optional_int(obj: JSON, name: str, low: int | None, high: int | None = None
 
 
 def _missing(param: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
-    )
+    return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
 def _bad_type(param: str, expected: str, value: Any) -> InvalidRequest:

@@ -18,9 +18,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     access_log: bool = False
 
-    max_body_bytes: int = Field(
-        default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted."
-    )
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     max_attempts: int = Field(default=3, ge=1, description="Deployments tried per request before giving up.")
 
     upstream_connect_timeout: float = Field(default=10.0, gt=0)

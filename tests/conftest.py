@@ -161,9 +161,7 @@ def client(gateway: RunningGateway, checker: Checker) -> Iterator[openai.OpenAI]
 @pytest.fixture
 async def async_client(gateway: RunningGateway, checker: Checker) -> Any:
     http = httpx.AsyncClient(transport=AsyncValidatingTransport(checker))
-    yield openai.AsyncOpenAI(
-        base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0, http_client=http
-    )
+    yield openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0, http_client=http)
     await http.aclose()
 
 

@@ -82,9 +82,7 @@ class UpstreamConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(
-        min_length=1, description="What clients send; glob patterns such as `claude-*` allowed."
-    )
+    name: str = Field(min_length=1, description="What clients send; glob patterns such as `claude-*` allowed.")
     upstream: str = Field(min_length=1)
     upstream_model: str | None = Field(default=None, description="The name sent upstream; default: `name`.")
     weight: float = Field(default=1.0, gt=0, description="Share of traffic among deployments of one name.")
@@ -120,8 +118,7 @@ class GatewayConfig(_Strict):
         for i, model in enumerate(self.models):
             if model.upstream not in known:
                 raise ValueError(
-                    f"models[{i}].upstream: unknown upstream `{model.upstream}` "
-                    f"(known: {', '.join(sorted(known))})"
+                    f"models[{i}].upstream: unknown upstream `{model.upstream}` (known: {', '.join(sorted(known))})"
                 )
         return self
 

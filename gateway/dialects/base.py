@@ -51,9 +51,7 @@ class StreamDecoder(Protocol):
 
 
 class Dialect(Protocol):
-    def build_request(
-        self, request: ChatRequest, upstream: UpstreamConfig, model: str
-    ) -> UpstreamRequest: ...
+    def build_request(self, request: ChatRequest, upstream: UpstreamConfig, model: str) -> UpstreamRequest: ...
 
     def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply: ...
 
@@ -99,9 +97,7 @@ def upstream_status_error(
         client_status, kind = status, "upstream_error"
     else:
         client_status, kind = 502, "upstream_error"
-    forwarded = [
-        (name.encode(), headers[name].encode()) for name in _FORWARDED_ERROR_HEADERS if name in headers
-    ]
+    forwarded = [(name.encode(), headers[name].encode()) for name in _FORWARDED_ERROR_HEADERS if name in headers]
     err = UpstreamStatusError(
         f"{message}" if status < 500 else f"The upstream `{upstream.name}` failed (HTTP {status}): {message}",
         status=client_status,

@@ -84,9 +84,7 @@ def usage_of(usage: Any) -> Usage | None:
     completion_details = usage.get("completion_tokens_details")
     cached = _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
     cached = cached or _int(usage.get("prompt_cache_hit_tokens")) or _int(usage.get("cached_tokens"))
-    reasoning = (
-        _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
-    )
+    reasoning = _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
     billed = usage.get("billed_units")
     billed_units = float(billed) if isinstance(billed, int | float) and not isinstance(billed, bool) else None
     return Usage(prompt, completion_tokens, total, cached, reasoning, billed_units)

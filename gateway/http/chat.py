@@ -66,9 +66,7 @@ class ChatCompletions:
                 await send_error(send, _INTERNAL, rid)
 
     async def _send_stream(self, stream: Stream, rid: bytes, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", rid)]}
-        )
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", rid)]})
         await send({"type": "http.response.body", "body": b"".join(stream.first), "more_body": True})
         watcher = _DisconnectWatcher(receive)
         try:

@@ -98,9 +98,7 @@ class EchoReply:
 
 
 class EchoResponse:
-    def __init__(
-        self, status: int, headers: dict[str, str], body: bytes, events: list[bytes], delay: float
-    ) -> None:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, events: list[bytes], delay: float) -> None:
         self.status = status
         self.headers = headers
         self._body = body

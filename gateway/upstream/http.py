@@ -75,9 +75,7 @@ class HttpResponse:
 class HttpTransport:
     def __init__(self, *, pool_size: int, connect_timeout: float, read_timeout: float) -> None:
         self._pool_size = pool_size
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
 
     def _session_now(self) -> aiohttp.ClientSession:

@@ -27,9 +27,7 @@ def test_echo_buffered(client: openai.OpenAI, checker: Checker) -> None:
 
 def test_echo_streamed_with_usage(client: openai.OpenAI, checker: Checker) -> None:
     chunks = list(
-        client.chat.completions.create(
-            model="echo", messages=USER, stream=True, stream_options={"include_usage": True}
-        )
+        client.chat.completions.create(model="echo", messages=USER, stream=True, stream_options={"include_usage": True})
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "hello brave new world"
@@ -56,9 +54,7 @@ async def test_async_client_buffered_and_streamed(async_client: openai.AsyncOpen
     reply = await async_client.chat.completions.create(model="gpt-test", messages=USER)
     assert reply.choices[0].message.content == "hello brave new world"
     assert reply.usage is not None
-    assert (
-        reply.usage.prompt_tokens_details is not None and reply.usage.prompt_tokens_details.cached_tokens == 3
-    )
+    assert reply.usage.prompt_tokens_details is not None and reply.usage.prompt_tokens_details.cached_tokens == 3
     stream = await async_client.chat.completions.create(
         model="gpt-test", messages=USER, stream=True, stream_options={"include_usage": True}
     )
@@ -305,9 +301,7 @@ def test_sdk_raises_on_error_event(client: openai.OpenAI) -> None:
 
 
 def test_stream_headers(raw: httpx.Client) -> None:
-    with raw.stream(
-        "POST", "/v1/chat/completions", json={"model": "echo", "messages": USER, "stream": True}
-    ) as r:
+    with raw.stream("POST", "/v1/chat/completions", json={"model": "echo", "messages": USER, "stream": True}) as r:
         assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
         assert r.headers["cache-control"] == "no-cache"
         assert r.headers["x-accel-buffering"] == "no"

@@ -74,9 +74,7 @@ class FakeOpenAI:
             },
         )
 
-    async def _stream(
-        self, request: web.Request, body: dict[str, Any], model: str, text: str
-    ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, body: dict[str, Any], model: str, text: str) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
         )
@@ -100,9 +98,7 @@ class FakeOpenAI:
                 request.transport.close()
                 return
             if model == "mid-error" and i == 2:
-                error = {
-                    "error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}
-                }
+                error = {"error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}}
                 await resp.write(f"data: {json.dumps(error)}{newline}{newline}".encode())
                 return
             wire = f"data: {event}{newline}{newline}".encode()

@@ -30,9 +30,7 @@ def _validator(schema: str) -> OAS31Validator:
 
 
 def schema_errors(schema: str, payload: Any) -> list[str]:
-    return [
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator(schema).iter_errors(payload)
-    ]
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator(schema).iter_errors(payload)]
 
 
 def assert_valid(schema: str, payload: Any) -> None:
@@ -159,9 +157,7 @@ class ValidatingTransport(httpx.HTTPTransport):
         response = super().handle_request(request)
         stream = response.stream
         assert isinstance(stream, httpx.SyncByteStream)
-        response.stream = _TeeSync(
-            stream, lambda body, complete: self._checker.done(response, body, complete)
-        )
+        response.stream = _TeeSync(stream, lambda body, complete: self._checker.done(response, body, complete))
         return response
 
 
@@ -174,7 +170,5 @@ class AsyncValidatingTransport(httpx.AsyncHTTPTransport):
         response = await super().handle_async_request(request)
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
-        response.stream = _TeeAsync(
-            stream, lambda body, complete: self._checker.done(response, body, complete)
-        )
+        response.stream = _TeeAsync(stream, lambda body, complete: self._checker.done(response, body, complete))
         return response
