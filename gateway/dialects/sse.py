@@ -23,6 +23,8 @@ class SSEParser:
         self._event: str | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not chunk:
+            return []
         if self._pending_cr:
             # A CR ended the last piece; if this piece opens with LF they were one CRLF line end.
             chunk = chunk[1:] if chunk.startswith(b"\n") else chunk

@@ -34,7 +34,7 @@ class AiohttpServer:
 
     def __init__(self, app: web.Application) -> None:
         self._thread = LoopThread()
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
         self.port = self._thread.run(self._start())
 
     async def _start(self) -> int:

@@ -1,0 +1,173 @@
+"""The OpenAI dialect: request building, reply and stream decoding, against golden wire files."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.config import UpstreamConfig
+from gateway.dialects.base import Usage
+from gateway.dialects.openai import OpenAIDialect
+from gateway.errors import UpstreamProtocolError, UpstreamStatusError
+from gateway.request import check_chat_body
+from tests.conftest import GOLDEN
+from tests.support.spec import assert_valid
+
+DIALECT = OpenAIDialect()
+UPSTREAM = UpstreamConfig(
+    name="up", dialect="openai", base_url="https://api.example.com/v1", api_key="sk-up-1234567890"
+)
+STREAM = (GOLDEN / "openai" / "stream.sse").read_bytes()
+
+
+def _request(**extra: object):  # type: ignore[no-untyped-def]
+    return check_chat_body({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], **extra})
+
+
+def _decode_all(pieces: list[bytes], include_usage: bool) -> list[bytes]:
+    decoder = DIALECT.stream_decoder(
+        _request(stream=True, **({"stream_options": {"include_usage": True}} if include_usage else {}))
+    )
+    out: list[bytes] = []
+    for piece in pieces:
+        out += decoder.feed(piece)
+    return out + decoder.finish()
+
+
+def test_build_request_sets_credentials_model_and_stream_usage() -> None:
+    built = DIALECT.build_request(_request(stream=True, temperature=0.2), UPSTREAM, "gpt-4o-2024-08-06")
+    assert built.url == "https://api.example.com/v1/chat/completions"
+    assert built.headers["authorization"] == "Bearer sk-up-1234567890"
+    assert built.headers["accept"] == "text/event-stream"
+    body = json.loads(built.body)
+    assert body["model"] == "gpt-4o-2024-08-06"
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["temperature"] == 0.2
+
+
+def test_build_request_without_api_key_sends_no_authorization() -> None:
+    local = UpstreamConfig(name="vllm", dialect="openai", base_url="http://127.0.0.1:8000/v1")
+    assert "authorization" not in DIALECT.build_request(_request(), local, "m").headers
+
+
+def test_stream_golden_with_usage() -> None:
+    out = _decode_all([STREAM], include_usage=True)
+    assert out[-1] == b"data: [DONE]\n\n"
+    chunks = [json.loads(e[6:]) for e in out[:-1]]
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[:3]] == ["", "Hello", " 世界"]
+    assert chunks[3]["choices"][0]["delta"]["tool_calls"][0]["index"] == 0  # filled in: the spec requires it
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 21
+
+
+def test_stream_golden_without_usage_drops_usage_chunk_and_fields() -> None:
+    out = _decode_all([STREAM], include_usage=False)
+    chunks = [json.loads(e[6:]) for e in out[:-1]]
+    assert len(chunks) == 5
+    assert all("usage" not in c and c["choices"] for c in chunks)
+
+
+def test_stream_usage_captured_either_way() -> None:
+    decoder = DIALECT.stream_decoder(_request(stream=True))
+    decoder.feed(STREAM)
+    assert decoder.usage == Usage(9, 12, 21, 4, 3, None)
+
+
+def test_stream_split_at_every_byte_boundary_decodes_identically() -> None:
+    whole = _decode_all([STREAM], include_usage=True)
+    for cut in range(1, len(STREAM)):
+        assert _decode_all([STREAM[:cut], STREAM[cut:]], include_usage=True) == whole, cut
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=12), st.booleans())
+def test_stream_any_split_and_line_ending_decodes_identically(cuts: list[int], crlf: bool) -> None:
+    stream = STREAM.replace(b"\n", b"\r\n") if crlf else STREAM
+    scale = len(stream) / len(STREAM)
+    points = sorted({int(c * scale) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert _decode_all(pieces, include_usage=True) == _decode_all([STREAM], include_usage=True)
+
+
+def test_stream_ending_early_is_a_protocol_error() -> None:
+    decoder = DIALECT.stream_decoder(_request(stream=True))
+    decoder.feed(STREAM[: STREAM.index(b"Hello") + 100])
+    with pytest.raises(UpstreamProtocolError):
+        decoder.finish()
+
+
+def test_stream_garbage_event_is_a_protocol_error() -> None:
+    with pytest.raises(UpstreamProtocolError):
+        DIALECT.stream_decoder(_request(stream=True)).feed(b"data: {nope\n\n")
+
+
+def test_stream_error_event_raises_status_error() -> None:
+    event = b'data: {"error": {"message": "overloaded", "type": "server_error", "code": "busy"}}\n\n'
+    with pytest.raises(UpstreamStatusError) as info:
+        DIALECT.stream_decoder(_request(stream=True)).feed(event)
+    assert "overloaded" in info.value.message and info.value.code == "busy"
+
+
+def test_sloppy_reply_golden() -> None:
+    raw = (GOLDEN / "openai" / "reply_sloppy.json").read_bytes()
+    expected = json.loads((GOLDEN / "openai" / "reply_sloppy.expected.json").read_bytes())
+    reply = DIALECT.decode_reply(raw, _request())
+    body = orjson.loads(reply.body)
+    assert body == expected
+    assert_valid("CreateChatCompletionResponse", body)
+    assert reply.usage == Usage(5, 2, 7, 3, 0, None)
+
+
+def test_reply_missing_id_gets_one() -> None:
+    body = orjson.loads(DIALECT.decode_reply(b'{"choices": []}', _request()).body)
+    assert body["id"].startswith("chatcmpl-") and body["model"] == "gpt-4o"
+    assert_valid("CreateChatCompletionResponse", body)
+
+
+@pytest.mark.parametrize("raw", [b"<html>", b"[]", b""])
+def test_reply_not_a_json_object_is_protocol_error(raw: bytes) -> None:
+    with pytest.raises(UpstreamProtocolError):
+        DIALECT.decode_reply(raw, _request())
+
+
+@pytest.mark.parametrize(
+    ("status", "client_status", "retryable"),
+    [
+        (400, 400, False),
+        (404, 404, False),
+        (422, 422, False),
+        (401, 502, True),
+        (403, 502, True),
+        (429, 429, True),
+        (500, 502, True),
+        (502, 502, True),
+        (503, 503, True),
+        (504, 504, True),
+    ],
+)
+def test_error_statuses(status: int, client_status: int, retryable: bool) -> None:
+    body = b'{"error": {"message": "Incorrect API key provided: sk-up-1234567890", "type": "x", "param": "p"}}'
+    err = DIALECT.decode_error(status, body, {"retry-after": "7"}, UPSTREAM)
+    assert err.status == client_status and err.retryable is retryable
+    assert "sk-up-1234567890" not in err.message
+    assert_valid("ErrorResponse", err.body())
+    if status == 429:
+        assert (b"retry-after", b"7") in err.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"error": "plain string"}', "plain string"),
+        (b'{"code": "Throttling", "message": "Requests throttled", "request_id": "x"}', "Requests throttled"),
+        (b"upstream exploded", "upstream exploded"),
+        (b"", "empty reply"),
+    ],
+)
+def test_error_bodies_of_many_shapes(body: bytes, message: str) -> None:
+    assert message in DIALECT.decode_error(400, body, {}, UPSTREAM).message

@@ -1,0 +1,140 @@
+"""The Redis ledger against a real redis-server started by the test suite."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+import redis
+
+from gateway.config import parse_config
+from gateway.dialects.base import Usage
+from gateway.ledger import UsageRecord
+from gateway.ledger.redis import RedisLedger, usage_key
+from tests.conftest import CLIENT_KEY, RunningGateway, config_yaml
+from tests.support.redis_server import RedisServer
+
+USER = [{"role": "user", "content": "hello brave new world"}]
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def _wait_for(read: Callable[[], object], expected: object, seconds: float = 5) -> object:
+    deadline = time.monotonic() + seconds
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
+
+
+@pytest.fixture
+def redis_gateway(start_gateway: Callable[..., RunningGateway], fake_url: str, redis_url: str) -> RunningGateway:
+    return start_gateway(parse_config(config_yaml(fake_url, redis_url)))
+
+
+def _sdk(gateway: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+
+
+def test_usage_readable_in_redis_as_documented(redis_gateway: RunningGateway, redis_url: str) -> None:
+    sdk = _sdk(redis_gateway)
+    sdk.chat.completions.create(model="gpt-test", messages=USER)
+    sdk.chat.completions.create(model="gpt-test", messages=USER)
+    list(sdk.chat.completions.create(model="gpt-test", messages=USER, stream=True))
+    sdk.chat.completions.create(model="echo", messages=USER)
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    key = f"gw:{{tester}}:usage:{_today()}:gpt-test"
+    _wait_for(lambda: r.hget(key, "requests"), "3")
+    assert r.hgetall(key) == {
+        "requests": "3",
+        "prompt_tokens": "57",
+        "completion_tokens": "12",
+        "total_tokens": "69",
+        "cached_tokens": "9",
+        "reasoning_tokens": "6",
+        "billed_units": "4.5",
+    }
+    assert r.smembers(f"gw:{{tester}}:models:{_today()}") == {"gpt-test", "echo"}
+    echo = r.hgetall(f"gw:{{tester}}:usage:{_today()}:echo")
+    assert echo["requests"] == "1" and echo["completion_tokens"] == "4" and "billed_units" not in echo
+
+
+def test_redis_outage_loses_nothing_and_counts_once(
+    redis_gateway: RunningGateway, redis_server: RedisServer, redis_url: str
+) -> None:
+    sdk = _sdk(redis_gateway)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    key = f"gw:{{tester}}:usage:{_today()}:gpt-test"
+    sdk.chat.completions.create(model="gpt-test", messages=USER)
+    _wait_for(lambda: r.hget(key, "requests"), "1")
+
+    redis_server.stop()
+    try:
+        ready = httpx.get(f"{redis_gateway.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["ledger"] == "unreachable"
+        for _ in range(3):  # requests succeed while Redis is down
+            assert sdk.chat.completions.create(model="gpt-test", messages=USER).choices
+        list(sdk.chat.completions.create(model="gpt-test", messages=USER, stream=True))
+        time.sleep(0.3)  # several failed flushes
+    finally:
+        redis_server.start()  # same port, empty (it keeps nothing on disk)
+
+    assert _wait_for(lambda: r.hget(key, "requests"), "4", seconds=10) == "4"
+    time.sleep(0.3)  # further flushes must not add anything twice
+    assert r.hget(key, "requests") == "4"
+    assert r.hget(key, "prompt_tokens") == str(4 * 19)
+    assert httpx.get(f"{redis_gateway.url}/readyz").status_code == 200
+
+
+async def test_a_batch_resent_after_it_landed_is_not_counted_twice(redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, flush_interval=60)
+    ledger.record(UsageRecord("alice", "m1", Usage(10, 5, 15, 2, 1, 0.25)))
+    ledger.record(UsageRecord("alice", "m1", Usage(10, 5, 15, 2, 1, None)))
+    ledger.record(UsageRecord("bob", "m2", Usage(1, 1, 2)))
+    batches = ledger._batches(ledger._pending)
+    for batch in batches:  # as if the reply to the first write was lost and it was sent again
+        await ledger._apply(batch)
+        await ledger._apply(batch)
+    alice = await ledger.usage("alice", _today())
+    assert alice == {
+        "m1": {
+            "requests": 2.0,
+            "prompt_tokens": 20.0,
+            "completion_tokens": 10.0,
+            "total_tokens": 30.0,
+            "cached_tokens": 4.0,
+            "reasoning_tokens": 2.0,
+            "billed_units": 0.25,
+        }
+    }
+    assert (await ledger.usage("bob", _today()))["m2"]["requests"] == 1.0
+    await ledger.aclose()
+
+
+async def test_keys_share_a_cluster_hash_tag_per_key_name() -> None:
+    assert usage_key("gw", "team-a", "2026-11-21", "gpt-4o").startswith("gw:{team-a}:")
+
+
+async def test_records_queued_while_down_are_written_on_close(redis_server: RedisServer, redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, flush_interval=60, timeout=0.2)
+    redis_server.stop()
+    try:
+        ledger.record(UsageRecord("carol", "m", Usage(3, 4, 7)))
+        assert await ledger.flush() is False
+        ledger.record(UsageRecord("carol", "m", Usage(3, 4, 7)))
+        assert await ledger.flush() is False
+    finally:
+        redis_server.start()
+    await asyncio.sleep(0)
+    ledger2 = RedisLedger(redis_url)
+    await ledger.aclose()  # the final flush writes both
+    assert (await ledger2.usage("carol", _today()))["m"]["requests"] == 2.0
+    await ledger2.aclose()
