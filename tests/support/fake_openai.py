@@ -83,6 +83,9 @@ class FakeOpenAI:
             await self._events(request, resp, body, model, text)
         except ConnectionError:
             self.streams_cut += 1
+        except asyncio.CancelledError:  # the reader closed the connection while we waited
+            self.streams_cut += 1
+            raise
         return resp
 
     async def _events(
