@@ -2,7 +2,7 @@
 """The project's single entry point; needs only Python 3.11+.
 
 python3 dev.py run [gateway serve args...]   set up .venv and run the gateway with config/gateway.yaml
-python3 dev.py test [pytest args...]         set up .venv (+ redis-server) and run ruff and the tests
+python3 dev.py test [pytest args...]         set up .venv (+ redis-server) and run ruff, mypy and the tests
 python3 dev.py bench [bench args...]         set up .venv (+ wrk, nginx) and run bench/run.py
 """
 
@@ -38,6 +38,7 @@ def main() -> int:
         if not spec.exists():
             return _fail(f"the OpenAI spec the tests validate against is missing: {spec}")
         _run([str(BIN / "ruff"), "check", "gateway", "tests", "bench", "dev.py"])
+        _run([str(BIN / "mypy"), "gateway"])
         code = subprocess.call([str(BIN / "python"), "-m", "pytest", *args], cwd=ROOT)
         if code == 5:
             return _fail("pytest collected no tests")

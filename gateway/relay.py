@@ -7,8 +7,9 @@ stream has started, an error becomes an SSE `error` event followed by `[DONE]`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gateway.auth import Principal
 from gateway.config import UpstreamConfig
@@ -22,6 +23,7 @@ from gateway.routing import Deployment, Router
 from gateway.upstream.base import Transport, UpstreamResponse
 
 log = logging.getLogger("gateway.relay")
+T = TypeVar("T")
 
 
 class NoUsableDeployment(GatewayError):
@@ -59,15 +61,9 @@ class Relay:
 
     async def complete(self, principal: Principal, request: ChatRequest) -> bytes:
         """A buffered reply: the OpenAI chat.completion body."""
-        deployments = self._deployments(principal, request)
-        for attempt, deployment in enumerate(deployments, 1):
-            try:
-                return await self._complete_once(principal, request, deployment)
-            except UpstreamError as exc:
-                if not exc.retryable or attempt == len(deployments):
-                    raise
-                log.info("retrying on another deployment after: %s", exc.message)
-        raise AssertionError("unreachable")
+        return await self._in_order(
+            self._deployments(principal, request), lambda d: self._complete_once(principal, request, d)
+        )
 
     async def _complete_once(self, principal: Principal, request: ChatRequest, deployment: Deployment) -> bytes:
         upstream = deployment.upstream
@@ -87,15 +83,21 @@ class Relay:
 
     async def stream(self, principal: Principal, request: ChatRequest) -> Stream:
         """Open a stream on the first deployment that produces output; raises `GatewayError` before that."""
-        deployments = self._deployments(principal, request)
+        return await self._in_order(
+            self._deployments(principal, request), lambda d: self._stream_once(principal, request, d)
+        )
+
+    @staticmethod
+    async def _in_order(deployments: list[Deployment], once: Callable[[Deployment], Awaitable[T]]) -> T:
+        """Try each deployment until one succeeds; only retryable upstream errors move on."""
         for attempt, deployment in enumerate(deployments, 1):
             try:
-                return await self._stream_once(principal, request, deployment)
+                return await once(deployment)
             except UpstreamError as exc:
                 if not exc.retryable or attempt == len(deployments):
                     raise
-                log.info("retrying on another deployment after: %s", exc.message)
-        raise AssertionError("unreachable")
+                log.info("upstream %s failed, trying the next deployment: %s", deployment.upstream.name, exc.message)
+        raise AssertionError("no deployments")
 
     async def _stream_once(self, principal: Principal, request: ChatRequest, deployment: Deployment) -> Stream:
         upstream = deployment.upstream

@@ -22,15 +22,7 @@ _FINISH_ALIASES = {
 
 def completion(obj: JSON, model: str, fallback_id: str) -> JSON:
     _envelope(obj, "chat.completion", model, fallback_id)
-    choices = obj.get("choices")
-    if not isinstance(choices, list):
-        choices = obj["choices"] = []
-    for position, choice in enumerate(choices):
-        if not isinstance(choice.get("index"), int):
-            choice["index"] = position
-        message = choice.get("message")
-        if not isinstance(message, dict):
-            message = choice["message"] = {}
+    for choice, message in _choices(obj, "message"):
         message["role"] = "assistant"
         message.setdefault("content", None)
         message.setdefault("refusal", None)
@@ -52,15 +44,7 @@ def completion(obj: JSON, model: str, fallback_id: str) -> JSON:
 
 def chunk(obj: JSON, model: str, fallback_id: str, created: int) -> JSON:
     _envelope(obj, "chat.completion.chunk", model, fallback_id, created)
-    choices = obj.get("choices")
-    if not isinstance(choices, list):
-        choices = obj["choices"] = []
-    for position, choice in enumerate(choices):
-        if not isinstance(choice.get("index"), int):
-            choice["index"] = position
-        delta = choice.get("delta")
-        if not isinstance(delta, dict):
-            delta = choice["delta"] = {}
+    for choice, delta in _choices(obj, "delta"):
         tool_calls = delta.get("tool_calls")
         if isinstance(tool_calls, list):
             for i, call in enumerate(tool_calls):
@@ -88,6 +72,23 @@ def usage_of(usage: Any) -> Usage | None:
     billed = usage.get("billed_units")
     billed_units = float(billed) if isinstance(billed, int | float) and not isinstance(billed, bool) else None
     return Usage(prompt, completion_tokens, total, cached, reasoning, billed_units)
+
+
+def _choices(obj: JSON, inner: str) -> list[tuple[JSON, JSON]]:
+    """Each choice with its `message` or `delta`, both made objects, `index` filled in."""
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        choices = obj["choices"] = []
+    out = []
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            choice = choices[position] = {}
+        if not isinstance(choice.get("index"), int):
+            choice["index"] = position
+        if not isinstance(choice.get(inner), dict):
+            choice[inner] = {}
+        out.append((choice, choice[inner]))
+    return out
 
 
 def _envelope(obj: JSON, kind: str, model: str, fallback_id: str, created: int | None = None) -> None:

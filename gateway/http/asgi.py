@@ -28,7 +28,7 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
     message = await receive()
-    body = message.get("body", b"")
+    body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
             raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
