@@ -25,10 +25,11 @@ class Deployment:
 class Route:
     name: str  # the config entry that matched (an exact name or a pattern)
     deployments: tuple[Deployment, ...]
+    usable: tuple[Deployment, ...]  # those whose upstream is enabled
 
-    @property
-    def usable(self) -> tuple[Deployment, ...]:
-        return tuple(d for d in self.deployments if d.upstream.enabled)
+    @classmethod
+    def of(cls, name: str, deployments: list[Deployment]) -> Route:
+        return cls(name, tuple(deployments), tuple(d for d in deployments if d.upstream.enabled))
 
 
 class Router:
@@ -41,7 +42,7 @@ class Router:
         self._exact: dict[str, Route] = {}
         self._patterns: list[Route] = []
         for name, deps in grouped.items():
-            route = Route(name, tuple(deps))
+            route = Route.of(name, deps)
             if any(ch in name for ch in "*?["):
                 self._patterns.append(route)
             else:

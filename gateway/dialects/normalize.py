@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway.dialects.base import Usage
@@ -20,8 +22,12 @@ _FINISH_ALIASES = {
 }
 
 
-def completion(obj: JSON, model: str, fallback_id: str) -> JSON:
-    _envelope(obj, "chat.completion", model, fallback_id)
+def completion_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+def completion(obj: JSON, model: str) -> JSON:
+    _envelope(obj, "chat.completion", model, completion_id)
     for choice, message in _choices(obj, "message"):
         message["role"] = "assistant"
         message.setdefault("content", None)
@@ -42,8 +48,9 @@ def completion(obj: JSON, model: str, fallback_id: str) -> JSON:
     return obj
 
 
-def chunk(obj: JSON, model: str, fallback_id: str, created: int) -> JSON:
-    _envelope(obj, "chat.completion.chunk", model, fallback_id, created)
+def chunk(obj: JSON, model: str, stream_id: Callable[[], str], created: int) -> JSON:
+    """`stream_id` gives the id to use when the upstream sent none: the same one for every chunk."""
+    _envelope(obj, "chat.completion.chunk", model, stream_id, created)
     for choice, delta in _choices(obj, "delta"):
         tool_calls = delta.get("tool_calls")
         if isinstance(tool_calls, list):
@@ -91,10 +98,10 @@ def _choices(obj: JSON, inner: str) -> list[tuple[JSON, JSON]]:
     return out
 
 
-def _envelope(obj: JSON, kind: str, model: str, fallback_id: str, created: int | None = None) -> None:
+def _envelope(obj: JSON, kind: str, model: str, make_id: Callable[[], str], created: int | None = None) -> None:
     obj["object"] = kind
     if not isinstance(obj.get("id"), str) or not obj["id"]:
-        obj["id"] = fallback_id
+        obj["id"] = make_id()
     if not isinstance(obj.get("created"), int):
         obj["created"] = created if created is not None else int(time.time())
     if not isinstance(obj.get("model"), str) or not obj["model"]:

@@ -5,7 +5,6 @@ Replies pass through, parsed only as far as usage capture and the spec's require
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -25,10 +24,6 @@ from gateway.errors import UpstreamProtocolError, UpstreamStatusError
 from gateway.request import ChatRequest
 
 DONE_EVENT = b"data: [DONE]\n\n"
-
-
-def completion_id() -> str:
-    return "chatcmpl-" + os.urandom(12).hex()
 
 
 def sse_event(obj: Any) -> bytes:
@@ -61,7 +56,7 @@ class OpenAIDialect:
         obj = _json_object(body, "reply")
         if "error" in obj and "choices" not in obj:
             raise _embedded_error(obj)
-        normalize.completion(obj, request.model, completion_id())
+        normalize.completion(obj, request.model)
         return DecodedReply(orjson.dumps(obj), normalize.usage_of(obj.get("usage")))
 
     def stream_decoder(self, request: ChatRequest) -> OpenAIStreamDecoder:
@@ -82,7 +77,7 @@ class OpenAIStreamDecoder:
         self._parser = SSEParser()
         self._model = model
         self._include_usage = include_usage
-        self._id = completion_id()
+        self._id: str | None = None
         self._created = int(time.time())
         self._saw_done = False
         self._finished = False
@@ -97,7 +92,7 @@ class OpenAIStreamDecoder:
             obj = _json_object(event.data, "stream event")
             if "error" in obj and "choices" not in obj:
                 raise _embedded_error(obj)
-            normalize.chunk(obj, self._model, self._id, self._created)
+            normalize.chunk(obj, self._model, self._stream_id, self._created)
             if "usage" in obj:
                 usage = normalize.usage_of(obj["usage"])
                 if usage is not None:
@@ -110,6 +105,11 @@ class OpenAIStreamDecoder:
                 self._finished = True
             out.append(sse_event(obj))
         return out
+
+    def _stream_id(self) -> str:
+        if self._id is None:
+            self._id = normalize.completion_id()
+        return self._id
 
     def finish(self) -> list[bytes]:
         self._parser.finish()

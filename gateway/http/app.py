@@ -14,7 +14,7 @@ from gateway import __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Gateway
-from gateway.http.asgi import request_id
+from gateway.http.asgi import RequestIds
 from gateway.http.chat import ChatCompletions
 from gateway.http.routes import router
 from gateway.settings import Settings
@@ -28,8 +28,9 @@ class GatewayApp:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.api = _fastapi(gateway)
-        self._chat = ChatCompletions(gateway.keys, gateway.relay, gateway.settings.max_body_bytes)
+        request_ids = RequestIds()
+        self.api = _fastapi(gateway, request_ids)
+        self._chat = ChatCompletions(gateway.keys, gateway.relay, gateway.settings.max_body_bytes, request_ids)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
@@ -50,7 +51,7 @@ def app_from_env() -> GatewayApp:
     return create_app(settings, load_config(settings.config))
 
 
-def _fastapi(gateway: Gateway) -> FastAPI:
+def _fastapi(gateway: Gateway, request_ids: RequestIds) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
@@ -62,7 +63,7 @@ def _fastapi(gateway: Gateway) -> FastAPI:
     api = FastAPI(title="LLM gateway", version=__version__, lifespan=lifespan)
     api.state.gateway = gateway
     api.include_router(router)
-    api.add_middleware(RequestIdMiddleware)
+    api.add_middleware(RequestIdMiddleware, request_ids=request_ids)
 
     @api.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:
@@ -91,15 +92,16 @@ def _error_response(exc: GatewayError) -> Response:
 class RequestIdMiddleware:
     """Gives every FastAPI response an `x-request-id` (the hot route sets its own)."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: object, request_ids: RequestIds) -> None:
         self.app = app
+        self._request_id = request_ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # type: ignore[operator]
             return
         presented = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        rid = request_id(presented)
+        rid = self._request_id(presented)
 
         async def send_with_id(message: dict[str, object]) -> None:
             if message["type"] == "http.response.start":

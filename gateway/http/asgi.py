@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 
@@ -17,11 +18,21 @@ SSE_HEADERS: Headers = [
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def request_id(presented: bytes | None) -> bytes:
-    """The caller's `x-request-id` when it is sane, else a new one."""
-    if presented and _REQUEST_ID.match(presented):
-        return presented
-    return b"req_" + os.urandom(12).hex().encode()
+class RequestIds:
+    """Request ids: the caller's `x-request-id` when it is sane, else a new one.
+
+    New ids are a random per-app prefix and a counter: unique across processes without a
+    system call per request.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = b"req_" + os.urandom(8).hex().encode()
+        self._counter = itertools.count(1)
+
+    def __call__(self, presented: bytes | None) -> bytes:
+        if presented and _REQUEST_ID.match(presented):
+            return presented
+        return b"%s%08x" % (self._prefix, next(self._counter))
 
 
 async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:

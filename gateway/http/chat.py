@@ -7,7 +7,7 @@ import logging
 
 from gateway.auth import KeyTable, key_from_headers
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, read_body, request_id, send_bytes, send_error
+from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, send_bytes, send_error
 from gateway.relay import Relay, Stream
 from gateway.request import parse_chat_request
 from gateway.types import Receive, Scope, Send
@@ -18,7 +18,8 @@ _INTERNAL = GatewayError("The gateway failed to handle the request.", status=500
 
 
 class ChatCompletions:
-    def __init__(self, keys: KeyTable, relay: Relay, max_body_bytes: int) -> None:
+    def __init__(self, keys: KeyTable, relay: Relay, max_body_bytes: int, request_ids: RequestIds) -> None:
+        self._request_id = request_ids
         self._keys = keys
         self._relay = relay
         self._limit = max_body_bytes
@@ -36,7 +37,7 @@ class ChatCompletions:
                 x_api_key = value
             elif name == b"x-request-id":
                 presented_id = value
-        rid = request_id(presented_id)
+        rid = self._request_id(presented_id)
         started = False
         try:
             if scope["method"] != "POST":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 from gateway.dialects.base import Usage
@@ -32,7 +33,7 @@ class UsageRecord:
 
     @property
     def day(self) -> str:
-        return time.strftime("%Y-%m-%d", time.gmtime(self.at))
+        return _utc_day(int(self.at // 86400))
 
     def counters(self) -> Totals:
         u = self.usage
@@ -47,6 +48,11 @@ class UsageRecord:
         if u.billed_units is not None:
             counts["billed_units"] = u.billed_units
         return counts
+
+
+@lru_cache(maxsize=8)
+def _utc_day(days_since_epoch: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(days_since_epoch * 86400))
 
 
 # (principal, day, model) -> counters

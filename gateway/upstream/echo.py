@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 
 from gateway.dialects.base import UpstreamRequest
-from gateway.dialects.openai import DONE_EVENT, completion_id, sse_event
+from gateway.dialects.normalize import completion_id
+from gateway.dialects.openai import DONE_EVENT, sse_event
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 

@@ -82,8 +82,13 @@ class HttpTransport:
         # Created on first use, inside the running loop (aiohttp binds the session to it).
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300, keepalive_timeout=30)
+            # No cookie jar: cookies one upstream reply sets must never ride along on other callers' requests.
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=True, trust_env=False
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=True,
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

@@ -75,6 +75,12 @@ def test_upstream_gets_gateway_credentials_and_renamed_model(client: openai.Open
     assert "x-custom" not in seen.headers and "x-api-key" not in seen.headers
 
 
+def test_upstream_cookies_are_never_replayed(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    client.chat.completions.create(model="gpt-test", messages=USER)
+    client.chat.completions.create(model="gpt-test", messages=USER)
+    assert all("cookie" not in seen.headers for seen in fake.requests)
+
+
 def test_stream_always_asks_upstream_for_usage(client: openai.OpenAI, fake: FakeOpenAI) -> None:
     list(client.chat.completions.create(model="gpt-test", messages=USER, stream=True))
     assert fake.requests[-1].body["stream_options"] == {"include_usage": True}

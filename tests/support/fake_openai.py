@@ -71,6 +71,7 @@ class FakeOpenAI:
                 "content-type": "application/json",
                 "openai-processing-ms": "12",
                 "x-request-id": "req_up",
+                "set-cookie": "__cf_bm=upstream-session; Path=/; HttpOnly",  # as Cloudflare-fronted APIs do
             },
         )
 
