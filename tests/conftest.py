@@ -38,6 +38,10 @@ upstreams:
     dialect: openai
     base_url: {fake_url}/v1
     api_key: {UPSTREAM_KEY}
+  - name: fake-by-name
+    dialect: openai
+    base_url: {fake_url.replace("127.0.0.1", "localhost")}/v1
+    api_key: {UPSTREAM_KEY}
   - name: dead
     dialect: openai
     base_url: http://127.0.0.1:9/v1
@@ -63,6 +67,9 @@ models:
     weight: 0.001
   - name: dead
     upstream: dead
+  - name: by-name
+    upstream: fake-by-name
+    upstream_model: ok
   - name: nokey
     upstream: unconfigured
 """
