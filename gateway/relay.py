@@ -34,7 +34,10 @@ class NoUsableDeployment(GatewayError):
 
 @dataclass(slots=True)
 class Stream:
-    """A stream that has produced its first events; `rest` yields the others and never raises."""
+    """A stream that has produced its first events; `rest` yields the others and never raises.
+
+    Each item of `rest` is one or more whole SSE events.
+    """
 
     first: list[bytes]
     rest: AsyncIterator[bytes]
@@ -142,11 +145,12 @@ class Relay:
         upstream: UpstreamConfig,
     ) -> AsyncIterator[bytes]:
         try:
+            # Everything one upstream read completes goes out at once: no event waits, fewer writes.
             async for data in chunks:
-                for event in decoder.feed(data):
-                    yield event
-            for event in decoder.finish():
-                yield event
+                events = decoder.feed(data)
+                if events:
+                    yield b"".join(events)
+            yield b"".join(decoder.finish())
         except GatewayError as exc:
             response.close()
             exc.message = redact(exc.message, upstream)
