@@ -34,13 +34,16 @@ class NoUsableDeployment(GatewayError):
 
 @dataclass(slots=True)
 class Stream:
-    """A stream that has produced its first events; `rest` yields the others and never raises.
+    """A stream that has produced its first events.
 
-    Each item of `rest` is one or more whole SSE events.
+    `rest` yields the following events (each item one or more whole SSE events) and never raises;
+    when it ends, `tail` holds the final events, to go out with the end of the body. `rest` is None
+    when the upstream had already finished and `first` is the whole stream.
     """
 
-    first: list[bytes]
-    rest: AsyncIterator[bytes]
+    first: bytes
+    rest: AsyncIterator[bytes] | None = None
+    tail: bytes = b""
 
 
 class Relay:
@@ -131,12 +134,14 @@ class Relay:
             raise
         if first and first[-1] == DONE_EVENT:
             self._record(principal, request, decoder.usage)
-            return Stream(first, _empty())
-        rest = self._relay_rest(principal, request, response, chunks, decoder, upstream)
-        return Stream(first, rest)
+            return Stream(b"".join(first))
+        stream = Stream(b"".join(first))
+        stream.rest = self._relay_rest(stream, principal, request, response, chunks, decoder, upstream)
+        return stream
 
     async def _relay_rest(
         self,
+        stream: Stream,
         principal: Principal,
         request: ChatRequest,
         response: UpstreamResponse,
@@ -150,13 +155,12 @@ class Relay:
                 events = decoder.feed(data)
                 if events:
                     yield b"".join(events)
-            yield b"".join(decoder.finish())
+            stream.tail = b"".join(decoder.finish())
         except GatewayError as exc:
             response.close()
             exc.message = redact(exc.message, upstream)
             log.warning("stream from %s failed after the first byte: %s", upstream.name, exc.message)
-            yield b"data: " + exc.to_json() + b"\n\n"
-            yield DONE_EVENT
+            stream.tail = b"data: " + exc.to_json() + b"\n\n" + DONE_EVENT
         finally:
             # Also reached when the client went away and the generator was closed.
             response.close()
@@ -164,8 +168,3 @@ class Relay:
 
     def _record(self, principal: Principal, request: ChatRequest, usage: Usage | None) -> None:
         self._ledger.record(UsageRecord(principal.name, request.model, usage or Usage()))
-
-
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield  # pragma: no cover

@@ -68,13 +68,17 @@ class ChatCompletions:
 
     async def _send_stream(self, stream: Stream, rid: bytes, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", rid)]})
-        await send({"type": "http.response.body", "body": b"".join(stream.first), "more_body": True})
+        rest = stream.rest
+        if rest is None:  # the upstream had already finished: nothing to wait for
+            await send({"type": "http.response.body", "body": stream.first, "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": stream.first, "more_body": True})
         watcher = _DisconnectWatcher(receive)
         try:
-            async for event in stream.rest:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+            async for events in rest:
+                await send({"type": "http.response.body", "body": events, "more_body": True})
             watcher.stop()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": stream.tail, "more_body": False})
         except asyncio.CancelledError:
             if not watcher.fired:
                 raise
@@ -85,7 +89,7 @@ class ChatCompletions:
                 task.uncancel()
         finally:
             watcher.stop()
-            await stream.rest.aclose()  # type: ignore[attr-defined]
+            await rest.aclose()  # type: ignore[attr-defined]
 
 
 class _DisconnectWatcher:
