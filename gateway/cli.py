@@ -77,6 +77,7 @@ def _serve(settings: Settings, config: GatewayConfig) -> int:
         "log_level": settings.log_level.lower(),
         "access_log": settings.access_log,
         "lifespan": "on",
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings, config), **common)  # type: ignore[arg-type]

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     log_level: str = "info"
     access_log: bool = False
+    shutdown_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds open streams may take to finish after SIGTERM."
+    )
 
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     max_attempts: int = Field(default=3, ge=1, description="Deployments tried per request before giving up.")

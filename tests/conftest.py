@@ -158,11 +158,21 @@ def checker() -> Iterator[Checker]:
     yield checker
 
 
+def sdk(url: str, checker: Checker, key: str = CLIENT_KEY) -> openai.OpenAI:
+    """The official SDK, no retries, every response it reads validated against the spec."""
+    http = httpx.Client(transport=ValidatingTransport(checker))
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, http_client=http)
+
+
+def checked_http(checker: Checker, **kwargs: Any) -> httpx.Client:
+    """A plain httpx client whose every response is validated against the spec."""
+    return httpx.Client(transport=ValidatingTransport(checker), **kwargs)
+
+
 @pytest.fixture
 def client(gateway: RunningGateway, checker: Checker) -> Iterator[openai.OpenAI]:
-    http = httpx.Client(transport=ValidatingTransport(checker))
-    yield openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0, http_client=http)
-    http.close()
+    with sdk(gateway.url, checker) as client:
+        yield client
 
 
 @pytest.fixture
@@ -173,8 +183,15 @@ async def async_client(gateway: RunningGateway, checker: Checker) -> Any:
 
 
 @pytest.fixture
-def raw(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, headers={"authorization": f"Bearer {CLIENT_KEY}"}) as http:
+def raw(gateway: RunningGateway, checker: Checker) -> Iterator[httpx.Client]:
+    with checked_http(checker, base_url=gateway.url, headers={"authorization": f"Bearer {CLIENT_KEY}"}) as http:
+        yield http
+
+
+@pytest.fixture
+def anon(gateway: RunningGateway, checker: Checker) -> Iterator[httpx.Client]:
+    """Without a key."""
+    with checked_http(checker, base_url=gateway.url) as http:
         yield http
 
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
+from tests.conftest import sdk
 from tests.support.ports import free_port
-from tests.support.spec import check_exchange
+from tests.support.spec import Checker, check_exchange
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = [sys.executable, "-m", "gateway"]
@@ -49,32 +52,56 @@ def test_no_config_is_a_clear_error() -> None:
     assert result.returncode == 2 and "--config" in result.stderr
 
 
-@pytest.fixture
-def served() -> object:
+@contextmanager
+def _serving(*extra: str) -> Iterator[str]:
+    """`gateway serve` with the shipped config as a real process; yields its URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     proc = subprocess.Popen(
-        [*GATEWAY, "serve", "--config", "config/gateway.yaml", "--port", str(port)],
+        [*GATEWAY, "serve", "--config", "config/gateway.yaml", "--port", str(port), *extra],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    output = proc.communicate(timeout=15)[0].decode()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0].decode()
+    # uvicorn re-raises SIGTERM once it has shut down cleanly, so -SIGTERM is a clean exit too.
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output, output
     assert "sk-demo" not in output  # secrets never reach the log
 
 
-def test_serve_with_shipped_config_answers_the_sdk(served: str) -> None:
-    client = openai.OpenAI(base_url=f"{served}/v1", api_key="sk-demo", max_retries=0)
+@pytest.fixture
+def served() -> Iterator[str]:
+    with _serving() as url:
+        yield url
+
+
+def test_serve_with_several_workers(checker: Checker) -> None:
+    with _serving("--workers", "2") as url:
+        client = sdk(url, checker, key="sk-demo")
+        for _ in range(4):  # spread over both workers
+            reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content == "hi"
+        chunks = list(
+            client.chat.completions.create(model="echo", stream=True, messages=[{"role": "user", "content": "hi"}])
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "hi"
+
+
+def test_serve_with_shipped_config_answers_the_sdk(served: str, checker: Checker) -> None:
+    client = sdk(served, checker, key="sk-demo")
     reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "ping pong"}])
     assert reply.choices[0].message.content == "ping pong"
     chunks = list(

@@ -10,6 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 Dialect = Literal["openai", "echo"]
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+# Set per connection by the HTTP client itself; configuring them would break or smuggle requests.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "transfer-encoding", "upgrade", "host", "content-length"}
+)
 
 
 class _Strict(BaseModel):
@@ -17,12 +23,21 @@ class _Strict(BaseModel):
 
 
 class KeyConfig(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(
+        min_length=1, max_length=64, description="Letters, digits and `_.@-`: it becomes part of Redis keys."
+    )
     key: SecretStr | None = None
     key_sha256: str | None = None
     models: list[str] | None = Field(
         default=None, description="Model names or glob patterns this key may use; all when absent."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_chars(cls, value: str) -> str:
+        if not _KEY_NAME.match(value):
+            raise ValueError("use letters, digits and `_.@-` only (the name is part of Redis keys)")
+        return value
 
     @field_validator("key")
     @classmethod
@@ -69,6 +84,14 @@ class UpstreamConfig(_Strict):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _no_hop_by_hop(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(name for name in value if name.lower() in HOP_BY_HOP)
+        if bad:
+            raise ValueError(f"{', '.join(bad)} cannot be configured: the HTTP client sets it per connection")
+        return value
 
     @model_validator(mode="after")
     def _base_url_when_needed(self) -> UpstreamConfig:

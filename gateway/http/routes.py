@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from gateway.auth import Principal, key_from_headers
-from gateway.errors import ModelNotFound
+from gateway.errors import GatewayError, ModelNotFound
 from gateway.gateway import Gateway
 from gateway.routing import Route
 
@@ -72,9 +72,9 @@ def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Config loaded, and the usage store reachable when one is configured."""
     gateway = _gateway(request)
-    ledger_ok = await gateway.ledger.ready()
-    body = {
-        "status": "ok" if ledger_ok else "unavailable",
-        "checks": {"config": "ok", "ledger": "ok" if ledger_ok else "unreachable"},
-    }
-    return JSONResponse(body, status_code=200 if ledger_ok else 503)
+    if await gateway.ledger.ready():
+        return JSONResponse({"status": "ok", "checks": {"config": "ok", "ledger": "ok"}})
+    # Like every error the gateway sends, the 503 carries an OpenAI-shaped `error`.
+    error = GatewayError("Not ready: the usage store (Redis) is unreachable.", status=503, code="not_ready")
+    body = {**error.body(), "status": "unavailable", "checks": {"config": "ok", "ledger": "unreachable"}}
+    return JSONResponse(body, status_code=503)

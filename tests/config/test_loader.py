@@ -69,6 +69,12 @@ def test_dollar_escape() -> None:
         (("    upstream: up", "    upstream: up\n    weight: 0"), "models[0].weight", "greater than 0"),
         (("    upstream: up", "    upstream: up\n    wieght: 2"), "models[0].wieght", "unknown field"),
         (("- name: m\n", "- upstream: up\n"), "models[0].name", "required"),
+        (
+            ("    api_key: ${UP_KEY:-}", "    api_key: x\n    headers: {Connection: close}"),
+            "upstreams[0].headers",
+            "Connection cannot be configured",
+        ),
+        (("  - name: a\n", "  - name: 'a:{b}'\n"), "keys[0].name", "letters, digits"),
     ],
 )
 def test_bad_field_is_named(change: tuple[str, str], field: str, words: str) -> None:

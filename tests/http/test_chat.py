@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CLIENT_KEY, LIMITED_KEY, RunningGateway
+from tests.conftest import CLIENT_KEY, LIMITED_KEY, RunningGateway, sdk
 from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
 from tests.support.spec import Checker, assert_valid, check_exchange, sse_payloads
 
@@ -126,8 +126,8 @@ def test_fallback_to_next_deployment_before_first_byte(client: openai.OpenAI, fa
 # --- client mistakes: SDK exceptions, 4xx, param named -------------------------------------------
 
 
-def test_bad_key_raises_authentication_error(gateway: RunningGateway) -> None:
-    bad = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-wrong", max_retries=0)
+def test_bad_key_raises_authentication_error(gateway: RunningGateway, checker: Checker) -> None:
+    bad = sdk(gateway.url, checker, key="sk-wrong")
     with pytest.raises(openai.AuthenticationError) as info:
         bad.chat.completions.create(model="echo", messages=USER)
     assert info.value.code == "invalid_api_key"
@@ -136,17 +136,17 @@ def test_bad_key_raises_authentication_error(gateway: RunningGateway) -> None:
 
 
 @pytest.mark.parametrize("header", ["api-key", "x-api-key"])
-def test_key_in_alternative_headers(gateway: RunningGateway, header: str) -> None:
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
+def test_key_in_alternative_headers(anon: httpx.Client, header: str) -> None:
+    response = anon.post(
+        "/v1/chat/completions",
         headers={header: CLIENT_KEY},
         json={"model": "echo", "messages": USER},
     )
     assert response.status_code == 200
 
 
-def test_missing_key(gateway: RunningGateway) -> None:
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "echo", "messages": USER})
+def test_missing_key(anon: httpx.Client) -> None:
+    response = anon.post("/v1/chat/completions", json={"model": "echo", "messages": USER})
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
     assert response.headers["x-request-id"]
@@ -159,8 +159,8 @@ def test_unknown_model_raises_not_found(client: openai.OpenAI) -> None:
     assert info.value.param == "model"  # type: ignore[attr-defined]
 
 
-def test_key_limited_to_some_models(gateway: RunningGateway) -> None:
-    limited = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=LIMITED_KEY, max_retries=0)
+def test_key_limited_to_some_models(gateway: RunningGateway, checker: Checker) -> None:
+    limited = sdk(gateway.url, checker, key=LIMITED_KEY)
     assert limited.chat.completions.create(model="echo", messages=USER).choices
     with pytest.raises(openai.NotFoundError):
         limited.chat.completions.create(model="gpt-test", messages=USER)

@@ -6,8 +6,6 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import httpx
-import openai
 import pytest
 import redis
 
@@ -15,8 +13,10 @@ from gateway.config import parse_config
 from gateway.dialects.base import Usage
 from gateway.ledger import UsageRecord
 from gateway.ledger.redis import RedisLedger, usage_key
-from tests.conftest import CLIENT_KEY, RunningGateway, config_yaml
+from tests.conftest import RunningGateway, checked_http, config_yaml
+from tests.conftest import sdk as make_sdk
 from tests.support.redis_server import RedisServer
+from tests.support.spec import Checker
 
 USER = [{"role": "user", "content": "hello brave new world"}]
 
@@ -39,12 +39,8 @@ def redis_gateway(start_gateway: Callable[..., RunningGateway], fake_url: str, r
     return start_gateway(parse_config(config_yaml(fake_url, redis_url)))
 
 
-def _sdk(gateway: RunningGateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0)
-
-
-def test_usage_readable_in_redis_as_documented(redis_gateway: RunningGateway, redis_url: str) -> None:
-    sdk = _sdk(redis_gateway)
+def test_usage_readable_in_redis_as_documented(redis_gateway: RunningGateway, redis_url: str, checker: Checker) -> None:
+    sdk = make_sdk(redis_gateway.url, checker)
     sdk.chat.completions.create(model="gpt-test", messages=USER)
     sdk.chat.completions.create(model="gpt-test", messages=USER)
     list(sdk.chat.completions.create(model="gpt-test", messages=USER, stream=True))
@@ -68,9 +64,10 @@ def test_usage_readable_in_redis_as_documented(redis_gateway: RunningGateway, re
 
 
 def test_redis_outage_loses_nothing_and_counts_once(
-    redis_gateway: RunningGateway, redis_server: RedisServer, redis_url: str
+    redis_gateway: RunningGateway, redis_server: RedisServer, redis_url: str, checker: Checker
 ) -> None:
-    sdk = _sdk(redis_gateway)
+    sdk = make_sdk(redis_gateway.url, checker)
+    http = checked_http(checker, base_url=redis_gateway.url)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     key = f"gw:{{tester}}:usage:{_today()}:gpt-test"
     sdk.chat.completions.create(model="gpt-test", messages=USER)
@@ -78,7 +75,7 @@ def test_redis_outage_loses_nothing_and_counts_once(
 
     redis_server.stop()
     try:
-        ready = httpx.get(f"{redis_gateway.url}/readyz")
+        ready = http.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["ledger"] == "unreachable"
         for _ in range(3):  # requests succeed while Redis is down
             assert sdk.chat.completions.create(model="gpt-test", messages=USER).choices
@@ -91,7 +88,7 @@ def test_redis_outage_loses_nothing_and_counts_once(
     time.sleep(0.3)  # further flushes must not add anything twice
     assert r.hget(key, "requests") == "4"
     assert r.hget(key, "prompt_tokens") == str(4 * 19)
-    assert httpx.get(f"{redis_gateway.url}/readyz").status_code == 200
+    assert http.get("/readyz").status_code == 200
 
 
 async def test_a_batch_resent_after_it_landed_is_not_counted_twice(redis_url: str) -> None:
