@@ -52,7 +52,7 @@ class Gateway:
         else:
             ledger = MemoryLedger()
         router = Router(config)
-        relay = Relay(router, transports, ledger, settings.max_attempts)
+        relay = Relay(router, transports, ledger, settings.max_attempts, settings.max_client_retries)
         return cls(settings, config, KeyTable(config.keys), router, ledger, transports, relay)
 
     async def start(self) -> None:

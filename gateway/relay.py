@@ -6,17 +6,18 @@ stream has started, an error becomes an SSE `error` event followed by `[DONE]`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.auth import Principal
 from gateway.config import UpstreamConfig
 from gateway.dialects import dialect_for
-from gateway.dialects.base import StreamDecoder, Usage, redact
+from gateway.dialects.base import Dialect, StreamDecoder, Target, UpstreamRequest, Usage, redact
 from gateway.dialects.openai import DONE_EVENT
-from gateway.errors import GatewayError, ModelNotFound, UpstreamError
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError
 from gateway.ledger import Ledger, UsageRecord
 from gateway.request import ChatRequest
 from gateway.routing import Deployment, Router
@@ -44,37 +45,58 @@ class Stream:
     first: bytes
     rest: AsyncIterator[bytes] | None = None
     tail: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Reply:
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
 
 
 class Relay:
-    def __init__(self, router: Router, transports: Mapping[str, Transport], ledger: Ledger, max_attempts: int) -> None:
+    def __init__(
+        self,
+        router: Router,
+        transports: Mapping[str, Transport],
+        ledger: Ledger,
+        max_attempts: int,
+        max_client_retries: int = 3,
+        retry_backoff: float = 0.25,
+    ) -> None:
         self._router = router
         self._transports = transports
         self._ledger = ledger
         self._max_attempts = max_attempts
+        self._max_client_retries = max_client_retries
+        self._backoff = retry_backoff
 
     def _deployments(self, principal: Principal, request: ChatRequest) -> list[Deployment]:
         route = self._router.match(request.model)
         if route is None or not principal.may_use(request.model):
             raise ModelNotFound(request.model)
-        deployments = self._router.order(route)
+        deployments = self._router.order(route, sticky=request.ext.sess_id)
         if not deployments:
             raise NoUsableDeployment(
                 f"The model `{request.model}` is served only by upstreams without credentials configured.",
                 headers=[(b"x-should-retry", b"false")],
             )
-        return deployments[: self._max_attempts]
+        retries = request.ext.retries
+        if retries is None:
+            return deployments[: self._max_attempts]
+        # The client's `retries`, capped: attempts cycle through the deployments in order.
+        attempts = 1 + min(retries, self._max_client_retries)
+        return [deployments[i % len(deployments)] for i in range(attempts)]
 
-    async def complete(self, principal: Principal, request: ChatRequest) -> bytes:
+    async def complete(self, principal: Principal, request: ChatRequest) -> Reply:
         """A buffered reply: the OpenAI chat.completion body."""
         return await self._in_order(
             self._deployments(principal, request), lambda d: self._complete_once(principal, request, d)
         )
 
-    async def _complete_once(self, principal: Principal, request: ChatRequest, deployment: Deployment) -> bytes:
+    async def _complete_once(self, principal: Principal, request: ChatRequest, deployment: Deployment) -> Reply:
         upstream = deployment.upstream
-        dialect = dialect_for(upstream.dialect)
-        built = dialect.build_request(request, upstream, deployment.model_for(request.model))
+        dialect, built = _build(request, deployment)
         response = await self._transports[upstream.name].open(built)
         body = await response.read()
         try:
@@ -85,7 +107,7 @@ class Relay:
             exc.message = redact(exc.message, upstream)
             raise
         self._record(principal, request, reply.usage)
-        return reply.body
+        return Reply(reply.body, _reply_headers(built))
 
     async def stream(self, principal: Principal, request: ChatRequest) -> Stream:
         """Open a stream on the first deployment that produces output; raises `GatewayError` before that."""
@@ -93,22 +115,28 @@ class Relay:
             self._deployments(principal, request), lambda d: self._stream_once(principal, request, d)
         )
 
-    @staticmethod
-    async def _in_order(deployments: list[Deployment], once: Callable[[Deployment], Awaitable[T]]) -> T:
-        """Try each deployment until one succeeds; only retryable upstream errors move on."""
-        for attempt, deployment in enumerate(deployments, 1):
+    async def _in_order(self, attempts: list[Deployment], once: Callable[[Deployment], Awaitable[T]]) -> T:
+        """Try each attempt until one succeeds; only retryable upstream errors move on.
+
+        A deployment tried again (the client asked for more retries than there are deployments)
+        is tried after a growing pause.
+        """
+        tried: set[int] = set()
+        for attempt, deployment in enumerate(attempts, 1):
+            if id(deployment) in tried:
+                await asyncio.sleep(min(2.0, self._backoff * 2 ** (attempt - len(tried) - 1)))
+            tried.add(id(deployment))
             try:
                 return await once(deployment)
             except UpstreamError as exc:
-                if not exc.retryable or attempt == len(deployments):
+                if not exc.retryable or attempt == len(attempts):
                     raise
-                log.info("upstream %s failed, trying the next deployment: %s", deployment.upstream.name, exc.message)
+                log.info("upstream %s failed, trying again: %s", deployment.upstream.name, exc.message)
         raise AssertionError("no deployments")
 
     async def _stream_once(self, principal: Principal, request: ChatRequest, deployment: Deployment) -> Stream:
         upstream = deployment.upstream
-        dialect = dialect_for(upstream.dialect)
-        built = dialect.build_request(request, upstream, deployment.model_for(request.model))
+        dialect, built = _build(request, deployment)
         response = await self._transports[upstream.name].open(built)
         if response.status >= 300:
             body = await response.read()
@@ -134,8 +162,8 @@ class Relay:
             raise
         if first and first[-1] == DONE_EVENT:
             self._record(principal, request, decoder.usage)
-            return Stream(b"".join(first))
-        stream = Stream(b"".join(first))
+            return Stream(b"".join(first), headers=_reply_headers(built))
+        stream = Stream(b"".join(first), headers=_reply_headers(built))
         stream.rest = self._relay_rest(stream, principal, request, response, chunks, decoder, upstream)
         return stream
 
@@ -167,4 +195,25 @@ class Relay:
             self._record(principal, request, decoder.usage)
 
     def _record(self, principal: Principal, request: ChatRequest, usage: Usage | None) -> None:
-        self._ledger.record(UsageRecord(principal.name, request.model, usage or Usage()))
+        self._ledger.record(UsageRecord(principal.name, request.model, usage or Usage(), sess_id=request.ext.sess_id))
+
+
+def _reply_headers(built: UpstreamRequest) -> list[tuple[bytes, bytes]]:
+    if not built.dropped:
+        return []
+    return [(b"x-gateway-dropped-params", ",".join(built.dropped).encode())]
+
+
+def _build(request: ChatRequest, deployment: Deployment) -> tuple[Dialect, UpstreamRequest]:
+    """The dialect and the upstream request; applies the upstream's policy on parameters it cannot take."""
+    upstream = deployment.upstream
+    dialect = dialect_for(upstream)
+    built = dialect.build_request(request, Target(upstream, deployment.model_for(request.model), deployment.options))
+    if built.dropped and upstream.unsupported_params == "reject":
+        param = built.dropped[0]
+        raise InvalidRequest(
+            f"The parameter `{param}` is not supported by the upstream serving `{request.model}`.",
+            param=param,
+            code="unsupported_parameter",
+        )
+    return dialect, built

@@ -11,23 +11,25 @@ from typing import Any
 
 import orjson
 
+from gateway.checks import bad_type, missing, optional_bool, optional_int, show
 from gateway.errors import InvalidRequest
+from gateway.extensions import Extensions, extract, passthrough
 from gateway.types import JSON
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 TOOL_CHOICES = frozenset({"none", "auto", "required"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
-REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
 
 
 @dataclass(slots=True)
 class ChatRequest:
-    """A checked request. `body` is the client's JSON object, unchanged."""
+    """A checked request: the canonical extension values, and the rest of the body to pass through."""
 
-    body: JSON
+    body: JSON  # the fields the gateway does not interpret (see extensions.CONSUMED)
     model: str
     stream: bool
     include_usage: bool
+    ext: Extensions
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -43,11 +45,11 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
 def check_chat_body(body: JSON) -> ChatRequest:
     model = body.get("model")
     if model is None:
-        raise _missing("model")
+        raise missing("model")
     if not isinstance(model, str) or not model:
-        raise _bad_type("model", "a non-empty string", model)
+        raise bad_type("model", "a non-empty string", model)
     _check_messages(body.get("messages"))
-    stream = _optional_bool(body, "stream") or False
+    stream = optional_bool(body, "stream") or False
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
@@ -57,23 +59,23 @@ def check_chat_body(body: JSON) -> ChatRequest:
                 param="stream_options",
             )
         if not isinstance(options, dict):
-            raise _bad_type("stream_options", "an object", options)
-        include_usage = _optional_bool(options, "include_usage", "stream_options.") or False
+            raise bad_type("stream_options", "an object", options)
+        include_usage = optional_bool(options, "include_usage", "stream_options.") or False
 
     _optional_number(body, "temperature", 0, 2)
     _optional_number(body, "top_p", 0, 1)
     _optional_number(body, "presence_penalty", -2, 2)
     _optional_number(body, "frequency_penalty", -2, 2)
-    _optional_int(body, "max_tokens", 1)
-    _optional_int(body, "max_completion_tokens", 1)
-    _optional_int(body, "n", 1, 128)
-    _optional_int(body, "seed", None)
-    _optional_int(body, "top_logprobs", 0, 20)
-    _optional_bool(body, "logprobs")
-    _optional_bool(body, "parallel_tool_calls")
-    _optional_bool(body, "store")
-    _optional_str(body, "user")
-    _optional_enum(body, "reasoning_effort", REASONING_EFFORTS)
+    optional_int(body, "max_tokens", 1)
+    optional_int(body, "max_completion_tokens", 1)
+    optional_int(body, "n", 1, 128)
+    optional_int(body, "seed", None)
+    optional_int(body, "top_logprobs", 0, 20)
+    optional_bool(body, "logprobs")
+    optional_bool(body, "parallel_tool_calls")
+    optional_bool(body, "store")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise bad_type("user", "a string", body["user"])
     _check_stop(body.get("stop"))
     _check_tools(body.get("tools"))
     _check_tool_choice(body.get("tool_choice"))
@@ -81,49 +83,51 @@ def check_chat_body(body: JSON) -> ChatRequest:
     for name in ("logit_bias", "metadata"):
         value = body.get(name)
         if value is not None and not isinstance(value, dict):
-            raise _bad_type(name, "an object", value)
-    return ChatRequest(body=body, model=model, stream=stream, include_usage=include_usage)
+            raise bad_type(name, "an object", value)
+    return ChatRequest(
+        body=passthrough(body), model=model, stream=stream, include_usage=include_usage, ext=extract(body)
+    )
 
 
 def _check_messages(messages: Any) -> None:
     if messages is None:
-        raise _missing("messages")
+        raise missing("messages")
     if not isinstance(messages, list):
-        raise _bad_type("messages", "an array", messages)
+        raise bad_type("messages", "an array", messages)
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise _bad_type(where, "an object", message)
+            raise bad_type(where, "an object", message)
         role = message.get("role")
         if role is None:
-            raise _missing(f"{where}.role")
+            raise missing(f"{where}.role")
         if role not in ROLES:
             raise InvalidRequest(
-                f"Invalid value for '{where}.role': {_show(role)}. Supported values are: {', '.join(sorted(ROLES))}.",
+                f"Invalid value for '{where}.role': {show(role)}. Supported values are: {', '.join(sorted(ROLES))}.",
                 param=f"{where}.role",
             )
         content = message.get("content")
         if content is None:
             if role not in ("assistant", "function") and "content" not in message:
-                raise _missing(f"{where}.content")
+                raise missing(f"{where}.content")
         elif isinstance(content, list):
             for j, part in enumerate(content):
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise _bad_type(f"{where}.content[{j}]", "an object with a string 'type'", part)
+                    raise bad_type(f"{where}.content[{j}]", "an object with a string 'type'", part)
         elif not isinstance(content, str):
-            raise _bad_type(f"{where}.content", "a string or an array of content parts", content)
+            raise bad_type(f"{where}.content", "a string or an array of content parts", content)
         tool_calls = message.get("tool_calls")
         if tool_calls is not None and not isinstance(tool_calls, list):
-            raise _bad_type(f"{where}.tool_calls", "an array", tool_calls)
+            raise bad_type(f"{where}.tool_calls", "an array", tool_calls)
 
 
 def _check_stop(stop: Any) -> None:
     if stop is None or isinstance(stop, str):
         return
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise _bad_type("stop", "a string or an array of strings", stop)
+        raise bad_type("stop", "a string or an array of strings", stop)
     if len(stop) > 4:
         raise InvalidRequest("'stop' may hold at most 4 sequences.", param="stop")
 
@@ -132,29 +136,29 @@ def _check_tools(tools: Any) -> None:
     if tools is None:
         return
     if not isinstance(tools, list):
-        raise _bad_type("tools", "an array", tools)
+        raise bad_type("tools", "an array", tools)
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
-            raise _bad_type(where, "an object", tool)
+            raise bad_type(where, "an object", tool)
         kind = tool.get("type")
         if not isinstance(kind, str):
-            raise _missing(f"{where}.type") if kind is None else _bad_type(f"{where}.type", "a string", kind)
+            raise missing(f"{where}.type") if kind is None else bad_type(f"{where}.type", "a string", kind)
         if kind != "function":
             continue
         function = tool.get("function")
         if not isinstance(function, dict):
             if function is None:
-                raise _missing(f"{where}.function")
-            raise _bad_type(f"{where}.function", "an object", function)
+                raise missing(f"{where}.function")
+            raise bad_type(f"{where}.function", "an object", function)
         name = function.get("name")
         if not isinstance(name, str) or not name:
             if name is None:
-                raise _missing(f"{where}.function.name")
-            raise _bad_type(f"{where}.function.name", "a non-empty string", name)
+                raise missing(f"{where}.function.name")
+            raise bad_type(f"{where}.function.name", "a non-empty string", name)
         params = function.get("parameters")
         if params is not None and not isinstance(params, dict):
-            raise _bad_type(f"{where}.function.parameters", "an object", params)
+            raise bad_type(f"{where}.function.parameters", "an object", params)
 
 
 def _check_tool_choice(choice: Any) -> None:
@@ -163,51 +167,29 @@ def _check_tool_choice(choice: Any) -> None:
     if isinstance(choice, str):
         if choice not in TOOL_CHOICES:
             raise InvalidRequest(
-                f"Invalid value for 'tool_choice': {_show(choice)}. "
+                f"Invalid value for 'tool_choice': {show(choice)}. "
                 "Supported values are: 'none', 'auto', 'required', or an object naming a tool.",
                 param="tool_choice",
             )
         return
     if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
-        raise _bad_type("tool_choice", "a string or an object with a 'type'", choice)
+        raise bad_type("tool_choice", "a string or an object with a 'type'", choice)
 
 
 def _check_response_format(fmt: Any) -> None:
     if fmt is None:
         return
     if not isinstance(fmt, dict):
-        raise _bad_type("response_format", "an object", fmt)
+        raise bad_type("response_format", "an object", fmt)
     kind = fmt.get("type")
     if kind not in RESPONSE_FORMATS:
         raise InvalidRequest(
-            f"Invalid value for 'response_format.type': {_show(kind)}. "
+            f"Invalid value for 'response_format.type': {show(kind)}. "
             "Supported values are: 'text', 'json_object', 'json_schema'.",
             param="response_format.type",
         )
     if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
-        raise _missing("response_format.json_schema")
-
-
-def _optional_bool(obj: JSON, name: str, prefix: str = "") -> bool | None:
-    value = obj.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise _bad_type(prefix + name, "a boolean", value)
-    return value
-
-
-def _optional_str(obj: JSON, name: str) -> None:
-    value = obj.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _bad_type(name, "a string", value)
-
-
-def _optional_enum(obj: JSON, name: str, allowed: frozenset[str]) -> None:
-    value = obj.get(name)
-    if value is not None and value not in allowed:
-        raise InvalidRequest(
-            f"Invalid value for '{name}': {_show(value)}. Supported values are: {', '.join(sorted(allowed))}.",
-            param=name,
-        )
+        raise missing("response_format.json_schema")
 
 
 def _optional_number(obj: JSON, name: str, low: float, high: float) -> None:
@@ -215,43 +197,6 @@ def _optional_number(obj: JSON, name: str, low: float, high: float) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad_type(name, "a number", value)
+        raise bad_type(name, "a number", value)
     if not low <= value <= high:
         raise InvalidRequest(f"Invalid value for '{name}': {value} is outside the range {low} to {high}.", param=name)
-
-
-def _optional_int(obj: JSON, name: str, low: int | None, high: int | None = None) -> None:
-    value = obj.get(name)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad_type(name, "an integer", value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise InvalidRequest(f"Invalid value for '{name}': {value}; it must be {bounds}.", param=name)
-
-
-def _missing(param: str) -> InvalidRequest:
-    return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-
-
-def _bad_type(param: str, expected: str, value: Any) -> InvalidRequest:
-    return InvalidRequest(
-        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)}.",
-        param=param,
-        code="invalid_type",
-    )
-
-
-def _type_name(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "an object"
-    return names.get(type(value), type(value).__name__)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from gateway.config import GatewayConfig, UpstreamConfig
+from gateway.config import GatewayConfig, ModelOptions, UpstreamConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +18,7 @@ class Deployment:
     upstream: UpstreamConfig
     upstream_model: str | None  # None: send the name the client used
     weight: float
+    options: ModelOptions
 
     def model_for(self, requested: str) -> str:
         return self.upstream_model or requested
@@ -37,7 +40,7 @@ class Router:
         upstreams = {u.name: u for u in config.upstreams}
         grouped: dict[str, list[Deployment]] = {}
         for entry in config.models:
-            dep = Deployment(upstreams[entry.upstream], entry.upstream_model, entry.weight)
+            dep = Deployment(upstreams[entry.upstream], entry.upstream_model, entry.weight, entry.options)
             grouped.setdefault(entry.name, []).append(dep)
         self._exact: dict[str, Route] = {}
         self._patterns: list[Route] = []
@@ -58,11 +61,18 @@ class Router:
                 return pattern
         return None
 
-    def order(self, route: Route) -> list[Deployment]:
-        """Usable deployments in the order to try them: a weighted random permutation."""
+    def order(self, route: Route, sticky: str | None = None) -> list[Deployment]:
+        """Usable deployments in the order to try them: a weighted random permutation.
+
+        With a `sticky` key (the client's `sess_id`) the order is a weighted rendezvous hash of it:
+        the same session keeps the same deployment (prompt-cache locality), sessions spread by
+        weight, and removing a deployment moves only the sessions that were on it.
+        """
         deps = list(route.usable)
         if len(deps) <= 1:
             return deps
+        if sticky is not None:
+            return sorted(deps, key=lambda d: _rendezvous_score(sticky, d))
         ordered: list[Deployment] = []
         while deps:
             pick = self._rng.choices(range(len(deps)), weights=[d.weight for d in deps])[0]
@@ -92,3 +102,11 @@ class Router:
                     f"({dep.upstream.dialect}, {share}){state}"
                 )
         return lines
+
+
+def _rendezvous_score(key: str, deployment: Deployment) -> float:
+    digest = hashlib.blake2b(
+        f"{key}\0{deployment.upstream.name}\0{deployment.upstream_model}".encode(), digest_size=8
+    ).digest()
+    unit = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)  # in (0, 1)
+    return -math.log(unit) / deployment.weight

@@ -1,13 +1,14 @@
 """The YAML config: upstreams, models and keys."""
 
 from gateway.config.loader import ConfigError, load_config, parse_config
-from gateway.config.model import GatewayConfig, KeyConfig, ModelConfig, UpstreamConfig
+from gateway.config.model import GatewayConfig, KeyConfig, ModelConfig, ModelOptions, UpstreamConfig
 
 __all__ = [
     "ConfigError",
     "GatewayConfig",
     "KeyConfig",
     "ModelConfig",
+    "ModelOptions",
     "UpstreamConfig",
     "load_config",
     "parse_config",

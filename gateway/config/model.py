@@ -8,13 +8,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-Dialect = Literal["openai", "echo"]
+Dialect = Literal["openai", "anthropic", "echo"]
+Vendor = Literal[
+    "openai", "deepseek", "qwen", "zhipu", "doubao", "moonshot", "gemini", "vllm", "sglang", "generic"
+]  # fmt: skip
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 # Set per connection by the HTTP client itself; configuring them would break or smuggle requests.
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-     "transfer-encoding", "upgrade", "host", "content-length"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
 )
 
 
@@ -69,6 +83,13 @@ class KeyConfig(_Strict):
 class UpstreamConfig(_Strict):
     name: str = Field(min_length=1)
     dialect: Dialect
+    vendor: Vendor = Field(
+        default="generic", description="openai dialect only: whose fields to write (see dialects/vendors.py)."
+    )
+    unsupported_params: Literal["drop", "reject"] = Field(
+        default="drop",
+        description="A parameter this upstream cannot take: drop it (listed in x-gateway-dropped-params) or 400.",
+    )
     base_url: str | None = None
     api_key: SecretStr | None = Field(
         default=None, description="Sent upstream as a bearer token. Set but empty: the upstream is disabled."
@@ -104,11 +125,31 @@ class UpstreamConfig(_Strict):
         return self.api_key is None or bool(self.api_key.get_secret_value())
 
 
+class ModelOptions(_Strict):
+    """Where vendors differ by model rather than by API."""
+
+    thinking: Literal["budget", "adaptive"] | None = Field(
+        default=None,
+        description="anthropic: `budget` (thinking.type enabled + budget_tokens, Claude up to 4.5) or "
+        "`adaptive` (thinking.type adaptive + output_config.effort, Claude 4.6 and later).",
+    )
+    efforts: list[Effort] | None = Field(
+        default=None, description="Reasoning efforts this model accepts; others are clamped to the nearest."
+    )
+    budget_range: tuple[int, int] | None = Field(
+        default=None, description="[min, max] thinking budget in tokens this model accepts."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Output cap sent when the client gives none (Anthropic requires one)."
+    )
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1, description="What clients send; glob patterns such as `claude-*` allowed.")
     upstream: str = Field(min_length=1)
     upstream_model: str | None = Field(default=None, description="The name sent upstream; default: `name`.")
     weight: float = Field(default=1.0, gt=0, description="Share of traffic among deployments of one name.")
+    options: ModelOptions = Field(default_factory=ModelOptions)
 
     @property
     def is_pattern(self) -> bool:

@@ -6,9 +6,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.config import UpstreamConfig
+from gateway.config import ModelOptions, UpstreamConfig
 from gateway.errors import UpstreamStatusError
 from gateway.request import ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request goes: the upstream, the model name it knows, the model's options."""
+
+    upstream: UpstreamConfig
+    model: str
+    options: ModelOptions
 
 
 @dataclass(slots=True)
@@ -20,6 +29,7 @@ class UpstreamRequest:
     headers: dict[str, str]
     body: bytes
     upstream: str  # config name, for messages and logs
+    dropped: tuple[str, ...] = ()  # client parameters this upstream cannot take
 
 
 @dataclass(slots=True)
@@ -51,7 +61,7 @@ class StreamDecoder(Protocol):
 
 
 class Dialect(Protocol):
-    def build_request(self, request: ChatRequest, upstream: UpstreamConfig, model: str) -> UpstreamRequest: ...
+    def build_request(self, request: ChatRequest, target: Target) -> UpstreamRequest: ...
 
     def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply: ...
 

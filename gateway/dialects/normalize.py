@@ -10,6 +10,9 @@ from typing import Any
 from gateway.dialects.base import Usage
 from gateway.types import JSON
 
+# Reasoning text arrives under these names (vLLM since late 2025: `reasoning`); clients always get
+# `reasoning_content`.
+REASONING_ALIASES = ("reasoning",)
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _FINISH_ALIASES = {
     "eos": "stop",
@@ -29,6 +32,7 @@ def completion_id() -> str:
 def completion(obj: JSON, model: str) -> JSON:
     _envelope(obj, "chat.completion", model, completion_id)
     for choice, message in _choices(obj, "message"):
+        _rename_reasoning(message)
         message["role"] = "assistant"
         message.setdefault("content", None)
         message.setdefault("refusal", None)
@@ -52,6 +56,7 @@ def chunk(obj: JSON, model: str, stream_id: Callable[[], str], created: int) -> 
     """`stream_id` gives the id to use when the upstream sent none: the same one for every chunk."""
     _envelope(obj, "chat.completion.chunk", model, stream_id, created)
     for choice, delta in _choices(obj, "delta"):
+        _rename_reasoning(delta)
         tool_calls = delta.get("tool_calls")
         if isinstance(tool_calls, list):
             for i, call in enumerate(tool_calls):
@@ -114,11 +119,30 @@ def _finish_reason(value: Any, has_tool_calls: bool) -> str | None:
     return _FINISH_ALIASES.get(value, "stop")
 
 
+def _rename_reasoning(message: JSON) -> None:
+    for alias in REASONING_ALIASES:
+        if alias in message:
+            text = message.pop(alias)
+            if text is not None and message.get("reasoning_content") is None:
+                message["reasoning_content"] = text
+
+
 def _usage(usage: JSON) -> None:
+    """Required counts present, and the detail fields filled from wherever the vendor put them."""
     for name in ("prompt_tokens", "completion_tokens"):
         usage[name] = _int(usage.get(name))
     if not isinstance(usage.get("total_tokens"), int):
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    counted = usage_of(usage)
+    assert counted is not None
+    for details, name, value in (
+        ("prompt_tokens_details", "cached_tokens", counted.cached_tokens),
+        ("completion_tokens_details", "reasoning_tokens", counted.reasoning_tokens),
+    ):
+        if value:
+            if not isinstance(usage.get(details), dict):
+                usage[details] = {}
+            usage[details].setdefault(name, value)
 
 
 def _int(value: Any) -> int:

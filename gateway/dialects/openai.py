@@ -15,11 +15,13 @@ from gateway.dialects import normalize
 from gateway.dialects.base import (
     DecodedReply,
     ErrorParts,
+    Target,
     UpstreamRequest,
     Usage,
     upstream_status_error,
 )
 from gateway.dialects.sse import SSEParser
+from gateway.dialects.vendors import VendorProfile, write_request
 from gateway.errors import UpstreamProtocolError, UpstreamStatusError
 from gateway.request import ChatRequest
 
@@ -31,15 +33,17 @@ def sse_event(obj: Any) -> bytes:
 
 
 class OpenAIDialect:
-    def build_request(self, request: ChatRequest, upstream: UpstreamConfig, model: str) -> UpstreamRequest:
-        body = dict(request.body)
-        body["model"] = model
+    """One per vendor profile: the wire format is shared, the request fields differ."""
+
+    def __init__(self, profile: VendorProfile) -> None:
+        self.profile = profile
+
+    def build_request(self, request: ChatRequest, target: Target) -> UpstreamRequest:
+        upstream = target.upstream
+        body, dropped = write_request(request, self.profile, target.options)
+        body["model"] = target.model
         headers = {"content-type": "application/json", "accept": "application/json"}
         if request.stream:
-            # The gateway bills every stream, so it always asks for the usage chunk; the decoder
-            # drops it again for clients who did not ask.
-            options = body.get("stream_options")
-            body["stream_options"] = {**(options or {}), "include_usage": True}
             headers["accept"] = "text/event-stream"
         if upstream.api_key is not None:
             headers["authorization"] = "Bearer " + upstream.api_key.get_secret_value()
@@ -50,6 +54,7 @@ class OpenAIDialect:
             headers=headers,
             body=orjson.dumps(body),
             upstream=upstream.name,
+            dropped=tuple(dropped),
         )
 
     def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply:

@@ -52,8 +52,8 @@ class ChatCompletions:
             )
             request = parse_chat_request(await read_body(receive, self._limit, length))
             if not request.stream:
-                body = await self._relay.complete(principal, request)
-                await send_bytes(send, 200, body, [*JSON_HEADERS, (b"x-request-id", rid)])
+                reply = await self._relay.complete(principal, request)
+                await send_bytes(send, 200, reply.body, [*JSON_HEADERS, (b"x-request-id", rid), *reply.headers])
                 return
             stream = await self._relay.stream(principal, request)
             started = True
@@ -67,7 +67,8 @@ class ChatCompletions:
                 await send_error(send, _INTERNAL, rid)
 
     async def _send_stream(self, stream: Stream, rid: bytes, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", rid)]})
+        headers = [*SSE_HEADERS, (b"x-request-id", rid), *stream.headers]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         rest = stream.rest
         if rest is None:  # the upstream had already finished: nothing to wait for
             await send({"type": "http.response.body", "body": stream.first, "more_body": False})

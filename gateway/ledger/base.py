@@ -30,6 +30,7 @@ class UsageRecord:
     model: str  # the model name the client asked for
     usage: Usage
     at: float = field(default_factory=time.time)
+    sess_id: str | None = None
 
     @property
     def day(self) -> str:

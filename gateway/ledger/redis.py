@@ -6,6 +6,8 @@ Key layout (the `{principal}` hash tag keeps one key's data in one Redis Cluster
                                                  total_tokens, cached_tokens, reasoning_tokens,
                                                  billed_units (only when an upstream reported them)
     gw:{<key name>}:models:<YYYY-MM-DD>          set: the models with usage that day
+    gw:{<key name>}:session:<sess_id>            hash: the same counters for one client session
+                                                 (the `sess_id` extension), expiring 7 days after its last use
     gw:{<key name>}:batch:<batch id>             marker of a written batch, kept one day
 
 Records are summed in memory per key, day and model. Every flush turns what is pending into batches
@@ -34,13 +36,17 @@ log = logging.getLogger("gateway.ledger")
 
 BATCH_MARKER_TTL = 86400
 
+SESSION_TTL = 7 * 86400
+
+# KEYS[1]: the batch marker. ARGV[1]: marker TTL; ARGV[2]: session TTL; ARGV[3]: JSON entries, each
+# [key index, counters, set key index or 0, set member]: counters go into KEYS[index]; with a set
+# index the member is added to that set, without one the hash is a session and gets the session TTL.
 _APPLY_BATCH = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
-local entries = cjson.decode(ARGV[2])
-for i, entry in ipairs(entries) do
-  local hash = KEYS[2 * i]
+for _, entry in ipairs(cjson.decode(ARGV[3])) do
+  local hash = KEYS[entry[1]]
   for name, value in pairs(entry[2]) do
     if name == 'billed_units' then
       redis.call('HINCRBYFLOAT', hash, name, value)
@@ -48,7 +54,11 @@ for i, entry in ipairs(entries) do
       redis.call('HINCRBY', hash, name, value)
     end
   end
-  redis.call('SADD', KEYS[2 * i + 1], entry[1])
+  if entry[3] > 0 then
+    redis.call('SADD', KEYS[entry[3]], entry[4])
+  else
+    redis.call('EXPIRE', hash, ARGV[2])
+  end
 end
 return 1
 """
@@ -62,11 +72,16 @@ def models_key(prefix: str, principal: str, day: str) -> str:
     return f"{prefix}:{{{principal}}}:models:{day}"
 
 
+def session_key(prefix: str, principal: str, sess_id: str) -> str:
+    return f"{prefix}:{{{principal}}}:session:{sess_id}"
+
+
 @dataclass(slots=True)
 class Batch:
     id: str
     principal: str
     entries: list[tuple[str, str, Totals]]  # (day, model, counters)
+    sessions: list[tuple[str, Totals]]  # (sess_id, counters)
 
 
 class RedisLedger:
@@ -88,12 +103,17 @@ class RedisLedger:
             self._redis = aioredis.Redis.from_url(url, **kwargs)
         self._script = self._redis.register_script(_APPLY_BATCH)
         self._pending: Aggregate = {}
+        self._sessions: dict[tuple[str, str], Totals] = {}  # (principal, sess_id) -> counters
         self._unwritten: list[Batch] = []
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
     def record(self, record: UsageRecord) -> None:
         add_into(self._pending, record)
+        if record.sess_id is not None:
+            totals = self._sessions.setdefault((record.principal, record.sess_id), {})
+            for name, value in record.counters().items():
+                totals[name] = totals.get(name, 0) + value
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ledger-flush")
@@ -105,9 +125,9 @@ class RedisLedger:
 
     async def flush(self) -> bool:
         """Write what is pending; True when nothing is left unwritten."""
-        if self._pending:
-            self._unwritten.extend(self._batches(self._pending))
-            self._pending = {}
+        if self._pending or self._sessions:
+            self._unwritten.extend(self._batches(self._pending, self._sessions))
+            self._pending, self._sessions = {}, {}
         while self._unwritten:
             batch = self._unwritten[0]
             try:
@@ -123,23 +143,37 @@ class RedisLedger:
             self._failing = False
         return True
 
-    def _batches(self, pending: Aggregate) -> list[Batch]:
+    def _batches(self, pending: Aggregate, sessions: dict[tuple[str, str], Totals]) -> list[Batch]:
         by_principal: dict[str, Batch] = {}
+
+        def batch_of(principal: str) -> Batch:
+            if principal not in by_principal:
+                by_principal[principal] = Batch(os.urandom(12).hex(), principal, [], [])
+            return by_principal[principal]
+
         for (principal, day, model), totals in pending.items():
-            batch = by_principal.get(principal)
-            if batch is None:
-                batch = by_principal[principal] = Batch(os.urandom(12).hex(), principal, [])
-            batch.entries.append((day, model, totals))
+            batch_of(principal).entries.append((day, model, totals))
+        for (principal, sess_id), totals in sessions.items():
+            batch_of(principal).sessions.append((sess_id, totals))
         return list(by_principal.values())
 
     async def _apply(self, batch: Batch) -> None:
         keys = [f"{self._prefix}:{{{batch.principal}}}:batch:{batch.id}"]
-        payload = []
+        payload: list[list[object]] = []
+
+        def counters(totals: Totals) -> dict[str, str]:
+            return {name: _number(name, value) for name, value in totals.items()}
+
         for day, model, totals in batch.entries:
-            keys.append(usage_key(self._prefix, batch.principal, day, model))
-            keys.append(models_key(self._prefix, batch.principal, day))
-            payload.append([model, {name: _number(name, value) for name, value in totals.items()}])
-        await self._script(keys=keys, args=[BATCH_MARKER_TTL, orjson.dumps(payload)])
+            keys += [
+                usage_key(self._prefix, batch.principal, day, model),
+                models_key(self._prefix, batch.principal, day),
+            ]
+            payload.append([len(keys) - 1, counters(totals), len(keys), model])
+        for sess_id, totals in batch.sessions:
+            keys.append(session_key(self._prefix, batch.principal, sess_id))
+            payload.append([len(keys), counters(totals), 0, ""])
+        await self._script(keys=keys, args=[BATCH_MARKER_TTL, SESSION_TTL, orjson.dumps(payload)])
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -148,7 +182,7 @@ class RedisLedger:
                 await self._task
             self._task = None
         if not await self.flush():
-            lost = sum(len(b.entries) for b in self._unwritten)
+            lost = sum(len(b.entries) + len(b.sessions) for b in self._unwritten)
             log.error("Redis unreachable at shutdown: %d usage totals could not be written", lost)
         await self._redis.aclose()
 

@@ -9,15 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import UpstreamConfig
-from gateway.dialects.base import Usage
+from gateway.config import ModelOptions, UpstreamConfig
+from gateway.dialects.base import Target, Usage
 from gateway.dialects.openai import OpenAIDialect
+from gateway.dialects.vendors import PROFILES
 from gateway.errors import UpstreamProtocolError, UpstreamStatusError
 from gateway.request import check_chat_body
 from tests.conftest import GOLDEN
 from tests.support.spec import assert_valid
 
-DIALECT = OpenAIDialect()
+DIALECT = OpenAIDialect(PROFILES["openai"])
 UPSTREAM = UpstreamConfig(
     name="up", dialect="openai", base_url="https://api.example.com/v1", api_key="sk-up-1234567890"
 )
@@ -39,7 +40,9 @@ def _decode_all(pieces: list[bytes], include_usage: bool) -> list[bytes]:
 
 
 def test_build_request_sets_credentials_model_and_stream_usage() -> None:
-    built = DIALECT.build_request(_request(stream=True, temperature=0.2), UPSTREAM, "gpt-4o-2024-08-06")
+    built = DIALECT.build_request(
+        _request(stream=True, temperature=0.2), Target(UPSTREAM, "gpt-4o-2024-08-06", ModelOptions())
+    )
     assert built.url == "https://api.example.com/v1/chat/completions"
     assert built.headers["authorization"] == "Bearer sk-up-1234567890"
     assert built.headers["accept"] == "text/event-stream"
@@ -51,7 +54,7 @@ def test_build_request_sets_credentials_model_and_stream_usage() -> None:
 
 def test_build_request_without_api_key_sends_no_authorization() -> None:
     local = UpstreamConfig(name="vllm", dialect="openai", base_url="http://127.0.0.1:8000/v1")
-    assert "authorization" not in DIALECT.build_request(_request(), local, "m").headers
+    assert "authorization" not in DIALECT.build_request(_request(), Target(local, "m", ModelOptions())).headers
 
 
 def test_stream_golden_with_usage() -> None:
