@@ -13,6 +13,7 @@ import redis
 from gateway.config import GatewayConfig, parse_config
 from gateway.http.app import GatewayApp, create_app
 from gateway.settings import Settings
+from tests.support.fake_anthropic import ANTHROPIC_KEY, FakeAnthropic
 from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
 from tests.support.redis_server import RedisServer
 from tests.support.spec import AsyncValidatingTransport, Checker, ValidatingTransport
@@ -22,7 +23,7 @@ CLIENT_KEY = "sk-test-client-key"
 LIMITED_KEY = "sk-test-limited-key"
 
 
-def config_yaml(fake_url: str, redis_url: str | None = None) -> str:
+def config_yaml(fake_url: str, redis_url: str | None = None, anthropic_url: str = "http://127.0.0.1:9") -> str:
     return f"""
 redis_url: {redis_url or ""}
 keys:
@@ -42,6 +43,10 @@ upstreams:
     dialect: openai
     base_url: {fake_url.replace("127.0.0.1", "localhost")}/v1
     api_key: {UPSTREAM_KEY}
+  - name: claude
+    dialect: anthropic
+    base_url: {anthropic_url}/v1
+    api_key: {ANTHROPIC_KEY}
   - name: dead
     dialect: openai
     base_url: http://127.0.0.1:9/v1
@@ -70,6 +75,12 @@ models:
   - name: by-name
     upstream: fake-by-name
     upstream_model: ok
+  - name: claude-adaptive
+    upstream: claude
+    upstream_model: claude-thinking
+    options: {{thinking: adaptive, efforts: [low, medium, high]}}
+  - name: claude-*
+    upstream: claude
   - name: nokey
     upstream: unconfigured
 """
@@ -110,6 +121,20 @@ def fake_url(fake_server: tuple[FakeOpenAI, AiohttpServer]) -> str:
     return fake_server[1].url
 
 
+@pytest.fixture(scope="session")
+def anthropic_server() -> Iterator[tuple[FakeAnthropic, AiohttpServer]]:
+    fake = FakeAnthropic()
+    server = AiohttpServer(fake.app())
+    yield fake, server
+    server.close()
+
+
+@pytest.fixture
+def anthropic(anthropic_server: tuple[FakeAnthropic, AiohttpServer]) -> FakeAnthropic:
+    anthropic_server[0].requests.clear()
+    return anthropic_server[0]
+
+
 def test_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "upstream_connect_timeout": 1.0,
@@ -147,9 +172,14 @@ def start_gateway() -> Iterator[Callable[..., RunningGateway]]:
 
 
 @pytest.fixture
-def gateway(start_gateway: Callable[..., RunningGateway], fake_url: str, fake: FakeOpenAI) -> RunningGateway:
-    """The gateway with the in-process ledger, in front of the fake upstream and echo."""
-    return start_gateway(parse_config(config_yaml(fake_url)))
+def gateway(
+    start_gateway: Callable[..., RunningGateway],
+    fake_url: str,
+    fake: FakeOpenAI,
+    anthropic_server: tuple[FakeAnthropic, AiohttpServer],
+) -> RunningGateway:
+    """The gateway with the in-process ledger, in front of the fake upstreams and echo."""
+    return start_gateway(parse_config(config_yaml(fake_url, anthropic_url=anthropic_server[1].url)))
 
 
 @pytest.fixture

@@ -51,7 +51,10 @@ class DecodedReply:
 class StreamDecoder(Protocol):
     """Created per request; fed upstream bytes as they come, returns client SSE events ready to send."""
 
-    usage: Usage | None
+    @property
+    def usage(self) -> Usage | None:
+        """The usage the upstream reported so far."""
+        ...
 
     def feed(self, data: bytes) -> list[bytes]: ...
 
@@ -103,8 +106,8 @@ def upstream_status_error(
         client_status, kind = 429, kind or "rate_limit_error"
     elif 400 <= status < 500:
         client_status, kind = status, kind or "invalid_request_error"
-    elif status in (503, 504):
-        client_status, kind = status, "upstream_error"
+    elif status in (503, 504, 529):  # 529: Anthropic's "overloaded"
+        client_status, kind = 503 if status == 529 else status, "upstream_error"
     else:
         client_status, kind = 502, "upstream_error"
     forwarded = [(name.encode(), headers[name].encode()) for name in _FORWARDED_ERROR_HEADERS if name in headers]

@@ -58,7 +58,7 @@ class OpenAIDialect:
         )
 
     def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply:
-        obj = _json_object(body, "reply")
+        obj = json_object(body, "reply")
         if "error" in obj and "choices" not in obj:
             raise _embedded_error(obj)
         normalize.completion(obj, request.model)
@@ -94,7 +94,7 @@ class OpenAIStreamDecoder:
             if event.data == b"[DONE]":
                 self._saw_done = True
                 continue
-            obj = _json_object(event.data, "stream event")
+            obj = json_object(event.data, "stream event")
             if "error" in obj and "choices" not in obj:
                 raise _embedded_error(obj)
             normalize.chunk(obj, self._model, self._stream_id, self._created)
@@ -156,7 +156,7 @@ def _embedded_error(obj: dict[str, Any]) -> UpstreamStatusError:
     return err
 
 
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
+def json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:

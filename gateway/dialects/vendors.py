@@ -7,6 +7,7 @@ upstream body and the names of the parameters that could not be sent out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,7 +79,7 @@ def effort_for_budget(budget: int) -> str:
     return "max"
 
 
-def clamp_effort(effort: str, allowed: tuple[str, ...] | list[str]) -> str:
+def clamp_effort(effort: str, allowed: Sequence[str]) -> str:
     """The allowed effort nearest to `effort`; on a tie, the lower (cheaper) one."""
     if effort in allowed or not allowed:
         return effort

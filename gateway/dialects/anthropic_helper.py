@@ -1,0 +1,58 @@
+"""Anthropic Messages facts shared by reply and stream decoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.dialects.base import Usage
+from gateway.dialects.openai import error_parts
+from gateway.errors import UpstreamStatusError
+from gateway.types import JSON
+
+JSON_TOOL = "json_tool_call"  # the forced tool that carries JSON mode
+
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def finish_reason(stop_reason: Any, answered_by_json_tool: bool = False) -> str:
+    if stop_reason == "tool_use" and answered_by_json_tool:
+        return "stop"
+    return STOP_REASONS.get(stop_reason, "stop")
+
+
+def openai_usage(usage: JSON) -> tuple[JSON, Usage]:
+    """OpenAI usage from Anthropic's: `prompt_tokens` counts cache reads and writes too."""
+    fresh = _int(usage.get("input_tokens"))
+    cache_read = _int(usage.get("cache_read_input_tokens"))
+    cache_write = _int(usage.get("cache_creation_input_tokens"))
+    output = _int(usage.get("output_tokens"))
+    prompt = fresh + cache_read + cache_write
+    obj = {
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "total_tokens": prompt + output,
+        "prompt_tokens_details": {"cached_tokens": cache_read, "cache_creation_tokens": cache_write},
+    }
+    return obj, Usage(prompt, output, prompt + output, cache_read, 0, None)
+
+
+def embedded_error(obj: JSON) -> UpstreamStatusError:
+    parts = error_parts(orjson.dumps(obj))
+    status = 503 if parts.type == "overloaded_error" else 502
+    err = UpstreamStatusError(
+        f"The upstream reported an error: {parts.message}", type=parts.type or "upstream_error", status=status
+    )
+    err.upstream_status = 529 if status == 503 else 502
+    return err
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
