@@ -13,6 +13,9 @@ The model name the gateway sends upstream (less a leading `fake-`) picks the beh
     mid-error            streams a chunk, then an error event (as vendors do after a 200)
     not-json             answers 200 with an HTML page
     leaky-401            a 401 whose message quotes the upstream key
+
+Under `/vendor/<name>/v1/...` replies carry reasoning text and usage details where that vendor puts
+them (DeepSeek: prompt_cache_hit_tokens; Kimi: usage.cached_tokens; vLLM: `reasoning`, no details; ...).
 """
 
 from __future__ import annotations
@@ -30,10 +33,28 @@ CREATED = 1_763_700_000
 FINGERPRINT = "fp_f33640a400"
 
 
+REASONING = "Let me think about it."
+
+# vendor -> (field of the reasoning text or None, usage style)
+VENDOR_REPLIES: dict[str, tuple[str | None, str]] = {
+    "openai": (None, "details"),
+    "deepseek": ("reasoning_content", "deepseek"),
+    "qwen": ("reasoning_content", "details"),
+    "zhipu": ("reasoning_content", "details"),
+    "doubao": ("reasoning_content", "details"),
+    "moonshot": ("reasoning_content", "moonshot"),
+    "gemini": ("reasoning_content", "details"),
+    "vllm": ("reasoning", "details"),
+    "sglang": ("reasoning_content", "details"),
+    "generic": ("reasoning_content", "details"),
+}
+
+
 @dataclass
 class Seen:
     headers: dict[str, str]
     body: dict[str, Any]
+    path: str = ""
 
 
 @dataclass
@@ -44,11 +65,15 @@ class FakeOpenAI:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/vendor/{vendor}/v1/chat/completions", self.chat)
         return app
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(Seen({k.lower(): v for k, v in request.headers.items()}, body))
+        self.requests.append(Seen({k.lower(): v for k, v in request.headers.items()}, body, request.path))
+        vendor = request.match_info.get("vendor")
+        if vendor is not None:
+            return await self._vendor_reply(request, vendor, body)
         if request.headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         model = body["model"].removeprefix("fake-")
@@ -119,6 +144,68 @@ class FakeOpenAI:
         if model != "sloppy":
             await resp.write(f"data: [DONE]{newline}{newline}".encode())
         await resp.write_eof()
+
+    async def _vendor_reply(self, request: web.Request, vendor: str, body: dict[str, Any]) -> web.StreamResponse:
+        field, style = VENDOR_REPLIES[vendor]
+        json_mode = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
+        text = '{"ok": true}' if json_mode else _last_user_text(body)
+        usage = _vendor_usage(style)
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if field:
+                message[field] = REASONING
+            reply = {
+                "id": ID,
+                "object": "chat.completion",
+                "created": CREATED,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": usage,
+            }
+            return web.json_response(reply)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+
+        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            chunk = {
+                "id": ID,
+                "object": "chat.completion.chunk",
+                "created": CREATED,
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        await resp.write(event({"role": "assistant", "content": ""}))
+        if field:
+            for piece in ("Let me ", "think about it."):
+                await resp.write(event({field: piece}))
+        for piece in (text[:5], text[5:]):
+            await resp.write(event({"content": piece}))
+        await resp.write(event({}, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(
+                event({}, None, usage=usage).replace(
+                    b'"choices": [{"index": 0, "delta": {}, "finish_reason": null}]', b'"choices": []'
+                )
+            )
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def _vendor_usage(style: str) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": 19, "completion_tokens": 11, "total_tokens": 30}
+    if style == "deepseek":
+        usage.update(
+            prompt_cache_hit_tokens=3, prompt_cache_miss_tokens=16, completion_tokens_details={"reasoning_tokens": 2}
+        )
+    elif style == "moonshot":
+        usage.update(cached_tokens=3, completion_tokens_details={"reasoning_tokens": 2})
+    else:
+        usage.update(prompt_tokens_details={"cached_tokens": 3}, completion_tokens_details={"reasoning_tokens": 2})
+    return usage
 
 
 def _usage(text: str) -> dict[str, Any]:
