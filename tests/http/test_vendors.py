@@ -24,7 +24,8 @@ EXTENSIONS = {k: v for k, v in REQUEST.items() if k not in ("model", "messages",
 @pytest.fixture
 def vendors_gateway(start_gateway: Callable[..., RunningGateway], fake_url: str, fake: FakeOpenAI) -> RunningGateway:
     upstreams = "".join(
-        f"  - {{name: {v}, dialect: openai, vendor: {v}, base_url: '{fake_url}/vendor/{v}/v1', api_key: {UPSTREAM_KEY}}}\n"
+        f"  - {{name: {v}, dialect: openai, vendor: {v}, "
+        f"base_url: '{fake_url}/vendor/{v}/v1', api_key: {UPSTREAM_KEY}}}\n"
         for v in PROFILES
     )
     models = "".join(f"  - {{name: via-{v}, upstream: {v}, upstream_model: m}}\n" for v in PROFILES)
