@@ -52,7 +52,9 @@ class Gateway:
         else:
             ledger = MemoryLedger()
         router = Router(config)
-        relay = Relay(router, transports, ledger, settings.max_attempts, settings.max_client_retries)
+        relay = Relay(
+            router, transports, ledger, settings.max_attempts, settings.max_client_retries, settings.retry_backoff
+        )
         return cls(settings, config, KeyTable(config.keys), router, ledger, transports, relay)
 
     async def start(self) -> None:

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     max_attempts: int = Field(default=3, ge=1, description="Deployments tried per request before giving up.")
     max_client_retries: int = Field(default=3, ge=0, description="Cap on the `retries` a client may ask for.")
+    retry_backoff: float = Field(
+        default=0.25, ge=0, description="First pause before trying a deployment again; doubles, at most 2 s."
+    )
 
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
     upstream_read_timeout: float = Field(

@@ -75,6 +75,12 @@ models:
   - name: by-name
     upstream: fake-by-name
     upstream_model: ok
+  - name: sticky
+    upstream: fake
+    upstream_model: ok-a
+  - name: sticky
+    upstream: fake
+    upstream_model: ok-b
   - name: claude-adaptive
     upstream: claude
     upstream_model: claude-thinking
@@ -141,6 +147,7 @@ def test_settings(**overrides: Any) -> Settings:
         "upstream_read_timeout": 1.0,
         "ledger_flush_interval": 0.05,
         "max_body_bytes": 64 * 1024,
+        "retry_backoff": 0.01,
         **overrides,
     }
     return Settings(**values)

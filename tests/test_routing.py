@@ -3,8 +3,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from gateway.config import parse_config
-from gateway.routing import Router
+from gateway.config import ModelOptions, UpstreamConfig, parse_config
+from gateway.routing import Deployment, Route, Router
 
 CONFIG = parse_config(
     """
@@ -66,3 +66,28 @@ def test_describe_lists_every_deployment() -> None:
     assert len(lines) == 6
     assert any("gpt-4o" in line and "75%" in line for line in lines)
     assert any("disabled" in line for line in lines)
+
+
+def test_sticky_order_is_stable_per_session_and_follows_weights() -> None:
+    router = Router(CONFIG, rng=random.Random(1))
+    route = router.match("gpt-4o")
+    assert route is not None
+    for session in ("a", "b", "conv-7"):
+        firsts = {router.order(route, sticky=session)[0].upstream.name for _ in range(20)}
+        assert len(firsts) == 1  # the same deployment every time for one session
+    share = Counter(router.order(route, sticky=f"s{i}")[0].upstream.name for i in range(4000))
+    assert 0.70 < share["a"] / 4000 < 0.80  # sessions spread by weight (3 of 4)
+
+
+def test_removing_a_deployment_moves_only_its_sessions() -> None:
+    ups = [UpstreamConfig(name=n, dialect="echo") for n in ("a", "b", "c")]
+    deps = [Deployment(u, None, 1.0, ModelOptions()) for u in ups]
+    router = Router(CONFIG)
+    three = Route.of("m", deps)
+    two = Route.of("m", deps[:2])
+    before = {f"s{i}": router.order(three, sticky=f"s{i}")[0].upstream.name for i in range(600)}
+    assert set(before.values()) == {"a", "b", "c"}
+    for session, name in before.items():
+        after = router.order(two, sticky=session)[0].upstream.name
+        if name != "c":
+            assert after == name  # untouched sessions keep their deployment (and its prompt cache)

@@ -123,6 +123,35 @@ def test_fallback_to_next_deployment_before_first_byte(client: openai.OpenAI, fa
     assert chunks and len(fake.requests) == 2
 
 
+@pytest.mark.parametrize(("retries", "attempts"), [(None, 1), (0, 1), (2, 3), (10, 4)])  # capped at 3 retries
+def test_client_retries_are_done_by_the_gateway(
+    client: openai.OpenAI, fake: FakeOpenAI, retries: int | None, attempts: int
+) -> None:
+    extra = {} if retries is None else {"retries": retries}
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="fake-status-500", messages=USER, extra_body=extra)
+    assert len(fake.requests) == attempts
+    assert all("retries" not in seen.body for seen in fake.requests)
+
+
+def test_client_retries_do_not_repeat_client_mistakes(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="fake-status-400", messages=USER, extra_body={"retries": 3})
+    assert len(fake.requests) == 1
+
+
+def test_sess_id_keeps_a_session_on_one_deployment(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    chosen = {}
+    for session in [f"conv-{i}" for i in range(12)]:
+        for _ in range(3):
+            client.chat.completions.create(model="sticky", messages=USER, extra_body={"sess_id": session})
+        names = {seen.body["model"] for seen in fake.requests[-3:]}
+        assert len(names) == 1, names  # one deployment per session
+        assert all("sess_id" not in seen.body for seen in fake.requests[-3:])
+        chosen[session] = names.pop()
+    assert set(chosen.values()) == {"ok-a", "ok-b"}  # and sessions spread over both
+
+
 # --- client mistakes: SDK exceptions, 4xx, param named -------------------------------------------
 
 

@@ -91,6 +91,18 @@ def test_redis_outage_loses_nothing_and_counts_once(
     assert http.get("/readyz").status_code == 200
 
 
+def test_session_usage_is_recorded(redis_gateway: RunningGateway, redis_url: str, checker: Checker) -> None:
+    sdk = make_sdk(redis_gateway.url, checker)
+    for _ in range(2):
+        sdk.chat.completions.create(model="gpt-test", messages=USER, extra_body={"sess_id": "conv-7"})
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    key = "gw:{tester}:session:conv-7"
+    assert _wait_for(lambda: r.hget(key, "requests"), "2") == "2"
+    assert r.hget(key, "prompt_tokens") == "38"
+    assert 0 < r.ttl(key) <= 7 * 86400
+    assert r.hget(f"gw:{{tester}}:usage:{_today()}:gpt-test", "requests") == "2"
+
+
 async def test_a_batch_resent_after_it_landed_is_not_counted_twice(redis_url: str) -> None:
     ledger = RedisLedger(redis_url, flush_interval=60)
     ledger.record(UsageRecord("alice", "m1", Usage(10, 5, 15, 2, 1, 0.25)))
