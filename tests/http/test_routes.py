@@ -11,7 +11,15 @@ from tests.support.spec import Checker, assert_valid
 
 def test_models_lists_exact_names_with_usable_upstreams(client: openai.OpenAI, checker: Checker) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == "echo gpt-test fallback dead by-name sticky claude-adaptive".split()  # config order; no patterns; `nokey` has no key
+    assert ids == [
+        "echo",
+        "gpt-test",
+        "fallback",
+        "dead",
+        "by-name",
+        "sticky",
+        "claude-adaptive",
+    ]  # config order; no patterns; `nokey` has no key
     assert checker.checked == 1
 
 
