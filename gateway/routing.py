@@ -97,10 +97,9 @@ class Router:
                 target = dep.upstream_model or "(same name)"
                 state = "" if dep.upstream.enabled else "  [disabled: api_key is empty]"
                 share = f"{100 * dep.weight / total:.0f}%"
-                lines.append(
-                    f"{route.name:<28} {kind:<8} -> {dep.upstream.name}/{target} "
-                    f"({dep.upstream.dialect}, {share}){state}"
-                )
+                up = dep.upstream
+                wire = f"openai/{up.vendor}" if up.dialect == "openai" else up.dialect
+                lines.append(f"{route.name:<28} {kind:<8} -> {up.name}/{target} ({wire}, {share}){state}")
         return lines
 
 
