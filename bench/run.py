@@ -2,6 +2,8 @@
 
 An nginx upstream answers instantly with a fixed chat completion (buffered) or a fixed event stream
 (streamed). wrk measures requests/s at 32 connections and p50/p99 latency at one connection.
+Then the cost of translation: a long stream (LONG content events) relayed from an OpenAI upstream
+(pass-through) and from an Anthropic upstream (translated event by event), in chunks/s per worker.
 Run with `python3 dev.py bench` (installs wrk and nginx when missing). Not part of CI.
 """
 
@@ -58,6 +60,51 @@ def _stream_body() -> str:
     body += "".join(chunk({"content": w}, None) for w in words)
     body += chunk({}, "stop") + chunk({}, None, {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16})
     return body + "data: [DONE]\n\n"
+
+
+LONG = 100  # content events in the long streams
+
+
+def _long_openai_stream() -> str:
+    def event(obj: dict[str, object]) -> str:
+        return "data: " + json.dumps(obj, separators=(",", ":")) + "\n\n"
+
+    head = {"id": "chatcmpl-long", "object": "chat.completion.chunk", "created": 1763700000, "model": "m"}
+
+    def choice(delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    body = event(choice({"role": "assistant", "content": ""}))
+    body += "".join(event(choice({"content": f" word{i}"})) for i in range(LONG))
+    body += event(choice({}, "stop"))
+    body += event(
+        {**head, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": LONG, "total_tokens": 9 + LONG}}
+    )
+    return body + "data: [DONE]\n\n"
+
+
+def _long_anthropic_stream() -> str:
+    def event(name: str, obj: dict[str, object]) -> str:
+        return f"event: {name}\ndata: " + json.dumps({"type": name, **obj}, separators=(",", ":")) + "\n\n"
+
+    message = {
+        "id": "msg_long",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude",
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": 9, "cache_read_input_tokens": 0, "output_tokens": 1},
+    }
+    body = event("message_start", {"message": message})
+    body += event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+    body += "".join(
+        event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": f" word{i}"}})
+        for i in range(LONG)
+    )
+    body += event("content_block_stop", {"index": 0})
+    body += event("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": LONG}})
+    return body + event("message_stop", {})
 
 
 def _nginx_quote(text: str) -> str:
@@ -124,6 +171,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         up_port, gw_port = _free_port(), _free_port()
+        work.chmod(0o755)  # nginx's workers run unprivileged and must read the stream files
+        for name, text in (
+            ("long_openai.sse", _long_openai_stream()),
+            ("long_anthropic.sse", _long_anthropic_stream()),
+        ):
+            (work / name).write_text(text)
+            (work / name).chmod(0o644)
         (work / "nginx.conf").write_text(f"""
 worker_processes 1;
 daemon off;
@@ -141,6 +195,18 @@ http {{
       default_type application/json;
       return 200 {_nginx_quote(json.dumps(COMPLETION, separators=(",", ":")))};
     }}
+    # Too long for `return` (nginx caps a parameter at 4 KiB): files, which nginx serves to a POST
+    # only through this internal redirect.
+    location = /long/v1/chat/completions {{
+      default_type "text/event-stream; charset=utf-8";
+      error_page 405 =200 $uri;
+      alias {work}/long_openai.sse;
+    }}
+    location = /long/v1/messages {{
+      default_type "text/event-stream; charset=utf-8";
+      error_page 405 =200 $uri;
+      alias {work}/long_anthropic.sse;
+    }}
     location = /streamed/v1/chat/completions {{
       default_type "text/event-stream; charset=utf-8";
       return 200 {_nginx_quote(_stream_body())};
@@ -153,9 +219,13 @@ keys: [{{name: bench, key: {KEY}}}]
 upstreams:
   - {{name: buffered, dialect: openai, base_url: "http://127.0.0.1:{up_port}/buffered/v1", api_key: sk-up}}
   - {{name: streamed, dialect: openai, base_url: "http://127.0.0.1:{up_port}/streamed/v1", api_key: sk-up}}
+  - {{name: long-openai, dialect: openai, base_url: "http://127.0.0.1:{up_port}/long/v1", api_key: sk-up}}
+  - {{name: long-anthropic, dialect: anthropic, base_url: "http://127.0.0.1:{up_port}/long/v1", api_key: sk-up}}
 models:
   - {{name: bench-buffered, upstream: buffered}}
   - {{name: bench-streamed, upstream: streamed}}
+  - {{name: bench-long-openai, upstream: long-openai}}
+  - {{name: bench-long-anthropic, upstream: long-anthropic}}
 """)
         nginx = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
         env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning"}
@@ -190,6 +260,16 @@ models:
                 up1 = _wrk(upstream_url, body, 1, args.seconds, work)
                 gw1 = _wrk(gateway_url, body, 1, args.seconds, work)
                 rows.append((mode, up32, gw32, up1, gw1))
+            translation = []
+            for source in ("openai", "anthropic"):
+                body = {
+                    "model": f"bench-long-{source}",
+                    "messages": [{"role": "user", "content": "Hi"}],
+                    "stream": True,
+                }
+                url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+                _wrk(url, body, 32, 2, work)  # warm-up
+                translation.append((source, _wrk(url, body, 32, args.seconds, work)))
         finally:
             gateway.terminate()
             nginx.terminate()
@@ -208,6 +288,14 @@ models:
             f"{up1.p50_ms:.3f} / {up1.p99_ms:.3f} | {gw1.p50_ms:.3f} / {gw1.p99_ms:.3f} | "
             f"{gw1.p50_ms - up1.p50_ms:.3f} |"
         )
+    chunks = LONG + 2  # content events + role chunk + finish chunk (no usage chunk: not asked)
+    base = translation[0][1].rps
+    print(f"\nlong streams ({LONG} content events each) through the gateway, 1 worker, c=32\n")
+    print("| upstream | streams/s | chunks/s relayed | vs pass-through |")
+    print("|---|---|---|---|")
+    for source, result in translation:
+        label = "OpenAI (pass-through)" if source == "openai" else "Anthropic (translated)"
+        print(f"| {label} | {result.rps:,.0f} | {result.rps * chunks:,.0f} | {result.rps / base:.2f} |")
     return 0
 
 

@@ -35,6 +35,10 @@ EXCEPTION_TABLE: tuple[tuple[type[BaseException], type[UpstreamError], str], ...
 )
 
 
+# What a stale pooled keep-alive connection gives: closed by the upstream before any answer.
+_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
 def translate(exc: BaseException, upstream: str) -> UpstreamError:
     for source, target, what in EXCEPTION_TABLE:
         if isinstance(exc, source):
@@ -94,13 +98,22 @@ class HttpTransport:
 
     async def open(self, request: UpstreamRequest) -> HttpResponse:
         session = self._session_now()
-        try:
-            resp = await session.request(
-                request.method, request.url, headers=request.headers, data=request.body, allow_redirects=False
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise translate(exc, request.upstream) from None
-        return HttpResponse(resp, request.upstream)
+        for attempt in (1, 2):
+            try:
+                resp = await session.request(
+                    request.method, request.url, headers=request.headers, data=request.body, allow_redirects=False
+                )
+            except _STALE as exc:
+                # Upstreams close idle keep-alive connections, and the pool may hand out one that has
+                # just died. Nothing was answered on it, so one more try, on another connection, is safe.
+                if attempt == 1:
+                    log.info("upstream %s: pooled connection was closed, retrying", request.upstream)
+                    continue
+                raise translate(exc, request.upstream) from None
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise translate(exc, request.upstream) from None
+            return HttpResponse(resp, request.upstream)
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         if self._session is not None:

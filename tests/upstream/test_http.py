@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 import aiohttp
@@ -60,3 +61,37 @@ async def test_connection_refused_is_502_without_url() -> None:
     assert info.value.status == 502
     assert "127.0.0.1" not in info.value.message and "pw" not in info.value.message
     await transport.aclose()
+
+
+async def test_a_pooled_connection_the_upstream_closed_is_retried_once() -> None:
+    """The race of an idle timeout: the upstream closes a kept-alive connection just as the next
+    request arrives on it, without answering. The request goes again on a fresh connection."""
+    answered = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        for served in range(2):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().lower().split("\r\n")
+            length = int(next(line.split(":")[1] for line in lines if line.startswith("content-length")))
+            await reader.readexactly(length)
+            if served == 1:  # the second request on this connection: closed, unanswered
+                writer.close()
+                return
+            answered += 1
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = HttpTransport(pool_size=1, connect_timeout=1, read_timeout=1)
+    request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/v1/chat/completions", {}, b"{}", "vendor")
+    try:
+        for _ in range(3):
+            response = await transport.open(request)
+            assert response.status == 200 and await response.read() == b"{}"
+        assert answered == 3
+    finally:
+        await transport.aclose()
+        server.close()
+        await server.wait_closed()
