@@ -60,6 +60,7 @@ def test_extensions_reach_each_vendor_in_its_own_fields(
         content = reply.choices[0].message.content
         reasoning = getattr(reply.choices[0].message, "reasoning_content", None) or ""
         usage = reply.usage
+        assert reply.model_extra["citations"] == ["https://example.com/source"]  # passed through
 
     seen = fake.requests[-1]
     assert seen.path == f"/vendor/{vendor}/v1/chat/completions"
@@ -70,6 +71,7 @@ def test_extensions_reach_each_vendor_in_its_own_fields(
     assert json.loads(content) == {"ok": True}
     assert reasoning == (REASONING if VENDOR_REPLIES[vendor][0] else "")
     assert usage is not None and usage.total_tokens == 30
+    assert usage.model_extra["billed_units"] == 0.75  # passed through
     assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 3
     assert usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 2
     assert checker.checked >= 1

@@ -161,6 +161,7 @@ class FakeOpenAI:
                 "model": body["model"],
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                 "usage": usage,
+                "citations": ["https://example.com/source"],
             }
             return web.json_response(reply)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
@@ -196,7 +197,7 @@ class FakeOpenAI:
 
 
 def _vendor_usage(style: str) -> dict[str, Any]:
-    usage: dict[str, Any] = {"prompt_tokens": 19, "completion_tokens": 11, "total_tokens": 30}
+    usage: dict[str, Any] = {"prompt_tokens": 19, "completion_tokens": 11, "total_tokens": 30, "billed_units": 0.75}
     if style == "deepseek":
         usage.update(
             prompt_cache_hit_tokens=3, prompt_cache_miss_tokens=16, completion_tokens_details={"reasoning_tokens": 2}
