@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -108,12 +108,24 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture(scope="session")
-def fake_server() -> Iterator[tuple[FakeOpenAI, AiohttpServer]]:
-    fake = FakeOpenAI()
+Fake = TypeVar("Fake", FakeOpenAI, FakeAnthropic)
+
+
+def _serving(fake: Fake) -> Iterator[tuple[Fake, AiohttpServer]]:
+    """A fake upstream on loopback for the whole session; tests clear what it recorded."""
     server = AiohttpServer(fake.app())
     yield fake, server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[tuple[FakeOpenAI, AiohttpServer]]:
+    yield from _serving(FakeOpenAI())
+
+
+@pytest.fixture(scope="session")
+def anthropic_server() -> Iterator[tuple[FakeAnthropic, AiohttpServer]]:
+    yield from _serving(FakeAnthropic())
 
 
 @pytest.fixture
@@ -125,14 +137,6 @@ def fake(fake_server: tuple[FakeOpenAI, AiohttpServer]) -> FakeOpenAI:
 @pytest.fixture
 def fake_url(fake_server: tuple[FakeOpenAI, AiohttpServer]) -> str:
     return fake_server[1].url
-
-
-@pytest.fixture(scope="session")
-def anthropic_server() -> Iterator[tuple[FakeAnthropic, AiohttpServer]]:
-    fake = FakeAnthropic()
-    server = AiohttpServer(fake.app())
-    yield fake, server
-    server.close()
 
 
 @pytest.fixture
