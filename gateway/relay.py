@@ -139,10 +139,7 @@ class Relay:
         dialect, built = _build(request, deployment)
         response = await self._transports[upstream.name].open(built)
         if response.status >= 300:
-            body = await response.read()
-            error = dialect.decode_error(response.status, body, response.headers, upstream)
-            error.message = redact(error.message, upstream)
-            raise error
+            raise dialect.decode_error(response.status, await response.read(), response.headers, upstream)
         decoder = dialect.stream_decoder(request)
         chunks = response.iter_chunks()
         first: list[bytes] = []
