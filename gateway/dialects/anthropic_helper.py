@@ -39,7 +39,7 @@ def openai_usage(usage: JSON) -> tuple[JSON, Usage]:
         "prompt_tokens": prompt,
         "completion_tokens": output,
         "total_tokens": prompt + output,
-        "prompt_tokens_details": {"cached_tokens": cache_read, "cache_creation_tokens": cache_write},
+        "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_write},
     }
     return obj, Usage(prompt, output, prompt + output, cache_read, 0, None)
 

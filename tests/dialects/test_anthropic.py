@@ -101,7 +101,7 @@ def test_usage_arithmetic_with_cache_reads_and_writes() -> None:
         "prompt_tokens": 130,  # input 10 + cache read 100 + cache write 20
         "completion_tokens": 30,
         "total_tokens": 160,
-        "prompt_tokens_details": {"cached_tokens": 100, "cache_creation_tokens": 20},
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 20},
     }
     assert decoded.usage == Usage(130, 30, 160, 100, 0, None)
     decoder = DIALECT.stream_decoder(_request(stream=True))

@@ -33,6 +33,7 @@ def test_text_buffered_and_streamed_with_usage_arithmetic(client: openai.OpenAI,
     # input 10 + cache read 100 + cache write 20 (Anthropic's input_tokens excludes cached tokens)
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (130, 30, 160)
     assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 100
+    assert usage.prompt_tokens_details.cache_write_tokens == 20  # the spec's field for cache writes
 
     chunks = list(
         client.chat.completions.create(
