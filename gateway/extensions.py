@@ -109,7 +109,9 @@ def _reasoning(body: JSON) -> Reasoning:
                 raise bad_value("thinking.type", kind, "enabled, disabled, auto, adaptive")
             if enabled is None and kind in ("enabled", "disabled"):
                 enabled = kind == "enabled"
-        budget = optional_int(thinking, "budget_tokens", 0, None, prefix="thinking.") or budget
+        inner_budget = optional_int(thinking, "budget_tokens", 0, None, prefix="thinking.")
+        if inner_budget is not None:
+            budget = inner_budget  # 0 included: an explicit "no thinking budget"
         inner_effort = thinking.get("reasoning_effort", thinking.get("effort"))
         if inner_effort is not None:
             effort = inner_effort

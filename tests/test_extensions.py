@@ -29,6 +29,7 @@ def _ext(**extra: Any) -> Any:
         ({"reasoning_effort": "high", "thinking": {"budget_tokens": 100}}, Reasoning(effort="high", budget_tokens=100)),
         ({"thinking_budget": 512}, Reasoning(budget_tokens=512)),
         ({"reasoning_effort": "none"}, Reasoning(effort="none")),
+        ({"thinking_budget": 512, "thinking": {"budget_tokens": 0}}, Reasoning(budget_tokens=0)),
     ],
 )
 def test_reasoning_forms(extra: dict[str, Any], expected: Reasoning) -> None:
@@ -38,6 +39,7 @@ def test_reasoning_forms(extra: dict[str, Any], expected: Reasoning) -> None:
 def test_reasoning_on() -> None:
     assert Reasoning(effort="low").on and Reasoning(budget_tokens=10).on and Reasoning(enabled=True).on
     assert not Reasoning().on and not Reasoning(effort="none").on and not Reasoning(enabled=False).on
+    assert not Reasoning(budget_tokens=0).on and Reasoning(budget_tokens=0).requested  # a zero budget: off
 
 
 def test_json_mode_and_response_format() -> None:
