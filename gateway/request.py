@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gateway.checks import bad_type, missing, optional_bool, optional_int, show
+from gateway.checks import bad_type, bad_value, missing, optional_bool, optional_int
 from gateway.errors import InvalidRequest
 from gateway.extensions import Extensions, extract, passthrough
 from gateway.types import JSON
@@ -104,10 +104,7 @@ def _check_messages(messages: Any) -> None:
         if role is None:
             raise missing(f"{where}.role")
         if role not in ROLES:
-            raise InvalidRequest(
-                f"Invalid value for '{where}.role': {show(role)}. Supported values are: {', '.join(sorted(ROLES))}.",
-                param=f"{where}.role",
-            )
+            raise bad_value(f"{where}.role", role, ", ".join(sorted(ROLES)))
         content = message.get("content")
         if content is None:
             if role not in ("assistant", "function") and "content" not in message:
@@ -166,11 +163,7 @@ def _check_tool_choice(choice: Any) -> None:
         return
     if isinstance(choice, str):
         if choice not in TOOL_CHOICES:
-            raise InvalidRequest(
-                f"Invalid value for 'tool_choice': {show(choice)}. "
-                "Supported values are: 'none', 'auto', 'required', or an object naming a tool.",
-                param="tool_choice",
-            )
+            raise bad_value("tool_choice", choice, "'none', 'auto', 'required', or an object naming a tool")
         return
     if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
         raise bad_type("tool_choice", "a string or an object with a 'type'", choice)
@@ -183,11 +176,7 @@ def _check_response_format(fmt: Any) -> None:
         raise bad_type("response_format", "an object", fmt)
     kind = fmt.get("type")
     if kind not in RESPONSE_FORMATS:
-        raise InvalidRequest(
-            f"Invalid value for 'response_format.type': {show(kind)}. "
-            "Supported values are: 'text', 'json_object', 'json_schema'.",
-            param="response_format.type",
-        )
+        raise bad_value("response_format.type", kind, "'text', 'json_object', 'json_schema'")
     if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
         raise missing("response_format.json_schema")
 
