@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 
 from gateway.config import UpstreamConfig
-from gateway.dialects.anthropic_helper import JSON_TOOL, embedded_error, finish_reason, openai_usage
+from gateway.dialects.anthropic_helper import JSON_TOOL, anthropic_error, finish_reason, openai_usage
 from gateway.dialects.anthropic_stream import AnthropicStreamDecoder
-from gateway.dialects.base import DecodedReply, Target, UpstreamRequest, upstream_status_error
-from gateway.dialects.openai import error_parts, json_object
+from gateway.dialects.base import DecodedReply, Target, UpstreamRequest, error_parts, upstream_status_error
+from gateway.dialects.openai import json_object
 from gateway.dialects.vendors import EFFORT_BUDGET, budget_for, clamp_effort, effort_for_budget
 from gateway.errors import InvalidRequest, UpstreamStatusError
 from gateway.request import ChatRequest
@@ -66,7 +66,7 @@ class AnthropicDialect:
     def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply:
         obj = json_object(body, "reply")
         if obj.get("type") == "error":
-            raise embedded_error(obj)
+            raise anthropic_error(obj)
         return decode_message(obj, request)
 
     def stream_decoder(self, request: ChatRequest) -> AnthropicStreamDecoder:

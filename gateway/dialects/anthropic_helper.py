@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from gateway.dialects.base import Usage
-from gateway.dialects.openai import error_parts
+from gateway.dialects.base import Usage, embedded_error
 from gateway.errors import UpstreamStatusError
 from gateway.types import JSON
 
@@ -44,14 +41,11 @@ def openai_usage(usage: JSON) -> tuple[JSON, Usage]:
     return obj, Usage(prompt, output, prompt + output, cache_read, 0, None)
 
 
-def embedded_error(obj: JSON) -> UpstreamStatusError:
-    parts = error_parts(orjson.dumps(obj))
-    status = 503 if parts.type == "overloaded_error" else 502
-    err = UpstreamStatusError(
-        f"The upstream reported an error: {parts.message}", type=parts.type or "upstream_error", status=status
-    )
-    err.upstream_status = 529 if status == 503 else 502
-    return err
+def anthropic_error(obj: JSON) -> UpstreamStatusError:
+    """An `error` event or body; `overloaded_error` is Anthropic's 529 and becomes a 503."""
+    error = obj.get("error")
+    overloaded = isinstance(error, dict) and error.get("type") == "overloaded_error"
+    return embedded_error(obj, upstream_status=529 if overloaded else 502)
 
 
 def _int(value: Any) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.dialects.anthropic_helper import embedded_error, finish_reason, openai_usage
+from gateway.dialects.anthropic_helper import anthropic_error, finish_reason, openai_usage
 from gateway.dialects.base import Usage
 from gateway.dialects.openai import DONE_EVENT, json_object, sse_event
 from gateway.dialects.sse import SSEParser
@@ -143,7 +143,7 @@ class AnthropicStreamDecoder:
         }
 
     def _error(self, obj: JSON) -> None:
-        raise embedded_error(obj)
+        raise anthropic_error(obj)
 
     def _chunk(self, delta: JSON, finish: str | None = None) -> JSON:
         return {

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from gateway.config import ModelOptions, UpstreamConfig
 from gateway.errors import UpstreamStatusError
 from gateway.request import ChatRequest
@@ -131,3 +133,47 @@ def redact(text: str, upstream: UpstreamConfig) -> str:
             text = text.replace(secret, "[redacted]")
     text = _SECRETISH.sub("[redacted]", text)
     return text[:2000]
+
+
+def error_parts(body: bytes) -> ErrorParts:
+    """The message, type, code and param of an upstream error body, whatever its exact shape."""
+    try:
+        obj = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        obj = None
+    parts = _parts_of(obj)
+    if parts is not None:
+        return parts
+    text = body.decode("utf-8", "replace").strip()
+    return ErrorParts(text[:300] or "empty reply")
+
+
+def embedded_error(obj: dict[str, Any], upstream_status: int = 502) -> UpstreamStatusError:
+    """An error the upstream reported inside a 2xx reply or stream (OpenAI or Anthropic shape)."""
+    parts = _parts_of(obj) or ErrorParts("no message")
+    err = UpstreamStatusError(
+        f"The upstream reported an error: {parts.message}",
+        type=parts.type or "upstream_error",
+        code=parts.code,
+        status=503 if upstream_status in (503, 529) else 502,
+    )
+    err.upstream_status = upstream_status
+    return err
+
+
+def _parts_of(obj: Any) -> ErrorParts | None:
+    if not isinstance(obj, dict):
+        return None
+    err = obj.get("error", obj)
+    if isinstance(err, str):
+        return ErrorParts(err)
+    if not isinstance(err, dict):
+        return None
+    message = err.get("message") or err.get("msg") or err.get("detail") or "no message"
+    return ErrorParts(
+        str(message), type=_text(err.get("type")), code=_text(err.get("code")), param=_text(err.get("param"))
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -14,10 +14,11 @@ from gateway.config import UpstreamConfig
 from gateway.dialects import normalize
 from gateway.dialects.base import (
     DecodedReply,
-    ErrorParts,
     Target,
     UpstreamRequest,
     Usage,
+    embedded_error,
+    error_parts,
     upstream_status_error,
 )
 from gateway.dialects.sse import SSEParser
@@ -60,7 +61,7 @@ class OpenAIDialect:
     def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply:
         obj = json_object(body, "reply")
         if "error" in obj and "choices" not in obj:
-            raise _embedded_error(obj)
+            raise embedded_error(obj)
         normalize.completion(obj, request.model)
         return DecodedReply(orjson.dumps(obj), normalize.usage_of(obj.get("usage")))
 
@@ -96,7 +97,7 @@ class OpenAIStreamDecoder:
                 continue
             obj = json_object(event.data, "stream event")
             if "error" in obj and "choices" not in obj:
-                raise _embedded_error(obj)
+                raise embedded_error(obj)
             normalize.chunk(obj, self._model, self._stream_id, self._created)
             if "usage" in obj:
                 usage = normalize.usage_of(obj["usage"])
@@ -123,39 +124,6 @@ class OpenAIStreamDecoder:
         return [DONE_EVENT]
 
 
-def error_parts(body: bytes) -> ErrorParts:
-    """The message, type, code and param of an upstream error body, whatever its exact shape."""
-    try:
-        obj = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        obj = None
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, str):
-            return ErrorParts(err)
-        if isinstance(err, dict):
-            message = err.get("message") or err.get("msg") or err.get("detail") or "no message"
-            return ErrorParts(
-                str(message),
-                type=_str_or_none(err.get("type")),
-                code=_str_or_none(err.get("code")),
-                param=_str_or_none(err.get("param")),
-            )
-    text = body.decode("utf-8", "replace").strip()
-    return ErrorParts(text[:300] or "empty reply")
-
-
-def _embedded_error(obj: dict[str, Any]) -> UpstreamStatusError:
-    parts = error_parts(orjson.dumps(obj))
-    err = UpstreamStatusError(
-        f"The upstream reported an error: {parts.message}",
-        type=parts.type or "upstream_error",
-        code=parts.code,
-    )
-    err.upstream_status = 502
-    return err
-
-
 def json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
@@ -164,9 +132,3 @@ def json_object(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UpstreamProtocolError(f"The upstream sent a {what} that is not a JSON object.")
     return obj
-
-
-def _str_or_none(value: Any) -> str | None:
-    if value is None:
-        return None
-    return str(value)
