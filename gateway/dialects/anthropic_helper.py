@@ -5,32 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.dialects.base import Usage, embedded_error
+from gateway.dialects.normalize import FOREIGN_FINISH_REASONS, token_count
 from gateway.errors import UpstreamStatusError
 from gateway.types import JSON
 
 JSON_TOOL = "json_tool_call"  # the forced tool that carries JSON mode
 
-STOP_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
-
 
 def finish_reason(stop_reason: Any, answered_by_json_tool: bool = False) -> str:
     if stop_reason == "tool_use" and answered_by_json_tool:
         return "stop"
-    return STOP_REASONS.get(stop_reason, "stop")
+    return FOREIGN_FINISH_REASONS.get(stop_reason, "stop")
 
 
 def openai_usage(usage: JSON) -> tuple[JSON, Usage]:
     """OpenAI usage from Anthropic's: `prompt_tokens` counts cache reads and writes too."""
-    fresh = _int(usage.get("input_tokens"))
-    cache_read = _int(usage.get("cache_read_input_tokens"))
-    cache_write = _int(usage.get("cache_creation_input_tokens"))
-    output = _int(usage.get("output_tokens"))
+    fresh = token_count(usage.get("input_tokens"))
+    cache_read = token_count(usage.get("cache_read_input_tokens"))
+    cache_write = token_count(usage.get("cache_creation_input_tokens"))
+    output = token_count(usage.get("output_tokens"))
     prompt = fresh + cache_read + cache_write
     obj = {
         "prompt_tokens": prompt,
@@ -46,7 +39,3 @@ def anthropic_error(obj: JSON) -> UpstreamStatusError:
     error = obj.get("error")
     overloaded = isinstance(error, dict) and error.get("type") == "overloaded_error"
     return embedded_error(obj, upstream_status=529 if overloaded else 502)
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -14,14 +14,16 @@ from gateway.types import JSON
 # `reasoning_content`.
 REASONING_ALIASES = ("reasoning",)
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
-_FINISH_ALIASES = {
-    "eos": "stop",
+# Finish reasons other APIs use (Anthropic's stop_reason values among them) -> OpenAI's; anything
+# else unknown becomes "stop".
+FOREIGN_FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
     "tool_use": "tool_calls",
-    "sensitive": "content_filter",
     "refusal": "content_filter",
+    "eos": "stop",
+    "sensitive": "content_filter",
 }
 
 
@@ -73,14 +75,14 @@ def usage_of(usage: Any) -> Usage | None:
     """Token counts from an OpenAI-style usage object, wherever the vendor put the details."""
     if not isinstance(usage, dict):
         return None
-    prompt = _int(usage.get("prompt_tokens"))
-    completion_tokens = _int(usage.get("completion_tokens"))
-    total = _int(usage.get("total_tokens")) or prompt + completion_tokens
+    prompt = token_count(usage.get("prompt_tokens"))
+    completion_tokens = token_count(usage.get("completion_tokens"))
+    total = token_count(usage.get("total_tokens")) or prompt + completion_tokens
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
-    cached = _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
-    cached = cached or _int(usage.get("prompt_cache_hit_tokens")) or _int(usage.get("cached_tokens"))
-    reasoning = _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+    cached = token_count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    cached = cached or token_count(usage.get("prompt_cache_hit_tokens")) or token_count(usage.get("cached_tokens"))
+    reasoning = token_count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
     billed = usage.get("billed_units")
     billed_units = float(billed) if isinstance(billed, int | float) and not isinstance(billed, bool) else None
     return Usage(prompt, completion_tokens, total, cached, reasoning, billed_units)
@@ -116,7 +118,7 @@ def _envelope(obj: JSON, kind: str, model: str, make_id: Callable[[], str], crea
 def _finish_reason(value: Any, has_tool_calls: bool) -> str | None:
     if value is None or value in FINISH_REASONS:
         return value if value is not None or not has_tool_calls else "tool_calls"
-    return _FINISH_ALIASES.get(value, "stop")
+    return FOREIGN_FINISH_REASONS.get(value, "stop")
 
 
 def _rename_reasoning(message: JSON) -> None:
@@ -130,7 +132,7 @@ def _rename_reasoning(message: JSON) -> None:
 def _usage(usage: JSON) -> None:
     """Required counts present, and the detail fields filled from wherever the vendor put them."""
     for name in ("prompt_tokens", "completion_tokens"):
-        usage[name] = _int(usage.get(name))
+        usage[name] = token_count(usage.get(name))
     if not isinstance(usage.get("total_tokens"), int):
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     counted = usage_of(usage)
@@ -145,5 +147,6 @@ def _usage(usage: JSON) -> None:
             usage[details].setdefault(name, value)
 
 
-def _int(value: Any) -> int:
+def token_count(value: Any) -> int:
+    """A token count from a vendor's JSON: an integer, else 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
