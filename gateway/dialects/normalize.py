@@ -1,4 +1,7 @@
-"""Filling in what the OpenAI spec requires when an upstream is sloppy. Mutates and returns the dict."""
+"""Filling in what the OpenAI spec requires when an upstream is sloppy.
+
+`completion` and `chunk` mutate the object in place and return the usage they counted, if any.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def completion_id() -> str:
     return "chatcmpl-" + os.urandom(12).hex()
 
 
-def completion(obj: JSON, model: str) -> JSON:
+def completion(obj: JSON, model: str) -> Usage | None:
     _envelope(obj, "chat.completion", model, completion_id)
     for choice, message in _choices(obj, "message"):
         _rename_reasoning(message)
@@ -48,13 +51,12 @@ def completion(obj: JSON, model: str) -> JSON:
         choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), bool(tool_calls)) or "stop"
     usage = obj.get("usage")
     if isinstance(usage, dict):
-        _usage(usage)
-    elif "usage" in obj:
-        del obj["usage"]
-    return obj
+        return _usage(usage)
+    obj.pop("usage", None)
+    return None
 
 
-def chunk(obj: JSON, model: str, stream_id: Callable[[], str], created: int) -> JSON:
+def chunk(obj: JSON, model: str, stream_id: Callable[[], str], created: int) -> Usage | None:
     """`stream_id` gives the id to use when the upstream sent none: the same one for every chunk."""
     _envelope(obj, "chat.completion.chunk", model, stream_id, created)
     for choice, delta in _choices(obj, "delta"):
@@ -66,9 +68,7 @@ def chunk(obj: JSON, model: str, stream_id: Callable[[], str], created: int) -> 
                     call["index"] = i
         choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), False)
     usage = obj.get("usage")
-    if isinstance(usage, dict):
-        _usage(usage)
-    return obj
+    return _usage(usage) if isinstance(usage, dict) else None
 
 
 def usage_of(usage: Any) -> Usage | None:
@@ -129,7 +129,7 @@ def _rename_reasoning(message: JSON) -> None:
                 message["reasoning_content"] = text
 
 
-def _usage(usage: JSON) -> None:
+def _usage(usage: JSON) -> Usage:
     """Required counts present, and the detail fields filled from wherever the vendor put them."""
     for name in ("prompt_tokens", "completion_tokens"):
         usage[name] = token_count(usage.get(name))
@@ -145,6 +145,7 @@ def _usage(usage: JSON) -> None:
             if not isinstance(usage.get(details), dict):
                 usage[details] = {}
             usage[details].setdefault(name, value)
+    return counted
 
 
 def token_count(value: Any) -> int:

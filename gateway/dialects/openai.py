@@ -62,8 +62,8 @@ class OpenAIDialect:
         obj = json_object(body, "reply")
         if "error" in obj and "choices" not in obj:
             raise embedded_error(obj)
-        normalize.completion(obj, request.model)
-        return DecodedReply(orjson.dumps(obj), normalize.usage_of(obj.get("usage")))
+        usage = normalize.completion(obj, request.model)
+        return DecodedReply(orjson.dumps(obj), usage)
 
     def stream_decoder(self, request: ChatRequest) -> OpenAIStreamDecoder:
         return OpenAIStreamDecoder(request.model, request.include_usage)
@@ -98,15 +98,13 @@ class OpenAIStreamDecoder:
             obj = json_object(event.data, "stream event")
             if "error" in obj and "choices" not in obj:
                 raise embedded_error(obj)
-            normalize.chunk(obj, self._model, self._stream_id, self._created)
-            if "usage" in obj:
-                usage = normalize.usage_of(obj["usage"])
-                if usage is not None:
-                    self.usage = usage
-                if not self._include_usage:
-                    if not obj["choices"]:
-                        continue
-                    del obj["usage"]
+            usage = normalize.chunk(obj, self._model, self._stream_id, self._created)
+            if usage is not None:
+                self.usage = usage
+            if "usage" in obj and not self._include_usage:
+                if not obj["choices"]:
+                    continue  # the usage-only chunk the gateway asked for on its own behalf
+                del obj["usage"]
             if any(c.get("finish_reason") for c in obj["choices"]):
                 self._finished = True
             out.append(sse_event(obj))
