@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from gateway.dialects.base import Usage
 
@@ -36,6 +36,11 @@ class UsageRecord:
     def day(self) -> str:
         return _utc_day(int(self.at // 86400))
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(principal, day, model): what usage is summed by."""
+        return (self.principal, self.day, self.model)
+
     def counters(self) -> Totals:
         u = self.usage
         counts: Totals = {
@@ -58,13 +63,15 @@ def _utc_day(days_since_epoch: int) -> str:
 
 # (principal, day, model) -> counters
 Aggregate = dict[tuple[str, str, str], Totals]
+K = TypeVar("K")
 
 
-def add_into(aggregate: Aggregate, record: UsageRecord) -> None:
-    totals = aggregate.get((record.principal, record.day, record.model))
+def add_into(aggregate: dict[K, Totals], key: K, counters: Totals) -> None:
+    """Sum `counters` into the totals kept under `key`."""
+    totals = aggregate.get(key)
     if totals is None:
-        totals = aggregate[(record.principal, record.day, record.model)] = defaultdict(float)
-    for name, value in record.counters().items():
+        totals = aggregate[key] = defaultdict(float)
+    for name, value in counters.items():
         totals[name] += value
 
 

@@ -10,7 +10,7 @@ class MemoryLedger:
         self._totals: Aggregate = {}
 
     def record(self, record: UsageRecord) -> None:
-        add_into(self._totals, record)
+        add_into(self._totals, record.key, record.counters())
 
     async def start(self) -> None:
         return None

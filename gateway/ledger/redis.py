@@ -109,11 +109,10 @@ class RedisLedger:
         self._failing = False
 
     def record(self, record: UsageRecord) -> None:
-        add_into(self._pending, record)
+        counters = record.counters()
+        add_into(self._pending, record.key, counters)
         if record.sess_id is not None:
-            totals = self._sessions.setdefault((record.principal, record.sess_id), {})
-            for name, value in record.counters().items():
-                totals[name] = totals.get(name, 0) + value
+            add_into(self._sessions, (record.principal, record.sess_id), counters)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ledger-flush")
