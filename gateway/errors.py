@@ -51,6 +51,14 @@ class GatewayError(Exception):
     def to_json(self) -> bytes:
         return orjson.dumps(self.body())
 
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        """The error's own headers, plus `x-should-retry: false` on a client mistake (sending it
+        again changes nothing, and the openai SDK would otherwise retry some statuses)."""
+        client_mistake = self.status < 500 and self.status not in (408, 409, 429)
+        if client_mistake and all(name != b"x-should-retry" for name, _ in self.headers):
+            return [*self.headers, (b"x-should-retry", b"false")]
+        return self.headers
+
     @property
     def retryable(self) -> bool:
         """Whether another deployment may succeed where this one failed."""

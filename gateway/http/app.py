@@ -85,7 +85,7 @@ def _fastapi(gateway: Gateway, request_ids: RequestIds) -> FastAPI:
 
 
 def _error_response(exc: GatewayError) -> Response:
-    headers = {k.decode(): v.decode() for k, v in exc.headers}
+    headers = {k.decode(): v.decode() for k, v in exc.response_headers()}
     return Response(exc.to_json(), status_code=exc.status, media_type="application/json", headers=headers)
 
 

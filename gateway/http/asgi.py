@@ -65,8 +65,5 @@ async def send_bytes(send: Send, status: int, body: bytes, headers: Headers) -> 
 
 
 async def send_error(send: Send, error: GatewayError, rid: bytes) -> None:
-    headers = [*JSON_HEADERS, (b"x-request-id", rid), *error.headers]
-    if error.status < 500 and error.status not in (408, 409, 429):
-        # A client mistake: nothing changes by sending it again.
-        headers.append((b"x-should-retry", b"false"))
+    headers = [*JSON_HEADERS, (b"x-request-id", rid), *error.response_headers()]
     await send_bytes(send, error.status, error.to_json(), headers)

@@ -49,6 +49,7 @@ def test_retrieve_accepts_slashes_in_model_ids(raw: httpx.Client) -> None:
 def test_models_needs_a_key(anon: httpx.Client) -> None:
     response = anon.get("/v1/models")
     assert response.status_code == 401
+    assert response.headers["x-should-retry"] == "false"
     assert_valid("ErrorResponse", response.json())
     assert response.headers["x-request-id"]
 
