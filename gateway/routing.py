@@ -39,14 +39,17 @@ class Router:
     def __init__(self, config: GatewayConfig, rng: random.Random | None = None) -> None:
         upstreams = {u.name: u for u in config.upstreams}
         grouped: dict[str, list[Deployment]] = {}
+        patterns: set[str] = set()
         for entry in config.models:
             dep = Deployment(upstreams[entry.upstream], entry.upstream_model, entry.weight, entry.options)
             grouped.setdefault(entry.name, []).append(dep)
+            if entry.is_pattern:
+                patterns.add(entry.name)
         self._exact: dict[str, Route] = {}
         self._patterns: list[Route] = []
         for name, deps in grouped.items():
             route = Route.of(name, deps)
-            if any(ch in name for ch in "*?["):
+            if name in patterns:
                 self._patterns.append(route)
             else:
                 self._exact[name] = route
