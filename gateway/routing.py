@@ -86,10 +86,6 @@ class Router:
     def exact_routes(self) -> list[Route]:
         return list(self._exact.values())
 
-    @property
-    def pattern_routes(self) -> list[Route]:
-        return list(self._patterns)
-
     def describe(self) -> list[str]:
         """The routing table, one line per deployment, for `check-config` and the start-up log."""
         lines = []
