@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
+import shutil
 import sys
+import tempfile
 
 from pydantic import ValidationError
 
@@ -63,26 +66,58 @@ def _print_summary(config: GatewayConfig) -> None:
 def _serve(settings: Settings, config: GatewayConfig) -> int:
     import uvicorn
 
-    from gateway.http.app import create_app
+    from gateway.observability.logs import log_config
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging_config = log_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(logging_config)
     log = logging.getLogger("gateway")
     for line in Router(config).describe():
         log.info("route %s", line)
+    metrics_dir = _metrics_dir(settings.workers)
+    # Imported only now: prometheus-client picks its multiprocess mode when it is first imported.
+    from gateway.http.app import create_app
+
     common = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
         "http": "httptools",
-        "log_level": settings.log_level.lower(),
-        "access_log": settings.access_log,
+        "log_config": logging_config,
+        "log_level": settings.log_level,
+        "access_log": False,  # the gateway writes its own, one line per request
         "lifespan": "on",
         "timeout_graceful_shutdown": settings.shutdown_timeout,
     }
-    if settings.workers == 1:
-        uvicorn.run(create_app(settings, config), **common)  # type: ignore[arg-type]
-    else:
-        # Worker processes build their own app from the environment.
-        os.environ["GATEWAY_CONFIG"] = str(settings.config)
-        uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+    try:
+        if settings.workers == 1:
+            uvicorn.run(create_app(settings, config), **common)  # type: ignore[arg-type]
+        else:
+            # Worker processes build their own app from the environment.
+            os.environ["GATEWAY_CONFIG"] = str(settings.config)
+            uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _metrics_dir(workers: int) -> str | None:
+    """Prepare prometheus-client's multiprocess directory; returns it when this process made it.
+
+    Several workers each write their values there and `/metrics` sums them. A directory given in
+    `PROMETHEUS_MULTIPROC_DIR` is used (with one worker too) and emptied first, as values of a
+    previous run must not be added to this one's; otherwise, with several workers, a temporary one
+    is made here and removed at exit.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.remove(os.path.join(given, name))
+        return None
+    if workers == 1:
+        return None
+    made = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return made

@@ -94,6 +94,8 @@ class ModelNotFound(GatewayError):
 class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"
+    # How an attempt on an upstream ended, for metrics and logs: a small fixed set of words.
+    outcome: str = "error"
 
     @property
     def retryable(self) -> bool:
@@ -106,6 +108,15 @@ class UpstreamStatusError(UpstreamError):
     upstream_status: int = 0
 
     @property
+    def outcome(self) -> str:  # type: ignore[override]
+        status = self.upstream_status
+        if status == 429:
+            return "rate_limited"
+        if status in (401, 403):
+            return "auth_failed"
+        return "client_error" if status < 500 else "server_error"
+
+    @property
     def retryable(self) -> bool:
         # Another deployment may well succeed after throttling, a server fault or refused credentials.
         return self.upstream_status in (401, 403, 408, 409, 429) or self.upstream_status >= 500
@@ -114,14 +125,17 @@ class UpstreamStatusError(UpstreamError):
 class UpstreamConnectError(UpstreamError):
     status = 502
     code = "upstream_unreachable"
+    outcome = "connect_error"
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+    outcome = "timeout"
 
 
 class UpstreamProtocolError(UpstreamError):
     status = 502
     code = "upstream_protocol_error"
+    outcome = "protocol_error"

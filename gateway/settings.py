@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,8 +16,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
-    log_level: str = "info"
-    access_log: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(default="json", description="JSON lines, or readable text.")
+    access_log: bool = Field(default=True, description="One log line per request.")
+    log_content: bool = Field(
+        default=False, description="Put prompt and completion text in the access log (off: never logged)."
+    )
+    metrics: bool = Field(default=True, description="Prometheus metrics at /metrics.")
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds open streams may take to finish after SIGTERM."
     )
@@ -37,3 +43,8 @@ class Settings(BaseSettings):
     ledger_flush_interval: float = Field(default=0.5, gt=0, description="Seconds between usage writes.")
     redis_timeout: float = Field(default=2.0, gt=0)
     redis_cluster: bool = Field(default=False, description="Treat redis_url as a Redis Cluster node.")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

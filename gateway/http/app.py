@@ -1,9 +1,8 @@
-"""The ASGI application: the chat hot route dispatched directly, everything else through FastAPI."""
+"""The ASGI application: the lifespan, the chat hot route dispatched directly, the rest through FastAPI."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,34 +12,67 @@ from starlette.exceptions import HTTPException
 from gateway import __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.gateway import Gateway
 from gateway.http.asgi import RequestIds
 from gateway.http.chat import ChatCompletions
-from gateway.http.routes import router
+from gateway.http.routes import exchange_of, router
+from gateway.relay import Exchanges
+from gateway.runtime import Runtime
 from gateway.settings import Settings
-from gateway.types import Receive, Scope, Send
+from gateway.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("gateway.http")
 
 CHAT_PATH = "/v1/chat/completions"
+# Probes and scrapes are not requests to the API: no exchange, no access log line, no metrics.
+_UNRECORDED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class GatewayApp:
-    """Routes the chat path to the plain ASGI endpoint and the rest to FastAPI."""
+    """Runs the runtime's start-up and shutdown, routes the chat path to the plain ASGI endpoint and
+    the rest to FastAPI."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         request_ids = RequestIds()
-        self.api = _fastapi(gateway, request_ids)
-        self._chat = ChatCompletions(gateway.keys, gateway.relay, gateway.settings.max_body_bytes, request_ids)
+        self.api = ExchangeMiddleware(_fastapi(runtime), runtime.exchanges, request_ids)
+        self._chat = ChatCompletions(
+            runtime.keys,
+            runtime.relay,
+            runtime.exchanges,
+            runtime.settings.max_body_bytes,
+            request_ids,
+            log_content=runtime.settings.log_content,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
             await self._chat(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
         else:
             await self.api(scope, receive, send)
 
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.runtime.start()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.runtime.stop()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
 
 def create_app(settings: Settings, config: GatewayConfig) -> GatewayApp:
-    return GatewayApp(Gateway.build(settings, config))
+    return GatewayApp(Runtime.build(settings, config))
 
 
 def app_from_env() -> GatewayApp:
@@ -51,61 +83,74 @@ def app_from_env() -> GatewayApp:
     return create_app(settings, load_config(settings.config))
 
 
-def _fastapi(gateway: Gateway, request_ids: RequestIds) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await gateway.start()
-        try:
-            yield
-        finally:
-            await gateway.stop()
-
-    api = FastAPI(title="LLM gateway", version=__version__, lifespan=lifespan)
-    api.state.gateway = gateway
+def _fastapi(runtime: Runtime) -> FastAPI:
+    api = FastAPI(title="LLM gateway", version=__version__)
+    api.state.runtime = runtime
     api.include_router(router)
-    api.add_middleware(RequestIdMiddleware, request_ids=request_ids)
 
     @api.exception_handler(GatewayError)
-    async def _gateway_error(_: Request, exc: GatewayError) -> Response:
-        return _error_response(exc)
+    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+        return _error_response(request, exc)
 
     @api.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> Response:
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = "not_found" if exc.status_code == 404 else None
-        return _error_response(GatewayError(str(exc.detail), status=exc.status_code, type=kind, code=code))
+        return _error_response(request, GatewayError(str(exc.detail), status=exc.status_code, type=kind, code=code))
 
     @api.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"][1:]) or None
-        return _error_response(InvalidRequest(str(first["msg"]), param=param))
+        return _error_response(request, InvalidRequest(str(first["msg"]), param=param))
+
+    @api.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> Response:
+        log.error("request failed", exc_info=exc)
+        error = GatewayError("The gateway failed to handle the request.", status=500, type="server_error")
+        return _error_response(request, error)
 
     return api
 
 
-def _error_response(exc: GatewayError) -> Response:
+def _error_response(request: Request, exc: GatewayError) -> Response:
+    exchange = exchange_of(request)
+    if exchange is not None:
+        exchange.fail(exc)
     headers = {k.decode(): v.decode() for k, v in exc.response_headers()}
     return Response(exc.to_json(), status_code=exc.status, media_type="application/json", headers=headers)
 
 
-class RequestIdMiddleware:
-    """Gives every FastAPI response an `x-request-id` (the hot route sets its own)."""
+class ExchangeMiddleware:
+    """Gives every FastAPI response an `x-request-id` (the hot route sets its own), and every API
+    request an exchange, finished when the response has gone out."""
 
-    def __init__(self, app: object, request_ids: RequestIds) -> None:
+    def __init__(self, app: ASGIApp, exchanges: Exchanges, request_ids: RequestIds) -> None:
         self.app = app
+        self._exchanges = exchanges
         self._request_id = request_ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)  # type: ignore[operator]
+            await self.app(scope, receive, send)
             return
         presented = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
         rid = self._request_id(presented)
+        path: str = scope["path"]
+        exchange = None
+        if path not in _UNRECORDED:
+            endpoint = "models" if path == "/v1/models" or path.startswith("/v1/models/") else "other"
+            exchange = scope["gateway.exchange"] = self._exchanges.open(rid.decode(), endpoint)
 
-        async def send_with_id(message: dict[str, object]) -> None:
+        async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]  # type: ignore[misc]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+                if exchange is not None:
+                    exchange.status = message["status"]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)  # type: ignore[operator]
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if exchange is not None:
+                exchange.finish()

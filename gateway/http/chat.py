@@ -8,21 +8,33 @@ import logging
 from gateway.auth import KeyTable, key_from_headers
 from gateway.errors import GatewayError
 from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, send_bytes, send_error
-from gateway.relay import Relay, Stream
+from gateway.observability.content import Transcript
+from gateway.relay import Exchange, Exchanges, Relay, Stream
 from gateway.request import parse_chat_request
 from gateway.types import Receive, Scope, Send
 
 log = logging.getLogger("gateway.http")
 
 _INTERNAL = GatewayError("The gateway failed to handle the request.", status=500, type="server_error")
+ENDPOINT = "chat.completions"
 
 
 class ChatCompletions:
-    def __init__(self, keys: KeyTable, relay: Relay, max_body_bytes: int, request_ids: RequestIds) -> None:
+    def __init__(
+        self,
+        keys: KeyTable,
+        relay: Relay,
+        exchanges: Exchanges,
+        max_body_bytes: int,
+        request_ids: RequestIds,
+        log_content: bool = False,
+    ) -> None:
         self._request_id = request_ids
         self._keys = keys
         self._relay = relay
+        self._exchanges = exchanges
         self._limit = max_body_bytes
+        self._log_content = log_content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         authorization = api_key = x_api_key = length = presented_id = None
@@ -38,6 +50,7 @@ class ChatCompletions:
             elif name == b"x-request-id":
                 presented_id = value
         rid = self._request_id(presented_id)
+        exchange = self._exchanges.open(rid.decode(), ENDPOINT)
         started = False
         try:
             if scope["method"] != "POST":
@@ -50,47 +63,65 @@ class ChatCompletions:
             principal = self._keys.authenticate(
                 key_from_headers(_text(authorization), _text(api_key), _text(x_api_key))
             )
+            exchange.key_name = principal.name
             request = parse_chat_request(await read_body(receive, self._limit, length))
+            exchange.model, exchange.stream, exchange.sess_id = request.model, request.stream, request.ext.sess_id
+            transcript = Transcript(exchange, request.body) if self._log_content else None
             if not request.stream:
-                reply = await self._relay.complete(principal, request)
+                reply = await self._relay.complete(exchange, principal, request)
+                if transcript is not None:
+                    transcript.reply(reply.body)
                 await send_bytes(send, 200, reply.body, [*JSON_HEADERS, (b"x-request-id", rid), *reply.headers])
                 return
-            stream = await self._relay.stream(principal, request)
+            stream = await self._relay.stream(exchange, principal, request)
             started = True
-            await self._send_stream(stream, rid, receive, send)
+            await self._send_stream(stream, exchange, rid, receive, send, transcript)
         except GatewayError as exc:
+            exchange.fail(exc)
             if not started:
                 await send_error(send, exc, rid)
         except Exception:
-            log.exception("request %s failed", rid.decode())
+            log.exception("request failed")
+            exchange.fail(_INTERNAL)
             if not started:
                 await send_error(send, _INTERNAL, rid)
+        finally:
+            exchange.finish()
 
-    async def _send_stream(self, stream: Stream, rid: bytes, receive: Receive, send: Send) -> None:
+    async def _send_stream(
+        self,
+        stream: Stream,
+        exchange: Exchange,
+        rid: bytes,
+        receive: Receive,
+        send: Send,
+        transcript: Transcript | None,
+    ) -> None:
         headers = [*SSE_HEADERS, (b"x-request-id", rid), *stream.headers]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        rest = stream.rest
-        if rest is None:  # the upstream had already finished: nothing to wait for
-            await send({"type": "http.response.body", "body": stream.first, "more_body": False})
-            return
-        await send({"type": "http.response.body", "body": stream.first, "more_body": True})
-        watcher = _DisconnectWatcher(receive)
+        watcher: _DisconnectWatcher | None = None
         try:
-            async for events in rest:
-                await send({"type": "http.response.body", "body": events, "more_body": True})
-            watcher.stop()
-            await send({"type": "http.response.body", "body": stream.tail, "more_body": False})
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async for events, more in stream.events():
+                if transcript is not None:
+                    transcript.events(events)
+                await send({"type": "http.response.body", "body": events, "more_body": more})
+                if more and watcher is None:
+                    watcher = _DisconnectWatcher(receive)
+            if watcher is not None:
+                watcher.stop()
         except asyncio.CancelledError:
-            if not watcher.fired:
+            if watcher is None or not watcher.fired:
                 raise
-            # The client went away; closing the iterator below closes the upstream and records usage.
-            log.info("client disconnected from stream %s", rid.decode())
+            # The client went away: closing the stream below closes the upstream; the usage so far is recorded.
+            exchange.client_disconnected = True
+            log.info("client disconnected mid-stream")
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
         finally:
-            watcher.stop()
-            await rest.aclose()  # type: ignore[attr-defined]
+            if watcher is not None:
+                watcher.stop()
+            await stream.aclose()
 
 
 class _DisconnectWatcher:

@@ -1,23 +1,31 @@
-"""Everything but the chat hot route: models, health and readiness."""
+"""Everything but the chat hot route: models, health, readiness and metrics."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import Principal, key_from_headers
 from gateway.errors import GatewayError, ModelNotFound
-from gateway.gateway import Gateway
+from gateway.observability.metrics import render
+from gateway.relay import Exchange
 from gateway.routing import Route
+from gateway.runtime import Runtime
 
 router = APIRouter()
 
 
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def exchange_of(request: Request) -> Exchange | None:
+    """The request's exchange, opened by the middleware (none for probes and scrapes)."""
+    exchange: Exchange | None = request.scope.get("gateway.exchange")
+    return exchange
 
 
 def _principal(
@@ -26,7 +34,11 @@ def _principal(
     api_key: Annotated[str | None, Header(alias="api-key")] = None,
     x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
 ) -> Principal:
-    return _gateway(request).keys.authenticate(key_from_headers(authorization, api_key, x_api_key))
+    principal = _runtime(request).keys.authenticate(key_from_headers(authorization, api_key, x_api_key))
+    exchange = exchange_of(request)
+    if exchange is not None:
+        exchange.key_name = principal.name
+    return principal
 
 
 def _model(model_id: str, route: Route, created: int) -> dict[str, Any]:
@@ -41,11 +53,11 @@ def list_models(request: Request, principal: Annotated[Principal, Depends(_princ
     Glob entries are not listed (a pattern is not a model id); any name they match can be
     looked up with `GET /v1/models/{model}` and used in requests.
     """
-    gateway = _gateway(request)
-    created = gateway.started_at
+    runtime = _runtime(request)
+    created = runtime.started_at
     data = [
         _model(route.name, route, created)
-        for route in gateway.router.exact_routes
+        for route in runtime.router.exact_routes
         if route.usable and principal.may_use(route.name)
     ]
     return {"object": "list", "data": data}
@@ -55,11 +67,11 @@ def list_models(request: Request, principal: Annotated[Principal, Depends(_princ
 def retrieve_model(
     model_id: str, request: Request, principal: Annotated[Principal, Depends(_principal)]
 ) -> dict[str, Any]:
-    gateway = _gateway(request)
-    route = gateway.router.match(model_id)
+    runtime = _runtime(request)
+    route = runtime.router.match(model_id)
     if route is None or not route.usable or not principal.may_use(model_id):
         raise ModelNotFound(model_id)
-    return _model(model_id, route, gateway.started_at)
+    return _model(model_id, route, runtime.started_at)
 
 
 @router.get("/healthz")
@@ -70,11 +82,27 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Config loaded, and the usage store reachable when one is configured."""
-    gateway = _gateway(request)
-    if await gateway.ledger.ready():
-        return JSONResponse({"status": "ok", "checks": {"config": "ok", "ledger": "ok"}})
-    # Like every error the gateway sends, the 503 carries an OpenAI-shaped `error`.
-    error = GatewayError("Not ready: the usage store (Redis) is unreachable.", status=503, code="not_ready")
-    body = {**error.body(), "status": "unavailable", "checks": {"config": "ok", "ledger": "unreachable"}}
-    return JSONResponse(body, status_code=503)
+    """Whether to send traffic here: 200 whenever requests can be served.
+
+    A usage store (Redis) that cannot be reached does not make the gateway unready: requests are
+    still served and their usage waits in memory until Redis is back. Taking every replica out of
+    the Service because Redis is down would turn a bookkeeping outage into a full one. The answer
+    says `degraded` so that a look at it explains the ledger alerts.
+    """
+    ledger_ok = await _runtime(request).ledger.ready()
+    checks = {"config": "ok", "ledger": "ok" if ledger_ok else "unreachable"}
+    return JSONResponse({"status": "ok" if ledger_ok else "degraded", "checks": checks})
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    """Prometheus metrics (of every worker, with several); 404 when `GATEWAY_METRICS=false`."""
+    if not _runtime(request).settings.metrics:
+        raise GatewayError(
+            "Metrics are turned off (GATEWAY_METRICS=false).",
+            status=404,
+            type="invalid_request_error",
+            code="not_found",
+        )
+    body, content_type = render()
+    return Response(body, media_type=content_type)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.ledger.base import Aggregate, Totals, UsageRecord, add_into
+from gateway.observability.metrics import LEDGER_WRITTEN
 
 
 class MemoryLedger:
@@ -11,6 +12,7 @@ class MemoryLedger:
 
     def record(self, record: UsageRecord) -> None:
         add_into(self._totals, record.key, record.counters())
+        LEDGER_WRITTEN.inc()
 
     async def start(self) -> None:
         return None

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.ledger.base import Aggregate, Totals, UsageRecord, add_into
+from gateway.observability.metrics import LEDGER_ERRORS, LEDGER_QUEUE, LEDGER_WRITTEN
 
 log = logging.getLogger("gateway.ledger")
 
@@ -83,6 +84,10 @@ class Batch:
     entries: list[tuple[str, str, Totals]]  # (day, model, counters)
     sessions: list[tuple[str, Totals]]  # (sess_id, counters)
 
+    def requests(self) -> int:
+        """How many requests' usage the batch carries (sessions repeat some of them)."""
+        return sum(int(totals.get("requests", 0)) for _, _, totals in self.entries)
+
 
 class RedisLedger:
     def __init__(
@@ -132,15 +137,24 @@ class RedisLedger:
             try:
                 await self._apply(batch)
             except (TimeoutError, RedisError, OSError) as exc:
+                LEDGER_ERRORS.inc()
+                LEDGER_QUEUE.set(self.queued())
                 if not self._failing:
                     log.warning("usage writes to Redis failing, keeping them queued: %s", type(exc).__name__)
                     self._failing = True
                 return False
             self._unwritten.pop(0)
+            LEDGER_WRITTEN.inc(batch.requests())
+        LEDGER_QUEUE.set(0)
         if self._failing:
             log.warning("usage writes to Redis recovered")
             self._failing = False
         return True
+
+    def queued(self) -> int:
+        """Requests whose usage is not yet written: pending, or in batches waiting for Redis."""
+        pending = sum(int(totals.get("requests", 0)) for totals in self._pending.values())
+        return pending + sum(batch.requests() for batch in self._unwritten)
 
     def _batches(self, pending: Aggregate, sessions: dict[tuple[str, str], Totals]) -> list[Batch]:
         by_principal: dict[str, Batch] = {}
@@ -189,6 +203,7 @@ class RedisLedger:
         try:
             return bool(await self._redis.ping())
         except (TimeoutError, RedisError, OSError):
+            LEDGER_ERRORS.inc()
             return False
 
     async def usage(self, principal: str, day: str) -> dict[str, Totals]:

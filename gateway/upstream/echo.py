@@ -6,11 +6,9 @@ pauses, usage numbers, `max_tokens` truncation), so the quickstart and the HTTP-
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -18,6 +16,7 @@ import orjson
 from gateway.dialects.base import UpstreamRequest
 from gateway.dialects.normalize import completion_id
 from gateway.dialects.openai import DONE_EVENT, sse_event
+from gateway.upstream.mock import MockResponse
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
@@ -98,35 +97,11 @@ class EchoReply:
         return events
 
 
-class EchoResponse:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes, events: list[bytes], delay: float) -> None:
-        self.status = status
-        self.headers = headers
-        self._body = body
-        self._events = events
-        self._delay = delay
-
-    async def read(self) -> bytes:
-        return self._body if not self._events else b"".join(self._events)
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        if not self._events:
-            yield self._body
-            return
-        for i, event in enumerate(self._events):
-            if self._delay and i:
-                await asyncio.sleep(self._delay)
-            yield event
-
-    def close(self) -> None:
-        self._events = []
-
-
 class EchoTransport:
     def __init__(self, delay_ms: float = 0.0) -> None:
         self._delay = delay_ms / 1000
 
-    async def open(self, request: UpstreamRequest) -> EchoResponse:
+    async def open(self, request: UpstreamRequest) -> MockResponse:
         try:
             body = orjson.loads(request.body)
             reply = EchoReply(body)
@@ -139,11 +114,11 @@ class EchoTransport:
                     "code": None,
                 }
             }
-            return EchoResponse(400, {"content-type": "application/json"}, orjson.dumps(error), [], 0)
+            return MockResponse(400, {"content-type": "application/json"}, [orjson.dumps(error)])
         if body.get("stream"):
             headers = {"content-type": "text/event-stream; charset=utf-8"}
-            return EchoResponse(200, headers, b"", reply.events(), self._delay)
-        return EchoResponse(200, {"content-type": "application/json"}, reply.completion(), [], 0)
+            return MockResponse(200, headers, reply.events(), self._delay)
+        return MockResponse(200, {"content-type": "application/json"}, [reply.completion()])
 
     async def aclose(self) -> None:
         return None

@@ -376,7 +376,7 @@ def test_client_disconnect_mid_stream_closes_upstream_and_records_usage(
     body = {"model": "fake-slow", "messages": USER, "stream": True}
     with raw.stream("POST", "/v1/chat/completions", json=body) as response:
         next(response.iter_raw())
-    ledger = gateway.app.gateway.ledger
+    ledger = gateway.app.runtime.ledger
     day = time.strftime("%Y-%m-%d", time.gmtime())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

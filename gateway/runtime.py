@@ -1,4 +1,8 @@
-"""The parts of a running gateway, built from settings and config, started and stopped together."""
+"""The composition root and the process lifecycle: builds the parts, starts them, stops them.
+
+Start-up starts the ledger's flushing; shutdown (after uvicorn has let open requests finish, up to
+`GATEWAY_SHUTDOWN_TIMEOUT`) closes upstream connections and makes the ledger's last write.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ from dataclasses import dataclass, field
 from gateway.auth import KeyTable
 from gateway.config import GatewayConfig
 from gateway.ledger import Ledger, MemoryLedger
+from gateway.ledger.recorder import LedgerRecorder
 from gateway.ledger.redis import RedisLedger
-from gateway.relay import Relay
+from gateway.observability.logs import AccessLog
+from gateway.observability.metrics import MetricsObserver
+from gateway.relay import Exchanges, Observer, Relay
 from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.upstream.base import Transport
@@ -21,7 +28,7 @@ log = logging.getLogger("gateway")
 
 
 @dataclass
-class Gateway:
+class Runtime:
     settings: Settings
     config: GatewayConfig
     keys: KeyTable
@@ -29,10 +36,11 @@ class Gateway:
     ledger: Ledger
     transports: dict[str, Transport]
     relay: Relay
+    exchanges: Exchanges
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def build(cls, settings: Settings, config: GatewayConfig) -> Gateway:
+    def build(cls, settings: Settings, config: GatewayConfig) -> Runtime:
         http = HttpTransport(
             pool_size=settings.upstream_pool_size,
             connect_timeout=settings.upstream_connect_timeout,
@@ -52,10 +60,13 @@ class Gateway:
         else:
             ledger = MemoryLedger()
         router = Router(config)
-        relay = Relay(
-            router, transports, ledger, settings.max_attempts, settings.max_client_retries, settings.retry_backoff
-        )
-        return cls(settings, config, KeyTable(config.keys), router, ledger, transports, relay)
+        relay = Relay(router, transports, settings.max_attempts, settings.max_client_retries, settings.retry_backoff)
+        observers: list[Observer] = [LedgerRecorder(ledger)]
+        if settings.metrics:
+            observers.append(MetricsObserver())
+        if settings.access_log:
+            observers.append(AccessLog())
+        return cls(settings, config, KeyTable(config.keys), router, ledger, transports, relay, Exchanges(observers))
 
     async def start(self) -> None:
         if self.config.redis_url:

@@ -1,0 +1,176 @@
+"""The record of one request through the gateway, from its arrival to its one finish.
+
+An endpoint opens an `Exchange` when a request arrives and fills in who asked for what; the relay
+appends an `Attempt` per upstream try and sets the outcome; the endpoint finishes it exactly once,
+in a `finally`, however the request ends. Observers (the ledger, metrics, the access log, later
+limits and budgets) read the finished record: nothing else records usage or counts requests.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.dialects.base import Usage
+from gateway.errors import GatewayError, UpstreamError
+
+log = logging.getLogger("gateway.exchange")
+
+# The id of the request the running task serves: every log line about a request carries it.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one deployment. Times are seconds since the attempt started."""
+
+    upstream: str  # the upstream's config name
+    model: str  # the model name sent upstream
+    started: float  # perf_counter
+    status: int | None = None  # the upstream's HTTP status, once its headers came
+    outcome: str = "pending"  # ok, or how it failed: see `UpstreamError.outcome`; `cancelled`
+    headers_after: float | None = None
+    first_token_after: float | None = None
+    duration: float | None = None
+
+    def answered(self, status: int) -> None:
+        self.status = status
+        self.headers_after = time.perf_counter() - self.started
+
+    def first_token(self) -> None:
+        self.first_token_after = time.perf_counter() - self.started
+
+    def end(self, outcome: str) -> None:
+        """Set the outcome and the duration, once; later calls change nothing."""
+        if self.duration is None:
+            self.outcome = outcome
+            self.duration = time.perf_counter() - self.started
+
+
+class Observer:
+    """Reads exchanges as they start, start streaming and finish. Must not raise."""
+
+    def started(self, exchange: Exchange) -> None:
+        return None
+
+    def streaming(self, exchange: Exchange) -> None:
+        return None
+
+    def finished(self, exchange: Exchange) -> None:
+        return None
+
+
+class Exchange:
+    """One request: who asked for what, each attempt, and how it ended."""
+
+    __slots__ = (
+        "_observers",
+        "at",
+        "attempts",
+        "client_disconnected",
+        "content",
+        "duration",
+        "endpoint",
+        "error_code",
+        "error_type",
+        "finished",
+        "first_byte_after",
+        "key_name",
+        "model",
+        "request_id",
+        "route",
+        "sess_id",
+        "started",
+        "status",
+        "stream",
+        "usage",
+    )
+
+    def __init__(self, request_id: str, endpoint: str, observers: Sequence[Observer] = ()) -> None:
+        self.request_id = request_id
+        self.endpoint = endpoint  # a fixed name such as `chat.completions`, never a raw path
+        self.started = time.perf_counter()
+        self.at = time.time()
+        self.key_name: str | None = None  # the caller's key name, once authenticated
+        self.model: str | None = None  # the model the client asked for
+        self.route: str | None = None  # the config entry that matched it (a name or a glob)
+        self.stream = False
+        self.sess_id: str | None = None
+        self.attempts: list[Attempt] = []
+        self.status = 0  # the HTTP status sent to the client
+        self.error_code: str | None = None  # set when the request ended in an error, even mid-stream
+        self.error_type: str | None = None
+        self.usage: Usage | None = None
+        self.client_disconnected = False
+        self.first_byte_after: float | None = None  # streams: seconds until the first events went out
+        self.duration: float | None = None
+        self.content: dict[str, object] | None = None  # prompt and completion, only when logging them is on
+        self.finished = False
+        self._observers = observers
+        for observer in observers:
+            _notify(observer.started, self)
+
+    def attempt(self, upstream: str, model: str) -> Attempt:
+        attempt = Attempt(upstream, model, time.perf_counter())
+        self.attempts.append(attempt)
+        return attempt
+
+    @property
+    def upstream(self) -> str | None:
+        """The upstream of the last attempt."""
+        return self.attempts[-1].upstream if self.attempts else None
+
+    @property
+    def replied(self) -> bool:
+        """Whether an upstream's reply (or the start of its stream) went to the client."""
+        return self.status == 200
+
+    def streaming(self) -> None:
+        """The first events of a stream are ready to go out."""
+        self.status = 200
+        self.first_byte_after = time.perf_counter() - self.started
+        for observer in self._observers:
+            _notify(observer.streaming, self)
+
+    def fail(self, error: GatewayError) -> None:
+        """The request ended in `error`: before the first byte its status is the client's status."""
+        if self.status != 200:
+            self.status = error.status
+        self.error_code = error.code or error.type
+        self.error_type = error.type
+        if self.attempts and isinstance(error, UpstreamError):
+            self.attempts[-1].end(error.outcome)
+
+    def finish(self) -> None:
+        """Close the record and hand it to the observers; only the first call does anything."""
+        if self.finished:
+            return
+        self.finished = True
+        self.duration = time.perf_counter() - self.started
+        for attempt in self.attempts:
+            attempt.end("cancelled")  # an attempt still open now was cut off (client gone, shutdown)
+        for observer in self._observers:
+            _notify(observer.finished, self)
+
+
+def _notify(hook: Callable[[Exchange], None], exchange: Exchange) -> None:
+    try:
+        hook(exchange)
+    except Exception:
+        # An observer's bug must never fail or hang a request that is otherwise fine.
+        log.exception("exchange observer failed")
+
+
+class Exchanges:
+    """Opens exchanges, each with the observers every request has."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = tuple(observers)
+
+    def open(self, request_id_: str, endpoint: str) -> Exchange:
+        """A new exchange; the running task's log lines carry its request id from now on."""
+        request_id.set(request_id_)
+        return Exchange(request_id_, endpoint, self.observers)

@@ -1,0 +1,257 @@
+"""One chat completion through the gateway: route, build, send, decode; each attempt on the exchange.
+
+Retries across deployments happen only before the first byte has gone to the client. Once a
+stream has started, an error becomes an SSE `error` event followed by `[DONE]`. The relay records
+nothing itself: what happened goes on the request's `Exchange`, whose finish feeds the ledger,
+metrics and the access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from gateway.auth import Principal
+from gateway.config import UpstreamConfig
+from gateway.dialects import dialect_for
+from gateway.dialects.base import Dialect, StreamDecoder, Target, UpstreamRequest, redact
+from gateway.dialects.openai import DONE_EVENT
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError
+from gateway.relay.exchange import Attempt, Exchange
+from gateway.request import ChatRequest
+from gateway.routing import Deployment, Router
+from gateway.types import Headers
+from gateway.upstream.base import Transport, UpstreamResponse
+
+log = logging.getLogger("gateway.relay")
+T = TypeVar("T")
+
+
+class NoUsableDeployment(GatewayError):
+    status = 503
+    type = "upstream_error"
+    code = "upstream_not_configured"
+
+
+class Reply:
+    __slots__ = ("body", "headers")
+
+    def __init__(self, body: bytes, headers: Headers) -> None:
+        self.body = body
+        self.headers = headers
+
+
+class Stream:
+    """A stream that has produced its first events.
+
+    `events()` yields `(bytes, more)`: one or more whole SSE events, and whether more follow; the
+    last pair has `more` False and carries the final events (`[DONE]`, or an error event and
+    `[DONE]` when the upstream failed after the first byte). It never raises a `GatewayError`.
+    `aclose()` must be called however the stream ends: it closes the upstream and puts the usage
+    seen so far on the exchange.
+    """
+
+    def __init__(
+        self,
+        first: bytes,
+        headers: Headers,
+        exchange: Exchange,
+        attempt: Attempt,
+        decoder: StreamDecoder,
+        response: UpstreamResponse | None = None,
+        chunks: AsyncIterator[bytes] | None = None,
+        upstream: UpstreamConfig | None = None,
+    ) -> None:
+        self.first = first
+        self.headers = headers
+        self._exchange = exchange
+        self._attempt = attempt
+        self._decoder = decoder
+        self._response = response  # None: the upstream had already finished and `first` is all of it
+        self._chunks = chunks
+        self._upstream = upstream
+        self._closed = False
+
+    async def events(self) -> AsyncIterator[tuple[bytes, bool]]:
+        if self._response is None or self._chunks is None or self._upstream is None:
+            yield self.first, False
+            return
+        yield self.first, True
+        try:
+            # Everything one upstream read completes goes out at once: no event waits, fewer writes.
+            async for data in self._chunks:
+                events = self._decoder.feed(data)
+                if events:
+                    yield b"".join(events), True
+            tail = b"".join(self._decoder.finish())
+            self._attempt.end("ok")
+        except GatewayError as exc:
+            self._response.close()
+            exc.message = redact(exc.message, self._upstream)
+            log.warning("stream from %s failed after the first byte: %s", self._upstream.name, exc.message)
+            self._exchange.fail(exc)
+            tail = b"data: " + exc.to_json() + b"\n\n" + DONE_EVENT
+        yield tail, False
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._response is not None:
+            self._response.close()
+        if self._chunks is not None:
+            await self._chunks.aclose()  # type: ignore[attr-defined]
+        self._exchange.usage = self._decoder.usage
+
+
+class Relay:
+    def __init__(
+        self,
+        router: Router,
+        transports: Mapping[str, Transport],
+        max_attempts: int,
+        max_client_retries: int = 3,
+        retry_backoff: float = 0.25,
+    ) -> None:
+        self._router = router
+        self._transports = transports
+        self._max_attempts = max_attempts
+        self._max_client_retries = max_client_retries
+        self._backoff = retry_backoff
+
+    def _deployments(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> list[Deployment]:
+        route = self._router.match(request.model)
+        if route is None or not principal.may_use(request.model):
+            raise ModelNotFound(request.model)
+        exchange.route = route.name
+        deployments = self._router.order(route, sticky=request.ext.sess_id)
+        if not deployments:
+            raise NoUsableDeployment(
+                f"The model `{request.model}` is served only by upstreams without credentials configured.",
+                headers=[(b"x-should-retry", b"false")],
+            )
+        retries = request.ext.retries
+        if retries is None:
+            return deployments[: self._max_attempts]
+        # The client's `retries`, capped: attempts cycle through the deployments in order.
+        attempts = 1 + min(retries, self._max_client_retries)
+        return [deployments[i % len(deployments)] for i in range(attempts)]
+
+    async def complete(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Reply:
+        """A buffered reply: the OpenAI chat.completion body."""
+        return await self._in_order(
+            exchange,
+            self._deployments(exchange, principal, request),
+            lambda d: self._complete_once(exchange, request, d),
+        )
+
+    async def stream(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Stream:
+        """Open a stream on the first deployment that produces output; raises `GatewayError` before that."""
+        return await self._in_order(
+            exchange,
+            self._deployments(exchange, principal, request),
+            lambda d: self._stream_once(exchange, request, d),
+        )
+
+    async def _in_order(
+        self, exchange: Exchange, attempts: list[Deployment], once: Callable[[Deployment], Awaitable[T]]
+    ) -> T:
+        """Try each attempt until one succeeds; only retryable upstream errors move on.
+
+        A deployment tried again (the client asked for more retries than there are deployments)
+        is tried after a growing pause.
+        """
+        tried: set[int] = set()
+        for attempt, deployment in enumerate(attempts, 1):
+            if id(deployment) in tried:
+                await asyncio.sleep(min(2.0, self._backoff * 2 ** (attempt - len(tried) - 1)))
+            tried.add(id(deployment))
+            try:
+                return await once(deployment)
+            except UpstreamError as exc:
+                if exchange.attempts:
+                    exchange.attempts[-1].end(exc.outcome)
+                if not exc.retryable or attempt == len(attempts):
+                    raise
+                log.info("upstream %s failed, trying again: %s", deployment.upstream.name, exc.message)
+        raise AssertionError("no deployments")
+
+    async def _open(
+        self, exchange: Exchange, request: ChatRequest, deployment: Deployment
+    ) -> tuple[Dialect, UpstreamRequest, Attempt, UpstreamResponse]:
+        upstream = deployment.upstream
+        dialect, built = _build(request, deployment)
+        attempt = exchange.attempt(upstream.name, deployment.model_for(request.model))
+        response = await self._transports[upstream.name].open(built)
+        attempt.answered(response.status)
+        return dialect, built, attempt, response
+
+    async def _complete_once(self, exchange: Exchange, request: ChatRequest, deployment: Deployment) -> Reply:
+        upstream = deployment.upstream
+        dialect, built, attempt, response = await self._open(exchange, request, deployment)
+        try:
+            body = await response.read()
+            if response.status >= 300:
+                raise dialect.decode_error(response.status, body, response.headers, upstream)
+            reply = dialect.decode_reply(body, request)
+        except UpstreamError as exc:
+            exc.message = redact(exc.message, upstream)
+            raise
+        attempt.end("ok")
+        exchange.status = 200
+        exchange.usage = reply.usage
+        return Reply(reply.body, _reply_headers(built))
+
+    async def _stream_once(self, exchange: Exchange, request: ChatRequest, deployment: Deployment) -> Stream:
+        upstream = deployment.upstream
+        dialect, built, attempt, response = await self._open(exchange, request, deployment)
+        if response.status >= 300:
+            raise dialect.decode_error(response.status, await response.read(), response.headers, upstream)
+        decoder = dialect.stream_decoder(request)
+        chunks = response.iter_chunks()
+        first: list[bytes] = []
+        try:
+            async for data in chunks:
+                first = decoder.feed(data)
+                if first:
+                    break
+            else:
+                first = decoder.finish()
+        except UpstreamError as exc:
+            response.close()
+            exc.message = redact(exc.message, upstream)
+            raise
+        except BaseException:
+            response.close()
+            raise
+        attempt.first_token()
+        exchange.streaming()
+        headers = _reply_headers(built)
+        if first and first[-1] == DONE_EVENT:
+            attempt.end("ok")
+            exchange.usage = decoder.usage
+            return Stream(b"".join(first), headers, exchange, attempt, decoder)
+        return Stream(b"".join(first), headers, exchange, attempt, decoder, response, chunks, upstream)
+
+
+def _reply_headers(built: UpstreamRequest) -> Headers:
+    if not built.dropped:
+        return []
+    return [(b"x-gateway-dropped-params", ",".join(built.dropped).encode())]
+
+
+def _build(request: ChatRequest, deployment: Deployment) -> tuple[Dialect, UpstreamRequest]:
+    """The dialect and the upstream request; applies the upstream's policy on parameters it cannot take."""
+    upstream = deployment.upstream
+    dialect = dialect_for(upstream)
+    built = dialect.build_request(request, Target(upstream, deployment.model_for(request.model), deployment.options))
+    if built.dropped and upstream.unsupported_params == "reject":
+        param = built.dropped[0]
+        raise InvalidRequest(
+            f"The parameter `{param}` is not supported by the upstream serving `{request.model}`.",
+            param=param,
+            code="unsupported_parameter",
+        )
+    return dialect, built

@@ -1,0 +1,78 @@
+"""A transport that answers with a plain function, in the spirit of httpx's `MockTransport`.
+
+The relay's own tests use it to script upstreams without sockets; the built-in echo upstream uses
+its response class.
+
+    def handler(request: UpstreamRequest) -> MockResponse:
+        return MockResponse(200, chunks=[b'data: {...}\\n\\n', UpstreamTimeout("stalled")])
+
+    relay = Relay(router, {"up": MockTransport(handler)}, max_attempts=3)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from gateway.dialects.base import UpstreamRequest
+
+
+class MockResponse:
+    """A response from a script: `chunks` arrive one by one, `delay` seconds apart.
+
+    An exception among the chunks is raised where it stands, as a transport raises when an
+    upstream fails mid-body.
+    """
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        chunks: Sequence[bytes | BaseException] = (),
+        delay: float = 0.0,
+    ) -> None:
+        self.status = status
+        self.headers = headers or {}
+        self._chunks = list(chunks)
+        self._delay = delay
+        self.closed = False
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_chunks()])
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        for i, chunk in enumerate(self._chunks):
+            if self.closed:
+                return
+            if self._delay and i:
+                await asyncio.sleep(self._delay)
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+Handler = Callable[[UpstreamRequest], "MockResponse | Awaitable[MockResponse]"]
+
+
+class MockTransport:
+    """Calls `handler` for each request; the handler may be async and may raise an `UpstreamError`."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.requests: list[UpstreamRequest] = []
+
+    async def open(self, request: UpstreamRequest) -> MockResponse:
+        self.requests.append(request)
+        result = self._handler(request)
+        if inspect.isawaitable(result):
+            result = await result
+        if not isinstance(result, MockResponse):
+            raise TypeError(f"the handler must return a MockResponse, not {type(result).__name__}")
+        return result
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,232 @@
+"""The relay on its own: upstreams scripted with `MockTransport`, no sockets, every attempt on the exchange."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.config import parse_config
+from gateway.dialects.base import UpstreamRequest
+from gateway.errors import UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
+from gateway.relay import Exchange, Relay
+from gateway.request import parse_chat_request
+from gateway.routing import Router
+from gateway.upstream.mock import MockResponse, MockTransport
+
+CONFIG = """
+keys:
+  - name: k
+    key: sk-k
+upstreams:
+  - name: first
+    dialect: openai
+    base_url: http://first.invalid/v1
+    api_key: sk-first-upstream-secret
+  - name: second
+    dialect: openai
+    base_url: http://second.invalid/v1
+models:
+  - name: one
+    upstream: first
+    upstream_model: one-2026
+  - name: two
+    upstream: first
+    weight: 1000000
+  - name: two
+    upstream: second
+    weight: 0.000001
+"""
+USAGE = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "one-2026",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
+    "usage": USAGE,
+}
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+    choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    body = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices}
+    if usage:
+        body["usage"] = usage
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+STREAM = [
+    _chunk({"role": "assistant", "content": ""}),
+    _chunk({"content": "Hel"}),
+    _chunk({"content": "lo"}),
+    _chunk({}, "stop"),
+    _chunk({}, usage=USAGE),
+    b"data: [DONE]\n\n",
+]
+
+
+def _relay(handler: Any, **kwargs: Any) -> tuple[Relay, MockTransport]:
+    transport = MockTransport(handler)
+    router = Router(parse_config(CONFIG, env={}))
+    return Relay(router, {"first": transport, "second": transport}, max_attempts=3, **kwargs), transport
+
+
+def _principal() -> Any:
+    from gateway.auth import Principal
+
+    return Principal("k")
+
+
+def _request(model: str = "one", **fields: Any) -> Any:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], **fields}
+    return parse_chat_request(orjson.dumps(body))
+
+
+def _json(body: dict[str, Any], status: int = 200, **headers: str) -> MockResponse:
+    return MockResponse(status, {"content-type": "application/json", **headers}, [orjson.dumps(body)])
+
+
+async def test_buffered_reply_is_one_ok_attempt_with_usage() -> None:
+    relay, transport = _relay(lambda request: _json(COMPLETION))
+    exchange = Exchange("r1", "chat.completions")
+    reply = await relay.complete(exchange, _principal(), _request())
+    assert orjson.loads(reply.body)["choices"][0]["message"]["content"] == "Hi"
+    assert orjson.loads(transport.requests[0].body)["model"] == "one-2026"
+    assert exchange.status == 200 and exchange.route == "one" and exchange.replied
+    assert exchange.usage is not None and exchange.usage.total_tokens == 9
+    [attempt] = exchange.attempts
+    assert (attempt.upstream, attempt.model, attempt.status, attempt.outcome) == ("first", "one-2026", 200, "ok")
+    assert attempt.headers_after is not None and attempt.duration is not None
+
+
+async def test_failed_attempts_are_recorded_and_the_next_deployment_tried() -> None:
+    def handler(request: UpstreamRequest) -> MockResponse:
+        if request.upstream == "first":
+            return _json({"error": {"message": "boom"}}, 500)
+        return _json(COMPLETION)
+
+    relay, _ = _relay(handler)
+    exchange = Exchange("r1", "chat.completions")
+    await relay.complete(exchange, _principal(), _request("two"))
+    assert [(a.upstream, a.status, a.outcome) for a in exchange.attempts] == [
+        ("first", 500, "server_error"),
+        ("second", 200, "ok"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("failure", "outcome"),
+    [
+        (UpstreamConnectError("The upstream `first` could not be reached."), "connect_error"),
+        (UpstreamTimeout("The upstream `first` did not answer in time."), "timeout"),
+        (_json({"error": {"message": "slow down"}}, 429, **{"retry-after": "3"}), "rate_limited"),
+        (_json({"error": {"message": "bad key"}}, 401), "auth_failed"),
+    ],
+)
+async def test_each_failure_has_its_outcome(failure: Any, outcome: str) -> None:
+    def handler(request: UpstreamRequest) -> MockResponse:
+        if isinstance(failure, Exception):
+            raise failure
+        return failure  # type: ignore[no-any-return]
+
+    relay, transport = _relay(handler, retry_backoff=0)
+    exchange = Exchange("r1", "chat.completions")
+    with pytest.raises(UpstreamConnectError if outcome == "connect_error" else (UpstreamTimeout, UpstreamStatusError)):
+        await relay.complete(exchange, _principal(), _request("one", retries=1))
+    assert [a.outcome for a in exchange.attempts] == [outcome, outcome]
+    assert len(transport.requests) == 2
+
+
+async def test_a_client_mistake_the_upstream_caught_is_not_retried() -> None:
+    relay, transport = _relay(lambda request: _json({"error": {"message": "bad"}}, 400))
+    exchange = Exchange("r1", "chat.completions")
+    with pytest.raises(UpstreamStatusError) as info:
+        await relay.complete(exchange, _principal(), _request("two"))
+    assert info.value.status == 400 and len(transport.requests) == 1
+    assert [a.outcome for a in exchange.attempts] == ["client_error"]
+
+
+async def _drain(stream: Any) -> list[tuple[bytes, bool]]:
+    try:
+        return [pair async for pair in stream.events()]
+    finally:
+        await stream.aclose()
+
+
+async def test_stream_events_end_with_the_final_pair_and_usage_on_the_exchange() -> None:
+    response = MockResponse(200, {"content-type": "text/event-stream"}, STREAM)
+    relay, _ = _relay(lambda request: response)
+    exchange = Exchange("r1", "chat.completions")
+    stream = await relay.stream(exchange, _principal(), _request(stream=True))
+    assert exchange.status == 200 and exchange.first_byte_after is not None
+    pairs = await _drain(stream)
+    assert [more for _, more in pairs] == [True] * (len(pairs) - 1) + [False]
+    body = b"".join(data for data, _ in pairs)
+    assert body.endswith(b"data: [DONE]\n\n") and b'"usage"' not in body  # the client did not ask for usage
+    assert exchange.usage is not None and exchange.usage.total_tokens == 9
+    [attempt] = exchange.attempts
+    assert attempt.outcome == "ok" and attempt.first_token_after is not None
+
+
+async def test_stream_failing_after_the_first_byte_ends_with_an_error_event() -> None:
+    chunks = [*STREAM[:2], UpstreamTimeout("The upstream `first` did not answer in time.")]
+    relay, _ = _relay(lambda request: MockResponse(200, {}, chunks))
+    exchange = Exchange("r1", "chat.completions")
+    stream = await relay.stream(exchange, _principal(), _request(stream=True))
+    pairs = await _drain(stream)
+    last, more = pairs[-1]
+    assert not more and last.startswith(b'data: {"error"') and last.endswith(b"data: [DONE]\n\n")
+    assert exchange.status == 200 and exchange.error_code == "upstream_timeout"
+    assert [a.outcome for a in exchange.attempts] == ["timeout"]
+
+
+async def test_stream_failing_before_the_first_byte_moves_on() -> None:
+    def handler(request: UpstreamRequest) -> MockResponse:
+        if request.upstream == "first":
+            return MockResponse(200, {}, [UpstreamTimeout("stalled")])
+        return MockResponse(200, {}, STREAM)
+
+    relay, _ = _relay(handler)
+    exchange = Exchange("r1", "chat.completions")
+    await _drain(await relay.stream(exchange, _principal(), _request("two", stream=True)))
+    assert [(a.upstream, a.outcome) for a in exchange.attempts] == [("first", "timeout"), ("second", "ok")]
+
+
+@pytest.mark.parametrize("read", [0, 1])
+async def test_a_stream_abandoned_at_any_point_closes_the_upstream(read: int) -> None:
+    response = MockResponse(200, {}, STREAM, delay=0.01)
+    relay, _ = _relay(lambda request: response)
+    exchange = Exchange("r1", "chat.completions")
+    stream = await relay.stream(exchange, _principal(), _request(stream=True))
+    events = stream.events()
+    for _ in range(read):  # the client leaves after `read` writes (0: before any)
+        await events.__anext__()
+    await events.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
+    assert response.closed
+    exchange.finish()
+    assert exchange.usage is None  # the upstream's usage chunk never came; the ledger counts the request
+    assert [a.outcome for a in exchange.attempts] == ["cancelled"]
+
+
+async def test_whole_stream_in_one_read() -> None:
+    relay, _ = _relay(lambda request: MockResponse(200, {}, [b"".join(STREAM)]))
+    exchange = Exchange("r1", "chat.completions")
+    pairs = await _drain(await relay.stream(exchange, _principal(), _request(stream=True)))
+    assert pairs[0][0].count(b"data: ") == 4 and pairs[-1] == (b"data: [DONE]\n\n", False)
+    assert exchange.usage is not None and exchange.usage.total_tokens == 9
+    assert exchange.attempts[0].outcome == "ok"
+
+
+async def test_async_handler_and_unsupported_reject_builds_nothing() -> None:
+    async def handler(request: UpstreamRequest) -> MockResponse:
+        await asyncio.sleep(0)
+        return _json(COMPLETION)
+
+    relay, transport = _relay(handler)
+    exchange = Exchange("r1", "chat.completions")
+    await relay.complete(exchange, _principal(), _request())
+    assert len(transport.requests) == 1
