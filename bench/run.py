@@ -15,10 +15,13 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +134,16 @@ def _wait_port(port: int, seconds: float = 20) -> None:
 @dataclass
 class Result:
     rps: float = 0.0
+    requests: int = 0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+
+
+def _on_cpu(cpu: int) -> list[str]:
+    """Pin a process to one CPU (the gateway on one, wrk and nginx on the other), when there are two."""
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return []
+    return ["taskset", "-c", str(cpu)]
 
 
 def _wrk(url: str, body: dict[str, object], connections: int, seconds: int, workdir: Path) -> Result:
@@ -144,14 +155,17 @@ def _wrk(url: str, body: dict[str, object], connections: int, seconds: int, work
         f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
     )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        [*_on_cpu(1), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         raise SystemExit(f"non-2xx answers from {url}:\n{out}")
-    result = Result(rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))  # type: ignore[union-attr]
+    result = Result(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        requests=int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+    )
     for pct, attr in (("50", "p50_ms"), ("99", "p99_ms")):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
         if m:
@@ -163,6 +177,10 @@ def _wrk(url: str, body: dict[str, object], connections: int, seconds: int, work
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument(
+        "--part", choices=("all", "relay", "observability"), default="all", help="which measurements to run"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="off/on rounds for the observability cost")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -227,56 +245,122 @@ models:
   - {{name: bench-long-openai, upstream: long-openai}}
   - {{name: bench-long-anthropic, upstream: long-anthropic}}
 """)
-        nginx = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
-        env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning"}
-        gateway = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gateway"),
-                "serve",
-                "--config",
-                str(work / "gateway.yaml"),
-                "--port",
-                str(gw_port),
-                "--workers",
-                "1",
-            ],
-            env=env,
-        )
+        nginx = subprocess.Popen([*_on_cpu(1), "nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
+        rows: list[tuple[str, Result, Result, Result, Result]] = []
+        translation: list[tuple[str, Result]] = []
+        observability: list[tuple[str, Result]] = []
         try:
             _wait_port(up_port)
-            _wait_port(gw_port)
-            rows = []
-            for mode in ("buffered", "streamed"):
-                body = {
-                    "model": f"bench-{mode}",
-                    "messages": [{"role": "user", "content": "Hi"}],
-                    "stream": mode == "streamed",
-                }
-                upstream_url = f"http://127.0.0.1:{up_port}/{mode}/v1/chat/completions"
-                gateway_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-                _wrk(gateway_url, body, 32, 2, work)  # warm-up
-                up32 = _wrk(upstream_url, body, 32, args.seconds, work)
-                gw32 = _wrk(gateway_url, body, 32, args.seconds, work)
-                up1 = _wrk(upstream_url, body, 1, args.seconds, work)
-                gw1 = _wrk(gateway_url, body, 1, args.seconds, work)
-                rows.append((mode, up32, gw32, up1, gw1))
-            translation = []
-            for source in ("openai", "anthropic"):
-                body = {
-                    "model": f"bench-long-{source}",
-                    "messages": [{"role": "user", "content": "Hi"}],
-                    "stream": True,
-                }
-                url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-                _wrk(url, body, 32, 2, work)  # warm-up
-                translation.append((source, _wrk(url, body, 32, args.seconds, work)))
+            if args.part in ("all", "relay"):
+                with _gateway(work, gw_port, {}):
+                    rows, translation = _relay_runs(work, up_port, gw_port, args.seconds)
+            if args.part in ("all", "observability"):
+                observability = _observability_runs(work, gw_port, args.seconds, args.rounds)
         finally:
-            gateway.terminate()
             nginx.terminate()
-            gateway.wait(10)
             nginx.wait(10)
 
-    print(f"\nnginx instant upstream; gateway: 1 worker; wrk -t1, {args.seconds}s per run; {os.cpu_count()} cores\n")
+    print(f"\nnginx instant upstream; gateway: 1 worker; wrk -t1, {args.seconds}s per run; {os.cpu_count()} cores")
+    if rows:
+        _print_relay(rows, translation)
+    if observability:
+        _print_observability(observability, args.rounds)
+    return 0
+
+
+@contextmanager
+def _gateway(work: Path, port: int, env: dict[str, str], log: Path | None = None) -> Iterator[None]:
+    """One gateway worker with extra environment; its standard output (the access log) goes to `log`."""
+    out = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            *_on_cpu(0),
+            str(Path(sys.executable).parent / "gateway"),
+            "serve",
+            "--config",
+            str(work / "gateway.yaml"),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env={**os.environ, "GATEWAY_LOG_LEVEL": "warning", **env},
+        stdout=out if out is not None else subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if out is not None:
+            out.close()
+
+
+def _relay_runs(
+    work: Path, up_port: int, gw_port: int, seconds: int
+) -> tuple[list[tuple[str, Result, Result, Result, Result]], list[tuple[str, Result]]]:
+    rows = []
+    for mode in ("buffered", "streamed"):
+        body = {"model": f"bench-{mode}", "messages": [{"role": "user", "content": "Hi"}], "stream": mode == "streamed"}
+        upstream_url = f"http://127.0.0.1:{up_port}/{mode}/v1/chat/completions"
+        gateway_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        _wrk(gateway_url, body, 32, 2, work)  # warm-up
+        up32 = _wrk(upstream_url, body, 32, seconds, work)
+        gw32 = _wrk(gateway_url, body, 32, seconds, work)
+        up1 = _wrk(upstream_url, body, 1, seconds, work)
+        gw1 = _wrk(gateway_url, body, 1, seconds, work)
+        rows.append((mode, up32, gw32, up1, gw1))
+    translation = []
+    for source in ("openai", "anthropic"):
+        body = {"model": f"bench-long-{source}", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+        url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        _wrk(url, body, 32, 2, work)  # warm-up
+        translation.append((source, _wrk(url, body, 32, seconds, work)))
+    return rows, translation
+
+
+OBSERVABILITY = {
+    "off": {"GATEWAY_METRICS": "false", "GATEWAY_ACCESS_LOG": "false"},
+    "on": {"GATEWAY_METRICS": "true", "GATEWAY_ACCESS_LOG": "true", "GATEWAY_LOG_FORMAT": "json"},
+}
+
+
+def _observability_runs(work: Path, gw_port: int, seconds: int, rounds: int) -> list[tuple[str, Result]]:
+    """Buffered requests/s at c=32 with metrics and the access log off, then on, alternating.
+
+    Each round starts a fresh gateway per setting; the access log goes to a file, as a container's
+    standard output goes to a pipe or a file. Alternating spreads the machine's noise over both.
+    """
+    body = {"model": "bench-buffered", "messages": [{"role": "user", "content": "Hi"}]}
+    url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+    results = []
+    for _ in range(rounds):
+        for name, env in OBSERVABILITY.items():
+            log = work / f"access-{name}.log"
+            with _gateway(work, gw_port, env, log):
+                _wrk(url, body, 32, 2, work)  # warm-up
+                result = _wrk(url, body, 32, seconds, work)
+            lines = log.read_bytes().count(b"\n")
+            if name == "on" and lines < result.requests:
+                raise SystemExit(f"the access log has {lines} lines for at least {result.requests} requests")
+            results.append((name, result))
+    return results
+
+
+def _print_observability(results: list[tuple[str, Result]], rounds: int) -> None:
+    off = [r.rps for name, r in results if name == "off"]
+    on = [r.rps for name, r in results if name == "on"]
+    print(f"\nmetrics and access log: buffered, c=32, {rounds} alternating rounds, fresh gateway per run\n")
+    print("| setting | req/s per run | median req/s |")
+    print("|---|---|---|")
+    for name, values in (("both off", off), ("both on (JSON access log to a file)", on)):
+        print(f"| {name} | {', '.join(f'{v:,.0f}' for v in values)} | {statistics.median(values):,.0f} |")
+    print(f"\non / off (medians): {statistics.median(on) / statistics.median(off):.3f}")
+
+
+def _print_relay(rows: list[tuple[str, Result, Result, Result, Result]], translation: list[tuple[str, Result]]) -> None:
+    print()
     print(
         "| mode | upstream alone req/s (c=32) | via gateway req/s (c=32) | ratio | "
         "upstream p50 / p99 ms (c=1) | via gateway p50 / p99 ms (c=1) | p50 added ms |"

@@ -6,6 +6,8 @@ Start-up starts the ledger's flushing; shutdown (after uvicorn has let open requ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ from gateway.upstream.http import HttpTransport
 
 log = logging.getLogger("gateway")
 
+# Seconds between moving what observers hold in memory (metric sums) to where it is read.
+OBSERVER_FLUSH_INTERVAL = 1.0
+
 
 @dataclass
 class Runtime:
@@ -38,6 +43,7 @@ class Runtime:
     relay: Relay
     exchanges: Exchanges
     started_at: int = field(default_factory=lambda: int(time.time()))
+    _flusher: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, config: GatewayConfig) -> Runtime:
@@ -65,7 +71,7 @@ class Runtime:
         if settings.metrics:
             observers.append(MetricsObserver())
         if settings.access_log:
-            observers.append(AccessLog())
+            observers.append(AccessLog(settings.log_format))
         return cls(settings, config, KeyTable(config.keys), router, ledger, transports, relay, Exchanges(observers))
 
     async def start(self) -> None:
@@ -77,8 +83,21 @@ class Runtime:
             if not upstream.enabled:
                 log.warning("upstream %s is disabled: its api_key is empty", upstream.name)
         await self.ledger.start()
+        self._flusher = asyncio.create_task(self._flush_observers(), name="observer-flush")
+
+    async def _flush_observers(self) -> None:
+        while True:
+            await asyncio.sleep(OBSERVER_FLUSH_INTERVAL)
+            for observer in self.exchanges.observers:
+                observer.flush()
 
     async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
         for transport in {id(t): t for t in self.transports.values()}.values():
             await transport.aclose()
         await self.ledger.aclose()
+        for observer in self.exchanges.observers:
+            observer.close()

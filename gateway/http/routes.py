@@ -95,7 +95,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus metrics (of every worker, with several); 404 when `GATEWAY_METRICS=false`."""
     if not _runtime(request).settings.metrics:
         raise GatewayError(
@@ -104,5 +104,8 @@ def metrics(request: Request) -> Response:
             type="invalid_request_error",
             code="not_found",
         )
+    runtime = _runtime(request)
+    for observer in runtime.exchanges.observers:
+        observer.flush()  # this worker's latest sums; other workers' are at most a second old
     body, content_type = render()
     return Response(body, media_type=content_type)

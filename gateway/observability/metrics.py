@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -98,60 +99,155 @@ _CODE = re.compile(r"^[a-z0-9_.\-]{1,48}$")
 _TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
 
 
+class _Count:
+    """Increments of one counter child, summed in memory until the next flush."""
+
+    __slots__ = ("child", "pending")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.pending = 0.0
+
+    def flush(self) -> None:
+        if self.pending:
+            self.child.inc(self.pending)
+            self.pending = 0.0
+
+
+class _Observations:
+    """Observations of one histogram child, summed in memory: a count per bucket, and their sum."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: list[float] = child._upper_bounds
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # The first bucket whose bound is at least the value, as `Histogram.observe` picks it.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def flush(self) -> None:
+        # prometheus-client keeps one value per bucket (made cumulative when collected) and the sum;
+        # adding to them is what `observe` does, once per observation instead of once per flush.
+        for i, count in enumerate(self.counts):
+            if count:
+                self.child._buckets[i].inc(count)
+                self.counts[i] = 0
+        if self.total:
+            self.child._sum.inc(self.total)
+            self.total = 0.0
+
+
+class _Kind:
+    """What one kind of request (same endpoint, model, upstream, status, stream, key) updates."""
+
+    __slots__ = ("billed", "disconnects", "duration", "errors", "labels", "requests", "tokens", "ttft")
+
+    def __init__(self, observer: MetricsObserver, kind: tuple[str, str, str, int, bool, str | None]) -> None:
+        endpoint, model, upstream, status, streamed, key = kind
+        stream = "true" if streamed else "false"
+        status_class = f"{status // 100}xx" if status else NO_VALUE
+        self.labels = (endpoint, model, str(status))
+        self.requests = observer.count(REQUESTS, endpoint, model, upstream, status_class, stream)
+        self.duration = observer.histogram(REQUEST_DURATION, endpoint, model, stream)
+        self.ttft = observer.histogram(TIME_TO_FIRST_TOKEN, model)
+        self.disconnects = observer.count(CLIENT_DISCONNECTS, endpoint, model)
+        self.tokens = tuple(observer.count(TOKENS, model, key, kind) for kind in _TOKEN_TYPES) if key else ()
+        self.billed = observer.count(BILLED_UNITS, model, key) if key is not None else None
+        self.errors: dict[str, _Count] = {}  # error code -> count
+
+
 class MetricsObserver(Observer):
-    """Turns each exchange into counter and histogram updates; label children are cached."""
+    """Sums each finished exchange into plain counters in memory; `flush()` adds the sums to the
+    Prometheus instruments (the runtime flushes every second, and `/metrics` flushes before it renders).
+
+    One addition per label set per flush instead of a dozen locked updates per request: the
+    instruments' cost stays off the per-request path, in one worker or several.
+    """
 
     def __init__(self) -> None:
-        self._children: dict[tuple[object, ...], Any] = {}
+        self._kinds: dict[tuple[str, str, str, int, bool, str | None], _Kind] = {}
+        self._counts: dict[tuple[object, ...], _Count] = {}
+        self._histograms: dict[tuple[object, ...], _Observations] = {}
+        self._in_flight: dict[str, list[int]] = {}  # endpoint -> [requests, streams]
 
-    def _child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+    def count(self, metric: Counter, *labels: str) -> _Count:
         key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        count = self._counts.get(key)
+        if count is None:
+            count = self._counts[key] = _Count(metric.labels(*labels))
+        return count
+
+    def histogram(self, metric: Histogram, *labels: str) -> _Observations:
+        key = (metric, *labels)
+        observations = self._histograms.get(key)
+        if observations is None:
+            observations = self._histograms[key] = _Observations(metric.labels(*labels))
+        return observations
 
     def started(self, exchange: Exchange) -> None:
-        self._child(IN_FLIGHT, exchange.endpoint).inc()
+        in_flight = self._in_flight.get(exchange.endpoint)
+        if in_flight is None:
+            in_flight = self._in_flight[exchange.endpoint] = [0, 0]
+        in_flight[0] += 1
 
     def streaming(self, exchange: Exchange) -> None:
-        self._child(STREAMS_IN_FLIGHT, exchange.endpoint).inc()
+        self._in_flight[exchange.endpoint][1] += 1
 
     def finished(self, exchange: Exchange) -> None:
-        child = self._child
-        endpoint = exchange.endpoint
-        model = exchange.route or NO_VALUE
-        stream = "true" if exchange.stream else "false"
-        child(IN_FLIGHT, endpoint).dec()
+        endpoint, model = exchange.endpoint, exchange.route or NO_VALUE
+        kind_key = (endpoint, model, exchange.upstream or NO_VALUE, exchange.status, exchange.stream, exchange.key_name)
+        kind = self._kinds.get(kind_key)
+        if kind is None:
+            kind = self._kinds[kind_key] = _Kind(self, kind_key)
+        in_flight = self._in_flight[endpoint]
+        in_flight[0] -= 1
+        kind.requests.pending += 1
+        kind.duration.observe(exchange.duration or 0.0)
         if exchange.first_byte_after is not None:
-            child(STREAMS_IN_FLIGHT, endpoint).dec()
-            child(TIME_TO_FIRST_TOKEN, model).observe(exchange.first_byte_after)
-        status_class = f"{exchange.status // 100}xx" if exchange.status else "none"
-        upstream = exchange.upstream or NO_VALUE
-        child(REQUESTS, endpoint, model, upstream, status_class, stream).inc()
-        child(REQUEST_DURATION, endpoint, model, stream).observe(exchange.duration or 0.0)
+            in_flight[1] -= 1
+            kind.ttft.observe(exchange.first_byte_after)
         if exchange.error_code is not None:
-            code = exchange.error_code if _CODE.match(exchange.error_code) else "other"
-            child(REQUEST_ERRORS, endpoint, model, str(exchange.status), code).inc()
+            self._error(kind, exchange.error_code)
         if exchange.client_disconnected:
-            child(CLIENT_DISCONNECTS, endpoint, model).inc()
+            kind.disconnects.pending += 1
         previous: str | None = None
         for attempt in exchange.attempts:
-            child(UPSTREAM_ATTEMPTS, attempt.upstream, attempt.outcome).inc()
+            self.count(UPSTREAM_ATTEMPTS, attempt.upstream, attempt.outcome).pending += 1
             if attempt.headers_after is not None:
-                child(UPSTREAM_LATENCY, attempt.upstream).observe(attempt.headers_after)
+                self.histogram(UPSTREAM_LATENCY, attempt.upstream).observe(attempt.headers_after)
             if previous is not None:
-                child(UPSTREAM_RETRIES, attempt.upstream, previous).inc()
+                self.count(UPSTREAM_RETRIES, attempt.upstream, previous).pending += 1
             previous = attempt.outcome
         usage = exchange.usage
-        if usage is not None and exchange.key_name is not None:
-            key = exchange.key_name
-            counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens)
-            for kind, count in zip(_TOKEN_TYPES, counts, strict=True):
-                if count:
-                    child(TOKENS, model, key, kind).inc(count)
-            if usage.billed_units:
-                child(BILLED_UNITS, model, key).inc(usage.billed_units)
+        if usage is not None and kind.tokens:
+            prompt, completion, cached, reasoning = kind.tokens
+            prompt.pending += usage.prompt_tokens
+            completion.pending += usage.completion_tokens
+            cached.pending += usage.cached_tokens
+            reasoning.pending += usage.reasoning_tokens
+            if usage.billed_units and kind.billed is not None:
+                kind.billed.pending += usage.billed_units
+
+    def _error(self, kind: _Kind, code: str) -> None:
+        code = code if _CODE.match(code) else "other"
+        errors = kind.errors.get(code)
+        if errors is None:
+            errors = kind.errors[code] = self.count(REQUEST_ERRORS, *kind.labels, code)
+        errors.pending += 1
+
+    def flush(self) -> None:
+        for count in self._counts.values():
+            count.flush()
+        for observations in self._histograms.values():
+            observations.flush()
+        for endpoint, (requests, streams) in self._in_flight.items():
+            IN_FLIGHT.labels(endpoint).set(requests)
+            STREAMS_IN_FLIGHT.labels(endpoint).set(streams)
 
 
 def multiprocess_dir() -> str | None:

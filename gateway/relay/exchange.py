@@ -62,6 +62,14 @@ class Observer:
     def finished(self, exchange: Exchange) -> None:
         return None
 
+    def flush(self) -> None:
+        """Write out what is held back; called every second and when the process stops."""
+        return None
+
+    def close(self) -> None:
+        """The process is stopping."""
+        self.flush()
+
 
 class Exchange:
     """One request: who asked for what, each attempt, and how it ended."""
