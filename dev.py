@@ -2,7 +2,7 @@
 """The project's single entry point; needs only Python 3.11+.
 
 python3 dev.py run [gateway serve args...]   set up .venv and run the gateway with config/gateway.yaml
-python3 dev.py test [pytest args...]         set up .venv (+ redis-server) and run ruff, mypy and the tests
+python3 dev.py test [pytest args...]         set up .venv (+ redis-server, prometheus) and run ruff, mypy and the tests
 python3 dev.py bench [bench args...]         set up .venv (+ wrk, nginx) and run bench/run.py
 """
 
@@ -34,6 +34,9 @@ def main() -> int:
     if task == "test":
         _venv("[test]")
         _need("redis-server", "redis-server")
+        # A real Prometheus scrapes a live gateway in tests/observability; promtool checks deploy/prometheus.
+        _need("prometheus", "prometheus")
+        _need("promtool", "prometheus")
         spec = ROOT.parent / "shared" / "openai-openapi" / "openapi.normalized.json"
         if not spec.exists():
             return _fail(f"the OpenAI spec the tests validate against is missing: {spec}")

@@ -1,0 +1,268 @@
+"""The gateway watched for real: `gateway serve --workers 2` under traffic, scraped by a real Prometheus.
+
+Every PromQL expression of the Grafana dashboard and of the alert rules must return series from the
+live scrape; the request counters summed over a scrape must equal the requests sent; the access log
+must have one JSON line per request with every field, and no key anywhere in the output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.conftest import CLIENT_KEY, checked_http, sdk
+from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
+from tests.support.process import GatewayProcess, cleanly_stopped
+from tests.support.prometheus_server import PrometheusServer
+from tests.support.redis_server import RedisServer
+from tests.support.spec import Checker
+from tests.support.threads import AiohttpServer
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "llm-gateway.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+USER = [{"role": "user", "content": "Hello there"}]
+ACCESS_FIELDS = {
+    "ts", "level", "logger", "msg", "request_id", "endpoint", "key", "model", "route", "upstream", "deployment",
+    "status", "error_code", "stream", "latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "total_tokens",
+    "cached_tokens", "reasoning_tokens", "billed_units", "attempts", "attempt_outcomes", "client_disconnected",
+}  # fmt: skip
+
+
+def _config(fake_url: str, redis_url: str) -> str:
+    return f"""
+redis_url: {redis_url}
+keys:
+  - name: tester
+    key: {CLIENT_KEY}
+upstreams:
+  - name: local
+    dialect: echo
+  - name: fake
+    dialect: openai
+    base_url: {fake_url}/v1
+    api_key: {UPSTREAM_KEY}
+  - name: dead
+    dialect: openai
+    base_url: http://127.0.0.1:9/v1
+    api_key: sk-dead-upstream-key
+models:
+  - name: echo
+    upstream: local
+  - name: gpt-test
+    upstream: fake
+    upstream_model: ok
+  - name: fake-*
+    upstream: fake
+  - name: fallback
+    upstream: dead
+    weight: 1000000
+  - name: fallback
+    upstream: fake
+    upstream_model: ok
+    weight: 0.000001
+"""
+
+
+@dataclass
+class Stack:
+    gateway: GatewayProcess
+    prometheus: PrometheusServer
+    redis: RedisServer
+    checker: Checker
+    sent: int = 0  # API requests sent to the gateway (not probes or scrapes)
+    request_ids: list[str] = field(default_factory=list)
+
+    def traffic(self) -> None:
+        """One round of every kind of request the dashboard and the alerts show."""
+        client = sdk(self.gateway.url, self.checker)
+        http = checked_http(self.checker, base_url=self.gateway.url, headers={"authorization": f"Bearer {CLIENT_KEY}"})
+        for _ in range(3):
+            client.chat.completions.create(model="echo", messages=USER)
+            list(client.chat.completions.create(model="echo", messages=USER, stream=True))
+        client.chat.completions.create(model="gpt-test", messages=USER)  # billed units
+        list(
+            client.chat.completions.create(
+                model="gpt-test", messages=USER, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        client.chat.completions.create(model="fallback", messages=USER)  # a retry after a connect error
+        self.sent += 9
+        for model in ("fake-status-500", "no-such-model"):
+            with pytest.raises(openai.APIStatusError):
+                client.chat.completions.create(model=model, messages=USER)
+            self.sent += 1
+        with pytest.raises(openai.APIError):  # the upstream fails after the first byte
+            list(client.chat.completions.create(model="fake-mid-error", messages=USER, stream=True))
+        body = {"model": "fake-slow", "messages": USER, "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:  # the client leaves mid-stream
+            next(response.iter_raw())
+        assert http.get("/v1/models").status_code == 200
+        assert httpx.post(f"{self.gateway.url}/v1/chat/completions", json={}).status_code == 401
+        self.sent += 4
+
+    def redis_outage(self) -> None:
+        self.redis.stop()
+        try:
+            client = sdk(self.gateway.url, self.checker)
+            client.chat.completions.create(model="echo", messages=USER)
+            self.sent += 1
+            time.sleep(2.5)  # failed flushes, and a scrape that sees the backlog
+        finally:
+            self.redis.start()
+
+    def scraped_after(self, since: float, scrapes: int = 3) -> None:
+        """Wait until Prometheus has scraped the gateway `scrapes` times after `since`."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            result = self.prometheus.query('timestamp(up{job="llm-gateway"})')
+            if result and float(result[0]["value"][1]) > since + scrapes:
+                return
+            time.sleep(0.3)
+        raise AssertionError("Prometheus did not scrape the gateway")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, fake_server: tuple[FakeOpenAI, AiohttpServer]) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("live")
+    redis = RedisServer(workdir)
+    redis.start()
+    config = workdir / "gateway.yaml"
+    config.write_text(_config(fake_server[1].url, redis.url))
+    env = {"GATEWAY_LEDGER_FLUSH_INTERVAL": "0.2", "GATEWAY_REDIS_TIMEOUT": "0.3", "GATEWAY_LOG_FORMAT": "json"}
+    gateway = GatewayProcess(config, "--workers", "2", env=env, workdir=workdir).start()
+    prometheus = PrometheusServer(
+        workdir,
+        f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: ["{ALERTS}"]
+scrape_configs:
+  - job_name: llm-gateway
+    static_configs: [{{targets: ["127.0.0.1:{gateway.port}"]}}]
+""",
+    ).start()
+    stack = Stack(gateway, prometheus, redis, Checker())
+    try:
+        stack.scraped_after(time.time(), scrapes=1)  # series exist before traffic, so rates see it
+        stack.traffic()
+        stack.redis_outage()
+        started = time.time()
+        stack.traffic()  # a second round: every series has grown between scrapes
+        stack.scraped_after(started)
+        yield stack
+    finally:
+        prometheus.stop()
+        returncode = gateway.stop()
+        redis.stop()
+    assert cleanly_stopped(returncode), gateway.output()
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            queries.append((f"{panel['title']} [{target['refId']}]", target["expr"]))
+    return queries
+
+
+def _grafana_to_promql(expr: str) -> str:
+    # What Grafana does before it sends a query: its variables become values (`All` is `.*`).
+    return expr.replace("$__rate_interval", "1m").replace("$model", ".*").replace("$key", ".*")
+
+
+def _alert_queries() -> list[tuple[str, str]]:
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    out = []
+    for rule in rules:
+        match = re.fullmatch(r"(.+?)\s*(>|<|==|!=|>=|<=)\s*[0-9.e+-]+", rule["expr"].strip(), re.DOTALL)
+        assert match, f"{rule['alert']}: expr is not `<query> <comparison> <threshold>`"
+        out.append((rule["alert"], match.group(1)))
+    return out
+
+
+def _values(result: list[dict[str, Any]]) -> list[float]:
+    return [float(series["value"][1]) for series in result]
+
+
+def test_every_dashboard_query_returns_series_with_values(stack: Stack) -> None:
+    queries = _dashboard_queries()
+    assert len(queries) >= 25
+    empty = []
+    for name, expr in queries:
+        values = _values(stack.prometheus.query(_grafana_to_promql(expr)))
+        if not values or all(v != v for v in values):  # none, or only NaN
+            empty.append(f"{name}: {expr}")
+    assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+def test_every_alert_query_returns_series(stack: Stack) -> None:
+    empty = [f"{name}: {expr}" for name, expr in _alert_queries() if not stack.prometheus.query(expr)]
+    assert not empty, "alert queries without series:\n" + "\n".join(empty)
+
+
+def test_alerts_are_loaded_and_the_redis_condition_held(stack: Stack) -> None:
+    ours = {r["alert"]: r["expr"] for r in yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]}
+    loaded = httpx.get(f"{stack.prometheus.url}/api/v1/rules").json()["data"]["groups"][0]["rules"]
+    assert {r["name"] for r in loaded} == set(ours)
+    assert all(r["health"] == "ok" for r in loaded), loaded
+    # The outage made Redis errors: the alert's whole expression, threshold included, held.
+    assert stack.prometheus.query(ours["GatewayLedgerRedisErrors"])
+
+
+def _scrape_sum(url: str, metric: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "{"))
+
+
+def test_request_counters_equal_requests_sent_with_two_workers(stack: Stack) -> None:
+    deadline = time.monotonic() + 10
+    total = 0.0
+    while time.monotonic() < deadline:
+        total = _scrape_sum(stack.gateway.url, "gateway_requests_total")
+        if total == stack.sent:
+            break
+        time.sleep(0.2)
+    assert total == stack.sent
+    # Both workers served: the output names two worker processes.
+    assert len(set(re.findall(r"Started server process \[(\d+)\]", stack.gateway.output()))) == 2
+
+
+def test_access_log_has_one_json_line_per_request_and_no_secret(stack: Stack) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in stack.gateway.output().splitlines() if line.startswith("{")]
+        access = [line for line in lines if line["logger"] == "gateway.access"]
+        if len(access) >= stack.sent:
+            break
+        time.sleep(0.2)
+    assert len(access) == stack.sent
+    for line in access:
+        assert set(line) == ACCESS_FIELDS, line
+    assert len({line["request_id"] for line in access}) == stack.sent
+    by_status = {line["status"] for line in access}
+    assert {200, 401, 404, 502} <= by_status
+    billed = [line for line in access if line["billed_units"]]
+    assert billed and all(line["key"] == "tester" and line["model"] in ("gpt-test", "fallback") for line in billed)
+    cut = [line for line in access if line["client_disconnected"]]
+    assert cut and cut[0]["ttft_s"] is not None and cut[0]["attempt_outcomes"] == ["cancelled"]
+    retried = [line for line in access if line["attempts"] == 2]
+    assert retried and retried[0]["attempt_outcomes"] == ["connect_error", "ok"]
+    # Lines about a request carry its id: the relay's note on the failed first attempt.
+    retry_notes = [line for line in lines if line["logger"] == "gateway.relay" and "trying again" in line["msg"]]
+    assert retry_notes and {line["request_id"] for line in retry_notes} <= {line["request_id"] for line in access}
+    # Every line of the output is JSON, start-up and shutdown included, and no secret is anywhere.
+    output = stack.gateway.output()
+    assert all(line.startswith("{") for line in output.splitlines() if line.strip()), output[:2000]
+    for secret in (CLIENT_KEY, UPSTREAM_KEY, "sk-dead-upstream-key"):
+        assert secret not in output

@@ -1,0 +1,68 @@
+"""`gateway serve` as a real process on a free loopback port, its output kept for the test to read."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class GatewayProcess:
+    """Started by `start()`, stopped by `stop()` (SIGTERM, then the exit status is checked)."""
+
+    def __init__(self, config: Path | str, *args: str, env: dict[str, str] | None = None, workdir: Path) -> None:
+        self.port = free_port()
+        self.output_path = workdir / f"gateway-{self.port}.out"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_MULTIPROC"))}
+        self._env = {**base, **(env or {})}
+        self._cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.port), *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, seconds: float = 30) -> GatewayProcess:
+        with open(self.output_path, "wb") as out:
+            self.proc = subprocess.Popen(self._cmd, cwd=ROOT, env=self._env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway did not become ready:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc is not None and self.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.returncode = self.proc.wait(60)
+        return self.returncode if self.returncode is not None else 0
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def cleanly_stopped(returncode: int) -> bool:
+    # uvicorn re-raises SIGTERM once it has shut down cleanly, so -SIGTERM is a clean exit too.
+    return returncode in (0, -signal.SIGTERM)
