@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
+import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import sdk
-from tests.support.ports import free_port
+from tests.support.process import GatewayProcess, cleanly_stopped
 from tests.support.spec import Checker, check_exchange
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +43,7 @@ def test_check_config_names_the_bad_field(tmp_path: Path) -> None:
     bad.write_text((ROOT / "config" / "gateway.yaml").read_text().replace("dialect: echo", "dialect: ekko"))
     result = _run("check-config", "--config", str(bad))
     assert result.returncode == 2
-    assert "upstreams[0].dialect" in result.stderr and "ekko" not in result.stdout
+    assert "upstreams[0].dialect" in result.stderr and result.stdout == ""
 
 
 def test_no_config_is_a_clear_error() -> None:
@@ -53,44 +52,26 @@ def test_no_config_is_a_clear_error() -> None:
 
 
 @contextmanager
-def _serving(*extra: str) -> Iterator[str]:
-    """`gateway serve` with the shipped config as a real process; yields its URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    proc = subprocess.Popen(
-        [*GATEWAY, "serve", "--config", "config/gateway.yaml", "--port", str(port), *extra],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=30)[0].decode()
-    # uvicorn re-raises SIGTERM once it has shut down cleanly, so -SIGTERM is a clean exit too.
-    assert proc.returncode in (0, -signal.SIGTERM), output
+def _serving(*extra: str, workdir: Path) -> Iterator[GatewayProcess]:
+    """`gateway serve` with the shipped config as a real process."""
+    gateway = GatewayProcess(ROOT / "config" / "gateway.yaml", *extra, workdir=workdir)
+    with gateway:
+        yield gateway
+    output = gateway.output()
+    assert cleanly_stopped(gateway.stop()), output
     assert "Application shutdown complete" in output, output
     assert "sk-demo" not in output  # secrets never reach the log
 
 
 @pytest.fixture
-def served() -> Iterator[str]:
-    with _serving() as url:
-        yield url
+def served(tmp_path: Path) -> Iterator[str]:
+    with _serving(workdir=tmp_path) as gateway:
+        yield gateway.url
 
 
-def test_serve_with_several_workers(checker: Checker) -> None:
-    with _serving("--workers", "2") as url:
-        client = sdk(url, checker, key="sk-demo")
+def test_serve_with_several_workers(checker: Checker, tmp_path: Path) -> None:
+    with _serving("--workers", "2", workdir=tmp_path) as gateway:
+        client = sdk(gateway.url, checker, key="sk-demo")
         for _ in range(4):  # spread over both workers
             reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
             assert reply.choices[0].message.content == "hi"
@@ -98,6 +79,15 @@ def test_serve_with_several_workers(checker: Checker) -> None:
             client.chat.completions.create(model="echo", stream=True, messages=[{"role": "user", "content": "hi"}])
         )
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == "hi"
+        workers = set(re.findall(r"Started server process \[(\d+)\]", gateway.output()))
+        assert len(workers) == 2, gateway.output()
+        # Both workers write prometheus-client's multiprocess files in one directory `serve` made.
+        environ = Path(f"/proc/{workers.pop()}/environ").read_bytes().split(b"\0")
+        [metrics_dir] = [
+            Path(v.split(b"=", 1)[1].decode()) for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")
+        ]
+        assert metrics_dir.is_dir() and any(metrics_dir.iterdir())
+    assert not metrics_dir.exists()  # removed at exit
 
 
 def test_serve_with_shipped_config_answers_the_sdk(served: str, checker: Checker) -> None:

@@ -374,14 +374,15 @@ def test_client_disconnect_mid_stream_closes_upstream_and_records_usage(
     gateway: RunningGateway, raw: httpx.Client, fake: FakeOpenAI
 ) -> None:
     body = {"model": "fake-slow", "messages": USER, "stream": True}
+    cut_before = fake.streams_cut  # the fake upstream serves the whole session
     with raw.stream("POST", "/v1/chat/completions", json=body) as response:
         next(response.iter_raw())
     ledger = gateway.app.runtime.ledger
     day = time.strftime("%Y-%m-%d", time.gmtime())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if fake.streams_cut == 1 and asyncio.run(ledger.usage("tester", day)).get("fake-slow"):
+        if fake.streams_cut == cut_before + 1 and asyncio.run(ledger.usage("tester", day)).get("fake-slow"):
             break
         time.sleep(0.05)
-    assert fake.streams_cut == 1
+    assert fake.streams_cut == cut_before + 1
     assert asyncio.run(ledger.usage("tester", day))["fake-slow"]["requests"] == 1

@@ -71,7 +71,7 @@ def test_redis_outage_loses_nothing_and_counts_once(
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     key = f"gw:{{tester}}:usage:{_today()}:gpt-test"
     sdk.chat.completions.create(model="gpt-test", messages=USER)
-    _wait_for(lambda: r.hget(key, "requests"), "1")
+    assert _wait_for(lambda: r.hget(key, "requests"), "1") == "1"
 
     redis_server.stop()
     try:

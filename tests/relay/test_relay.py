@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.dialects.base import UpstreamRequest
-from gateway.errors import UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
+from gateway.errors import InvalidRequest, UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
 from gateway.relay import Exchange, Relay
 from gateway.request import parse_chat_request
 from gateway.routing import Router
@@ -118,15 +118,15 @@ async def test_failed_attempts_are_recorded_and_the_next_deployment_tried() -> N
 
 
 @pytest.mark.parametrize(
-    ("failure", "outcome"),
+    ("failure", "outcome", "raised"),
     [
-        (UpstreamConnectError("The upstream `first` could not be reached."), "connect_error"),
-        (UpstreamTimeout("The upstream `first` did not answer in time."), "timeout"),
-        (_json({"error": {"message": "slow down"}}, 429, **{"retry-after": "3"}), "rate_limited"),
-        (_json({"error": {"message": "bad key"}}, 401), "auth_failed"),
+        (UpstreamConnectError("The upstream `first` could not be reached."), "connect_error", UpstreamConnectError),
+        (UpstreamTimeout("The upstream `first` did not answer in time."), "timeout", UpstreamTimeout),
+        (_json({"error": {"message": "slow down"}}, 429, **{"retry-after": "3"}), "rate_limited", UpstreamStatusError),
+        (_json({"error": {"message": "bad key"}}, 401), "auth_failed", UpstreamStatusError),
     ],
 )
-async def test_each_failure_has_its_outcome(failure: Any, outcome: str) -> None:
+async def test_each_failure_has_its_outcome(failure: Any, outcome: str, raised: type[Exception]) -> None:
     def handler(request: UpstreamRequest) -> MockResponse:
         if isinstance(failure, Exception):
             raise failure
@@ -134,8 +134,9 @@ async def test_each_failure_has_its_outcome(failure: Any, outcome: str) -> None:
 
     relay, transport = _relay(handler, retry_backoff=0)
     exchange = Exchange("r1", "chat.completions")
-    with pytest.raises(UpstreamConnectError if outcome == "connect_error" else (UpstreamTimeout, UpstreamStatusError)):
+    with pytest.raises(raised) as info:
         await relay.complete(exchange, _principal(), _request("one", retries=1))
+    assert type(info.value) is raised
     assert [a.outcome for a in exchange.attempts] == [outcome, outcome]
     assert len(transport.requests) == 2
 
@@ -221,7 +222,7 @@ async def test_whole_stream_in_one_read() -> None:
     assert exchange.attempts[0].outcome == "ok"
 
 
-async def test_async_handler_and_unsupported_reject_builds_nothing() -> None:
+async def test_an_async_handler_is_awaited() -> None:
     async def handler(request: UpstreamRequest) -> MockResponse:
         await asyncio.sleep(0)
         return _json(COMPLETION)
@@ -229,4 +230,20 @@ async def test_async_handler_and_unsupported_reject_builds_nothing() -> None:
     relay, transport = _relay(handler)
     exchange = Exchange("r1", "chat.completions")
     await relay.complete(exchange, _principal(), _request())
-    assert len(transport.requests) == 1
+    assert len(transport.requests) == 1 and exchange.attempts[0].outcome == "ok"
+
+
+async def test_reject_policy_sends_nothing_and_names_the_parameter() -> None:
+    config = CONFIG.replace(
+        "    base_url: http://first.invalid/v1", "    base_url: http://first.invalid/v1\n    unsupported_params: reject"
+    )
+    config = config.replace(
+        "  - name: first\n    dialect: openai\n", "  - name: first\n    dialect: openai\n    vendor: zhipu\n"
+    )
+    transport = MockTransport(lambda request: _json(COMPLETION))
+    relay = Relay(Router(parse_config(config, env={})), {"first": transport, "second": transport}, max_attempts=3)
+    exchange = Exchange("r1", "chat.completions")
+    with pytest.raises(InvalidRequest) as info:
+        await relay.complete(exchange, _principal(), _request("one", thinking={"budget_tokens": 2048}))
+    assert info.value.param == "thinking.budget_tokens" and info.value.code == "unsupported_parameter"
+    assert transport.requests == [] and exchange.attempts == []
