@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -60,6 +61,7 @@ def text_line(out: dict[str, Any]) -> str:
 
 
 _HEAD = frozenset({"ts", "level", "logger", "msg"})
+_BARE = re.compile(r"[\w.:/@*?\[\]-]+")
 
 
 class JsonFormatter(logging.Formatter):
@@ -92,7 +94,8 @@ class TextFormatter(logging.Formatter):
 
 def _text(value: Any) -> str:
     if isinstance(value, str):
-        return value if value and " " not in value else orjson.dumps(value).decode()
+        # Bare when that cannot be misread; quoted (and escaped: no line breaks) otherwise.
+        return value if _BARE.fullmatch(value) else orjson.dumps(value).decode()
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, dict | list):

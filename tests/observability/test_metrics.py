@@ -1,0 +1,148 @@
+"""Metrics from finished exchanges: the right series and values, low-cardinality labels, /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
+
+from gateway.config import parse_config
+from gateway.dialects.base import Usage
+from gateway.errors import ModelNotFound, UpstreamConnectError, UpstreamTimeout
+from gateway.observability.metrics import LATENCY_BUCKETS, MetricsObserver, _Observations
+from gateway.relay import Exchanges
+from tests.conftest import CLIENT_KEY, RunningGateway, config_yaml
+
+DURATION = {"endpoint": "chat.completions", "model": "m-buffered", "stream": "false"}
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def observed() -> Iterator[tuple[Exchanges, MetricsObserver]]:
+    metrics = MetricsObserver()
+    yield Exchanges([metrics]), metrics
+
+
+def test_a_buffered_request_with_a_retry(observed: tuple[Exchanges, MetricsObserver]) -> None:
+    exchanges, metrics = observed
+    labels = {"endpoint": "chat.completions", "model": "m-buffered", "upstream": "b", "status_class": "2xx"}
+    before = {
+        "requests": _value("gateway_requests_total", **labels, stream="false"),
+        "prompt": _value("gateway_tokens_total", model="m-buffered", key="alice", type="prompt"),
+        "billed": _value("gateway_billed_units_total", model="m-buffered", key="alice"),
+        "retries": _value("gateway_upstream_retries_total", upstream="b", reason="connect_error"),
+        "attempts": _value("gateway_upstream_attempts_total", upstream="a", outcome="connect_error"),
+        "latency": _value("gateway_upstream_latency_seconds_count", upstream="b"),
+        "duration": _value("gateway_request_duration_seconds_count", **DURATION),
+    }
+    exchange = exchanges.open("r1", "chat.completions")
+    exchange.key_name, exchange.model, exchange.route = "alice", "m-buffered", "m-buffered"
+    exchange.attempt("a", "x").end(UpstreamConnectError("down").outcome)
+    ok = exchange.attempt("b", "x")
+    ok.answered(200)
+    ok.end("ok")
+    exchange.status, exchange.usage = 200, Usage(10, 5, 15, 4, 2, 0.5)
+    exchange.finish()
+    assert _value("gateway_requests_total", **labels, stream="false") == before["requests"]  # not flushed yet
+    metrics.flush()
+    assert _value("gateway_requests_total", **labels, stream="false") == before["requests"] + 1
+    assert _value("gateway_tokens_total", model="m-buffered", key="alice", type="prompt") == before["prompt"] + 10
+    assert _value("gateway_tokens_total", model="m-buffered", key="alice", type="cached") >= 4
+    assert _value("gateway_tokens_total", model="m-buffered", key="alice", type="reasoning") >= 2
+    assert _value("gateway_billed_units_total", model="m-buffered", key="alice") == before["billed"] + 0.5
+    assert _value("gateway_upstream_retries_total", upstream="b", reason="connect_error") == before["retries"] + 1
+    assert _value("gateway_upstream_attempts_total", upstream="a", outcome="connect_error") == before["attempts"] + 1
+    assert _value("gateway_upstream_latency_seconds_count", upstream="b") == before["latency"] + 1
+    assert _value("gateway_request_duration_seconds_count", **DURATION) == before["duration"] + 1
+
+
+def test_streams_in_flight_and_time_to_first_token(observed: tuple[Exchanges, MetricsObserver]) -> None:
+    exchanges, metrics = observed
+    ttft = _value("gateway_time_to_first_token_seconds_count", model="m-stream")
+    exchange = exchanges.open("r2", "chat.completions")
+    exchange.route, exchange.stream = "m-stream", True
+    exchange.attempt("b", "x").answered(200)
+    exchange.streaming()
+    metrics.flush()
+    assert _value("gateway_requests_in_flight", endpoint="chat.completions") >= 1
+    assert _value("gateway_streams_in_flight", endpoint="chat.completions") >= 1
+    exchange.fail(UpstreamTimeout("stalled"))  # after the first byte
+    exchange.client_disconnected = True
+    exchange.finish()
+    metrics.flush()
+    assert _value("gateway_streams_in_flight", endpoint="chat.completions") == 0
+    assert _value("gateway_requests_in_flight", endpoint="chat.completions") == 0
+    assert _value("gateway_time_to_first_token_seconds_count", model="m-stream") == ttft + 1
+    errors = {"endpoint": "chat.completions", "model": "m-stream", "status": "200", "code": "upstream_timeout"}
+    assert _value("gateway_request_errors_total", **errors) >= 1
+    assert _value("gateway_client_disconnects_total", endpoint="chat.completions", model="m-stream") >= 1
+    assert _value("gateway_upstream_attempts_total", upstream="b", outcome="timeout") >= 1
+
+
+def test_labels_never_carry_what_a_client_made_up(observed: tuple[Exchanges, MetricsObserver]) -> None:
+    exchanges, metrics = observed
+    exchange = exchanges.open("r3", "chat.completions")
+    exchange.model = "made-up model name\nwith a line break"  # no route matched it
+    exchange.fail(ModelNotFound(exchange.model))
+    exchange.finish()
+    odd = exchanges.open("r4", "chat.completions")
+    odd.error_code = "Upstream said: no way!"  # an upstream's own code, free text
+    odd.status = 400
+    odd.finish()
+    metrics.flush()
+    text = generate_latest(REGISTRY).decode()
+    assert "made-up" not in text and "no way" not in text and "r3" not in text
+    labels = {"endpoint": "chat.completions", "model": "none", "status": "404", "code": "model_not_found"}
+    assert _value("gateway_request_errors_total", **labels) >= 1
+    assert _value("gateway_request_errors_total", endpoint="chat.completions", model="none", status="400", code="other")
+
+
+@pytest.mark.parametrize("value", [0.0, 0.005, 0.0051, 0.3, 1.0, 299.0, 300.0, 301.0, 1e9])
+def test_summed_observations_equal_prometheus_observe(value: float) -> None:
+    registry = CollectorRegistry()
+    direct = Histogram("direct_seconds", "d", buckets=LATENCY_BUCKETS, registry=registry)
+    summed = Histogram("summed_seconds", "s", buckets=LATENCY_BUCKETS, registry=registry)
+    observations = _Observations(summed)
+    for _ in range(3):
+        direct.observe(value)
+        observations.observe(value)
+    observations.flush()
+    observations.flush()  # a second flush adds nothing
+
+    def samples(name: str) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name.removeprefix(name), sample.labels.get("le", "")): sample.value
+            for metric in registry.collect()
+            for sample in metric.samples
+            if sample.name.startswith(name) and not sample.name.endswith("_created")
+        }
+
+    assert samples("direct_seconds") == samples("summed_seconds")
+    assert samples("summed_seconds")[("_count", "")] == 3
+
+
+def test_metrics_endpoint(gateway: RunningGateway) -> None:
+    with httpx.Client(base_url=gateway.url) as http:
+        http.post(
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        response = http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    assert "gateway_build_info{" in response.text
+    # Flushed before rendering: the request just made is counted.
+    labels = 'endpoint="chat.completions",model="echo",status_class="2xx",stream="false",upstream="local"'
+    assert f"gateway_requests_total{{{labels}}} 1.0" in response.text
+
+
+def test_metrics_turned_off(start_gateway: object, fake_url: str) -> None:
+    running = start_gateway(parse_config(config_yaml(fake_url)), metrics=False)  # type: ignore[operator]
+    response = httpx.get(f"{running.url}/metrics")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found" and "x-request-id" in response.headers
