@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from gateway.dialects.base import Usage
 from gateway.errors import ModelNotFound, UpstreamConnectError, UpstreamTimeout
 from gateway.observability.metrics import LATENCY_BUCKETS, MetricsObserver, _Observations
 from gateway.relay import Exchanges
-from tests.conftest import CLIENT_KEY, RunningGateway, config_yaml
+from tests.conftest import CLIENT_KEY, config_yaml
 
 DURATION = {"endpoint": "chat.completions", "model": "m-buffered", "stream": "false"}
 
@@ -126,18 +127,24 @@ def test_summed_observations_equal_prometheus_observe(value: float) -> None:
     assert samples("summed_seconds")[("_count", "")] == 3
 
 
-def test_metrics_endpoint(gateway: RunningGateway) -> None:
-    with httpx.Client(base_url=gateway.url) as http:
+def test_metrics_endpoint_counts_the_request_just_made(start_gateway: Any) -> None:
+    config = f"""
+keys: [{{name: tester, key: {CLIENT_KEY}}}]
+upstreams: [{{name: local, dialect: echo}}]
+models: [{{name: echo-metrics-test, upstream: local}}]
+"""
+    running = start_gateway(parse_config(config))
+    with httpx.Client(base_url=running.url) as http:
         http.post(
             "/v1/chat/completions",
             headers={"authorization": f"Bearer {CLIENT_KEY}"},
-            json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+            json={"model": "echo-metrics-test", "messages": [{"role": "user", "content": "hi"}]},
         )
         response = http.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     assert "gateway_build_info{" in response.text
-    # Flushed before rendering: the request just made is counted.
-    labels = 'endpoint="chat.completions",model="echo",status_class="2xx",stream="false",upstream="local"'
+    # This worker's sums are flushed before rendering: the request just made is counted.
+    labels = 'endpoint="chat.completions",model="echo-metrics-test",status_class="2xx",stream="false",upstream="local"'
     assert f"gateway_requests_total{{{labels}}} 1.0" in response.text
 
 
