@@ -23,7 +23,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway import __version__
 from gateway.relay.exchange import Exchange, Observer
@@ -259,6 +259,26 @@ def render() -> tuple[bytes, str]:
     path = multiprocess_dir()
     if path is None:
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    _forget_dead_workers(path)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def _forget_dead_workers(path: str) -> None:
+    """Drop the in-flight and queue gauges of worker processes that died (uvicorn restarts them):
+    their counters stay summed, but what was in flight in a dead process is not in flight any more."""
+    for name in os.listdir(path):
+        match = _LIVE_GAUGE_FILE.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            continue  # alive, under another user

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -153,3 +157,22 @@ def test_metrics_turned_off(start_gateway: object, fake_url: str) -> None:
     response = httpx.get(f"{running.url}/metrics")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found" and "x-request-id" in response.headers
+
+
+def test_a_dead_workers_in_flight_gauges_are_dropped(tmp_path: Path) -> None:
+    """Multiprocess mode, as with several workers: each process below is one worker."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    dead = (
+        "from gateway.observability.metrics import IN_FLIGHT, REQUESTS\n"
+        "IN_FLIGHT.labels('chat.completions').set(3)\n"
+        "REQUESTS.labels('chat.completions', 'm', 'u', '2xx', 'false').inc(5)\n"
+    )
+    subprocess.run([sys.executable, "-c", dead], env=env, check=True, timeout=60)
+    assert any(p.name.startswith("gauge_livesum_") for p in tmp_path.iterdir())
+    alive = "from gateway.observability.metrics import render\nprint(render()[0].decode())\n"
+    text = subprocess.run(
+        [sys.executable, "-c", alive], env=env, check=True, timeout=60, capture_output=True, text=True
+    ).stdout
+    assert 'gateway_requests_in_flight{endpoint="chat.completions"}' not in text  # the dead worker's is gone
+    assert 'status_class="2xx",stream="false",upstream="u"} 5.0' in text  # its counts stay
+    assert not any(p.name.startswith("gauge_livesum_") and "in_flight" in p.name for p in tmp_path.iterdir())
