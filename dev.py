@@ -33,10 +33,8 @@ def main() -> int:
         os.execv(BIN / "gateway", [str(BIN / "gateway"), "serve", *config, *args])
     if task == "test":
         _venv("[test]")
-        _need("redis-server", "redis-server")
         # A real Prometheus scrapes a live gateway in tests/observability; promtool checks deploy/prometheus.
-        _need("prometheus", "prometheus")
-        _need("promtool", "prometheus")
+        _need({"redis-server": "redis-server", "prometheus": "prometheus", "promtool": "prometheus"})
         spec = ROOT.parent / "shared" / "openai-openapi" / "openapi.normalized.json"
         if not spec.exists():
             return _fail(f"the OpenAI spec the tests validate against is missing: {spec}")
@@ -47,8 +45,7 @@ def main() -> int:
             return _fail("pytest collected no tests")
         return code
     _venv("[test]")
-    _need("wrk", "wrk")
-    _need("nginx", "nginx-light")
+    _need({"wrk": "wrk", "nginx": "nginx-light"})
     return subprocess.call([str(BIN / "python"), str(ROOT / "bench" / "run.py"), *args], cwd=ROOT)
 
 
@@ -66,22 +63,26 @@ def _venv(extra: str) -> None:
     stamp.write_text(digest)
 
 
-def _need(binary: str, package: str) -> None:
-    """Install a Debian package with apt-get when its binary is missing and this user can."""
-    if shutil.which(binary):
+def _need(packages: dict[str, str]) -> None:
+    """Install the Debian packages (binary -> package) whose binaries are missing, in one apt-get run,
+    when this user can."""
+    missing = {binary: package for binary, package in packages.items() if not shutil.which(binary)}
+    if not missing:
         return
+    names = sorted(set(missing.values()))
     apt = shutil.which("apt-get")
     if apt is None or os.geteuid() != 0:
         raise SystemExit(
-            f"dev.py: `{binary}` is missing and cannot be installed here (needs root and apt-get). "
-            f"Install the `{package}` package and run again."
+            f"dev.py: {', '.join(f'`{b}`' for b in missing)} missing and cannot be installed here (needs root "
+            f"and apt-get). Install the Debian package(s) {', '.join(names)} and run again."
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print(f"dev.py: installing {package} with apt-get", flush=True)
+    print(f"dev.py: installing {', '.join(names)} with apt-get", flush=True)
     _run([apt, "update", "-qq"], env=env)
-    _run([apt, "install", "-y", "-qq", "--no-install-recommends", package], env=env)
-    if not shutil.which(binary):
-        raise SystemExit(f"dev.py: installed {package} but `{binary}` is still not on PATH")
+    _run([apt, "install", "-y", "-qq", "--no-install-recommends", *names], env=env)
+    for binary, package in missing.items():
+        if not shutil.which(binary):
+            raise SystemExit(f"dev.py: installed {package} but `{binary}` is still not on PATH")
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
