@@ -20,7 +20,8 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import CLIENT_KEY, checked_http, sdk
+from tests.conftest import CLIENT_KEY, LIMITED_KEY, checked_http, config_yaml, sdk
+from tests.support.fake_anthropic import ANTHROPIC_KEY
 from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
 from tests.support.process import GatewayProcess, cleanly_stopped
 from tests.support.prometheus_server import PrometheusServer
@@ -37,41 +38,6 @@ ACCESS_FIELDS = {
     "status", "error_code", "stream", "latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "total_tokens",
     "cached_tokens", "reasoning_tokens", "billed_units", "attempts", "attempt_outcomes", "client_disconnected",
 }  # fmt: skip
-
-
-def _config(fake_url: str, redis_url: str) -> str:
-    return f"""
-redis_url: {redis_url}
-keys:
-  - name: tester
-    key: {CLIENT_KEY}
-upstreams:
-  - name: local
-    dialect: echo
-  - name: fake
-    dialect: openai
-    base_url: {fake_url}/v1
-    api_key: {UPSTREAM_KEY}
-  - name: dead
-    dialect: openai
-    base_url: http://127.0.0.1:9/v1
-    api_key: sk-dead-upstream-key
-models:
-  - name: echo
-    upstream: local
-  - name: gpt-test
-    upstream: fake
-    upstream_model: ok
-  - name: fake-*
-    upstream: fake
-  - name: fallback
-    upstream: dead
-    weight: 1000000
-  - name: fallback
-    upstream: fake
-    upstream_model: ok
-    weight: 0.000001
-"""
 
 
 @dataclass
@@ -138,7 +104,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_server: tuple[FakeOpenA
     redis = RedisServer(workdir)
     redis.start()
     config = workdir / "gateway.yaml"
-    config.write_text(_config(fake_server[1].url, redis.url))
+    config.write_text(config_yaml(fake_server[1].url, redis.url))
     env = {"GATEWAY_LEDGER_FLUSH_INTERVAL": "0.2", "GATEWAY_REDIS_TIMEOUT": "0.3", "GATEWAY_LOG_FORMAT": "json"}
     gateway = GatewayProcess(config, "--workers", "2", env=env, workdir=workdir).start()
     prometheus = PrometheusServer(
@@ -264,5 +230,5 @@ def test_access_log_has_one_json_line_per_request_and_no_secret(stack: Stack) ->
     # Every line of the output is JSON, start-up and shutdown included, and no secret is anywhere.
     output = stack.gateway.output()
     assert all(line.startswith("{") for line in output.splitlines() if line.strip()), output[:2000]
-    for secret in (CLIENT_KEY, UPSTREAM_KEY, "sk-dead-upstream-key"):
+    for secret in (CLIENT_KEY, LIMITED_KEY, UPSTREAM_KEY, ANTHROPIC_KEY, "sk-dead"):
         assert secret not in output

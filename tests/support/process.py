@@ -6,12 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from tests.support.ports import free_port
+from tests.support.ports import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,17 +32,8 @@ class GatewayProcess:
     def start(self, seconds: float = 30) -> GatewayProcess:
         with open(self.output_path, "wb") as out:
             self.proc = subprocess.Popen(self._cmd, cwd=ROOT, env=self._env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gateway did not become ready:\n{self.output()}")
+        wait_ready(f"{self.url}/readyz", self.proc, "gateway", self.output, seconds)
+        return self
 
     def output(self) -> str:
         return self.output_path.read_text(errors="replace")

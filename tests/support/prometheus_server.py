@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.support.ports import free_port
+from tests.support.ports import free_port, wait_ready
 
 MISSING = (
     "prometheus is not installed. Install it (Debian: `apt-get install -y prometheus`) "
@@ -43,17 +42,8 @@ class PrometheusServer:
         log = open(self.workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(self._cmd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(self.workdir / 'prometheus.log').read_text()}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("prometheus did not become ready within 30 s")
+        wait_ready(f"{self.url}/-/ready", self.proc, "prometheus", (self.workdir / "prometheus.log").read_text)
+        return self
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query's result vector; raises with Prometheus's message when the query is bad."""
