@@ -72,9 +72,15 @@ class Stream:
         self._response = response  # None: the upstream had already finished and `first` is all of it
         self._chunks = chunks
         self._upstream = upstream
+        self._events: AsyncIterator[tuple[bytes, bool]] | None = None
         self._closed = False
 
-    async def events(self) -> AsyncIterator[tuple[bytes, bool]]:
+    def events(self) -> AsyncIterator[tuple[bytes, bool]]:
+        if self._events is None:
+            self._events = self._generate()
+        return self._events
+
+    async def _generate(self) -> AsyncIterator[tuple[bytes, bool]]:
         if self._response is None or self._chunks is None or self._upstream is None:
             yield self.first, False
             return
@@ -99,6 +105,8 @@ class Stream:
         if self._closed:
             return
         self._closed = True
+        if self._events is not None:
+            await self._events.aclose()  # type: ignore[attr-defined]
         if self._response is not None:
             self._response.close()
         if self._chunks is not None:
