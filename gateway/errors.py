@@ -5,6 +5,8 @@
     ├── BodyTooLarge            413 invalid_request_error
     ├── AuthenticationFailed    401 invalid_api_key
     ├── ModelNotFound           404 model_not_found
+    ├── ClientDisconnected      499 the client left before its request was complete (nothing is sent)
+    ├── ShuttingDown            503 the process stopped before the request could finish
     └── UpstreamError           status decided by what the upstream did
         ├── UpstreamStatusError     the upstream answered with an error status
         ├── UpstreamConnectError    502, could not connect
@@ -89,6 +91,22 @@ class ModelNotFound(GatewayError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+
+
+class ClientDisconnected(GatewayError):
+    """The client went away before its request body was complete: nothing is sent, nothing upstream."""
+
+    status = 499  # nginx's "client closed request": never sent, only recorded
+    type = "invalid_request_error"
+    code = "client_disconnected"
+
+
+class ShuttingDown(GatewayError):
+    """The process stopped (its shutdown timeout ran out) while the request was in progress."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
 
 
 class UpstreamError(GatewayError):

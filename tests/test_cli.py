@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ import pytest
 
 from tests.conftest import sdk
 from tests.support.process import GatewayProcess, cleanly_stopped
-from tests.support.spec import Checker, check_exchange
+from tests.support.spec import Checker, check_exchange, sse_payloads
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = [sys.executable, "-m", "gateway"]
@@ -110,3 +112,31 @@ def test_serve_with_shipped_config_answers_the_sdk(served: str, checker: Checker
         json={"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
     )
     assert check_exchange("/v1/chat/completions", 200, raw.headers["content-type"], raw.content) == 3
+
+
+def test_sigterm_mid_stream_past_the_shutdown_timeout_ends_the_stream_with_an_error(tmp_path: Path) -> None:
+    config = tmp_path / "slow.yaml"
+    config.write_text(
+        "keys: [{name: demo, key: sk-demo}]\n"
+        "upstreams: [{name: local, dialect: echo, echo_delay_ms: 20}]\n"
+        "models: [{name: echo, upstream: local}]\n"
+    )
+    gateway = GatewayProcess(config, workdir=tmp_path, env={"GATEWAY_SHUTDOWN_TIMEOUT": "1"}).start()
+    body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "word " * 2000}]}
+    received = b""
+    signalled = False
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-demo"}
+    ) as response:
+        for chunk in response.iter_raw():  # the stream would take 40 s; the shutdown timeout is 1 s
+            received += chunk
+            if not signalled and len(received) > 2000:
+                gateway.signal(signal.SIGTERM)
+                signalled = True
+    assert cleanly_stopped(gateway.stop()), gateway.output()
+    payloads = sse_payloads(received)
+    assert payloads[-1] == b"[DONE]" and json.loads(payloads[-2])["error"]["code"] == "shutting_down"
+    output = gateway.output()
+    access = [json.loads(line) for line in output.splitlines() if '"gateway.access"' in line]
+    assert [(line["status"], line["error_code"]) for line in access] == [(200, "shutting_down")]
+    assert "Exception in ASGI application" not in output

@@ -6,7 +6,7 @@ import itertools
 import os
 import re
 
-from gateway.errors import BodyTooLarge, GatewayError
+from gateway.errors import BodyTooLarge, ClientDisconnected, GatewayError
 from gateway.types import Headers, Receive, Send
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
@@ -39,6 +39,8 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
     message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnected("The client closed the connection before the request body was complete.")
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
@@ -49,7 +51,8 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            # What came may parse as a whole request: it must not be sent upstream (or billed).
+            raise ClientDisconnected("The client closed the connection before the request body was complete.")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from gateway.auth import KeyTable, key_from_headers
-from gateway.errors import GatewayError
+from gateway.dialects.openai import DONE_EVENT
+from gateway.errors import ClientDisconnected, GatewayError, ShuttingDown
 from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, send_bytes, send_error
 from gateway.observability.content import Transcript
 from gateway.relay import Exchange, Exchanges, Relay, Stream
@@ -16,6 +18,9 @@ from gateway.types import Receive, Scope, Send
 log = logging.getLogger("gateway.http")
 
 _INTERNAL = GatewayError("The gateway failed to handle the request.", status=500, type="server_error")
+_SHUTTING_DOWN = ShuttingDown(
+    "The gateway stopped before the request could finish; send it again.", headers=[(b"retry-after", b"1")]
+)
 ENDPOINT = "chat.completions"
 
 
@@ -76,10 +81,19 @@ class ChatCompletions:
             stream = await self._relay.stream(exchange, principal, request)
             started = True
             await self._send_stream(stream, exchange, rid, receive, send, transcript)
+        except ClientDisconnected as exc:
+            exchange.client_disconnected = True
+            exchange.fail(exc)
         except GatewayError as exc:
             exchange.fail(exc)
             if not started:
                 await send_error(send, exc, rid)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when its shutdown timeout is over: say so, and end quietly.
+            _uncancel()
+            exchange.fail(_SHUTTING_DOWN)
+            if not started:
+                await _quietly(send_error(send, _SHUTTING_DOWN, rid))
         except Exception:
             log.exception("request failed")
             exchange.fail(_INTERNAL)
@@ -99,8 +113,10 @@ class ChatCompletions:
     ) -> None:
         headers = [*SSE_HEADERS, (b"x-request-id", rid), *stream.headers]
         watcher: _DisconnectWatcher | None = None
+        opened = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
+            opened = True
             async for events, more in stream.events():
                 if transcript is not None:
                     transcript.events(events)
@@ -110,18 +126,39 @@ class ChatCompletions:
             if watcher is not None:
                 watcher.stop()
         except asyncio.CancelledError:
-            if watcher is None or not watcher.fired:
-                raise
-            # The client went away: closing the stream below closes the upstream; the usage so far is recorded.
-            exchange.client_disconnected = True
-            log.info("client disconnected mid-stream")
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            _uncancel()
+            if watcher is not None and watcher.fired:
+                # The client went away: closing the stream below closes the upstream; the usage so far is recorded.
+                exchange.client_disconnected = True
+                log.info("client disconnected mid-stream")
+            else:
+                # The process is stopping and its shutdown timeout is over: end the stream as an upstream
+                # failure would, so that the client sees an error rather than a stream cut short.
+                exchange.fail(_SHUTTING_DOWN)
+                if opened:
+                    tail = b"data: " + _SHUTTING_DOWN.to_json() + b"\n\n" + DONE_EVENT
+                    await _quietly(send({"type": "http.response.body", "body": tail, "more_body": False}))
+                else:
+                    await _quietly(send_error(send, _SHUTTING_DOWN, rid))
         finally:
             if watcher is not None:
                 watcher.stop()
             await stream.aclose()
+
+
+def _uncancel() -> None:
+    """Take back the cancellation that was just caught, so the task can finish its reply."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+async def _quietly(sending: Awaitable[None]) -> None:
+    """A last message to a client that may be gone already; failing to send it changes nothing."""
+    try:
+        await sending
+    except Exception as exc:
+        log.debug("could not send the last message: %s", type(exc).__name__)
 
 
 class _DisconnectWatcher:

@@ -42,7 +42,7 @@ def _base(record: logging.LogRecord, clock: _Clock) -> dict[str, Any]:
         "ts": clock(record.created),
         "level": record.levelname.lower(),
         "logger": record.name,
-        "msg": record.getMessage(),
+        "msg": record.getMessage().rstrip(),
     }
     rid = request_id.get()
     if rid is not None:
@@ -165,6 +165,11 @@ class AccessLog(Observer):
             return  # standard output is gone (closed pipe): nothing sensible to do with the lines
 
 
+def _capped(text: str | None, limit: int = 256) -> str | None:
+    """A client's own string, cut to a sane length for a log line."""
+    return text if text is None or len(text) <= limit else text[:limit] + "..."
+
+
 def access_fields(exchange: Exchange) -> dict[str, Any]:
     usage = exchange.usage
     last = exchange.attempts[-1] if exchange.attempts else None
@@ -172,7 +177,7 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
         "request_id": exchange.request_id,
         "endpoint": exchange.endpoint,
         "key": exchange.key_name,
-        "model": exchange.model,
+        "model": _capped(exchange.model),
         "route": exchange.route,
         "upstream": last.upstream if last else None,
         "deployment": f"{last.upstream}/{last.model}" if last else None,

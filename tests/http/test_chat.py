@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 
 import httpx
@@ -386,3 +388,20 @@ def test_client_disconnect_mid_stream_closes_upstream_and_records_usage(
         time.sleep(0.05)
     assert fake.streams_cut == cut_before + 1
     assert asyncio.run(ledger.usage("tester", day))["fake-slow"]["requests"] == 1
+
+
+def test_a_body_cut_short_is_never_sent_upstream(gateway: RunningGateway, fake: FakeOpenAI) -> None:
+    """The bytes that came form a whole request, but the client left before the declared length."""
+    body = json.dumps({"model": "gpt-test", "messages": USER}).encode()
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        head = (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {CLIENT_KEY}\r\nContent-Length: {len(body) + 500}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        time.sleep(0.2)
+    time.sleep(0.5)
+    assert fake.requests == []
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert asyncio.run(gateway.app.runtime.ledger.usage("tester", day)).get("gpt-test") is None

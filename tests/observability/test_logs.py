@@ -52,6 +52,11 @@ def test_text_lines_quote_what_could_be_misread() -> None:
     assert "\n" not in line and 'model="evil\\nmodel name"' in line and "request_id=req-1" in line
     text = TextFormatter().format(_record("plain"))
     assert " WARNING gateway.relay: plain" in text
+    token = request_id.set("req-7")
+    try:  # uvicorn's "Exception in ASGI application\n": the request id stays on the message's line
+        assert TextFormatter().format(_record("ends with a break\n")).endswith("break request_id=req-7")
+    finally:
+        request_id.reset(token)
 
 
 @pytest.fixture

@@ -38,6 +38,10 @@ class GatewayProcess:
     def output(self) -> str:
         return self.output_path.read_text(errors="replace")
 
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
     def stop(self) -> int:
         if self.proc is not None and self.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
