@@ -90,7 +90,8 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+        shown = model if len(model) <= 200 else model[:200] + "..."
+        super().__init__(f"The model `{shown}` does not exist or you do not have access to it.", param="model")
 
 
 class ClientDisconnected(GatewayError):

@@ -21,6 +21,10 @@ TOOL_CHOICES = frozenset({"none", "auto", "required"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 
 
+# How deep JSON can nest and still be written out again (orjson's limit); parsing takes deeper.
+MAX_DEPTH = 254
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """A checked request: the canonical extension values, and the rest of the body to pass through."""
@@ -103,6 +107,8 @@ def _check_messages(messages: Any) -> None:
         role = message.get("role")
         if role is None:
             raise missing(f"{where}.role")
+        if not isinstance(role, str):
+            raise bad_type(f"{where}.role", "a string", role)
         if role not in ROLES:
             raise bad_value(f"{where}.role", role, ", ".join(sorted(ROLES)))
         content = message.get("content")
@@ -175,6 +181,8 @@ def _check_response_format(fmt: Any) -> None:
     if not isinstance(fmt, dict):
         raise bad_type("response_format", "an object", fmt)
     kind = fmt.get("type")
+    if not isinstance(kind, str):
+        raise missing("response_format.type") if kind is None else bad_type("response_format.type", "a string", kind)
     if kind not in RESPONSE_FORMATS:
         raise bad_value("response_format.type", kind, "'text', 'json_object', 'json_schema'")
     if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
@@ -189,3 +197,23 @@ def _optional_number(obj: JSON, name: str, low: float, high: float) -> None:
         raise bad_type(name, "a number", value)
     if not low <= value <= high:
         raise InvalidRequest(f"Invalid value for '{name}': {value} is outside the range {low} to {high}.", param=name)
+
+
+def deepest_field(body: JSON) -> str:
+    """The top-level field under which `body` nests deepest: named in the error for a too-deep request.
+
+    Only called once writing the body failed, so the walk costs nothing on the usual path.
+    """
+
+    def depth(value: Any) -> int:
+        deepest, level, todo = 0, 0, [(value, 1)]
+        while todo:
+            value, level = todo.pop()
+            deepest = max(deepest, level)
+            if isinstance(value, dict):
+                todo.extend((v, level + 1) for v in value.values())
+            elif isinstance(value, list):
+                todo.extend((v, level + 1) for v in value)
+        return deepest
+
+    return max(body, key=lambda name: depth(body[name]), default="")

@@ -100,6 +100,8 @@ def messages_body(request: ChatRequest, target: Target) -> tuple[JSON, list[str]
     for name in src:
         if name not in _MAPPED and name not in _NO_EQUIVALENT and name not in _PASSED:
             dropped.append(name)
+    if ext.metadata is not None:  # Anthropic's `metadata` holds only `user_id`, which comes from `user`
+        dropped.append("metadata")
     if src.get("temperature") is not None:
         body["temperature"] = min(1.0, float(src["temperature"]))  # Anthropic's range is 0 to 1
     stop = src.get("stop")

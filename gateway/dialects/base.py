@@ -87,6 +87,7 @@ class ErrorParts:
 
 
 _FORWARDED_ERROR_HEADERS = ("retry-after", "retry-after-ms")
+_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\"<>]+", re.IGNORECASE)
 _SECRETISH = re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9_*\-]{6,}", re.IGNORECASE)
 
 
@@ -132,6 +133,8 @@ def redact(text: str, upstream: UpstreamConfig) -> str:
         if secret:
             text = text.replace(secret, "[redacted]")
     text = _SECRETISH.sub("[redacted]", text)
+    # Upstream addresses are the operator's business: an upstream quoting its own URL names nothing here.
+    text = _URL.sub("[upstream url]", text)
     return text[:2000]
 
 

@@ -109,8 +109,11 @@ def write_request(request: ChatRequest, profile: VendorProfile, options: ModelOp
         _write_reasoning(body, request, profile, options, dropped)
     if ext.search is not None:
         _write_search(body, request, profile, dropped)
-    if ext.metadata is not None and profile.forwards_metadata:
-        body["metadata"] = ext.metadata
+    if ext.metadata is not None:
+        if profile.forwards_metadata:
+            body["metadata"] = ext.metadata
+        else:
+            dropped.append("metadata")
     if request.stream:
         body["stream"] = True
         # The gateway bills every stream, so it always asks for the usage chunk; the decoder drops it

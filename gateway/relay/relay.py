@@ -13,14 +13,16 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
+import orjson
+
 from gateway.auth import Principal
 from gateway.config import UpstreamConfig
 from gateway.dialects import dialect_for
 from gateway.dialects.base import Dialect, StreamDecoder, Target, UpstreamRequest, redact
 from gateway.dialects.openai import DONE_EVENT
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, UpstreamProtocolError
 from gateway.relay.exchange import Attempt, Exchange
-from gateway.request import ChatRequest
+from gateway.request import MAX_DEPTH, ChatRequest, deepest_field
 from gateway.routing import Deployment, Router
 from gateway.types import Headers
 from gateway.upstream.base import Transport, UpstreamResponse
@@ -88,10 +90,10 @@ class Stream:
         try:
             # Everything one upstream read completes goes out at once: no event waits, fewer writes.
             async for data in self._chunks:
-                events = self._decoder.feed(data)
+                events = _decoding(self._upstream, self._decoder.feed, data)
                 if events:
                     yield b"".join(events), True
-            tail = b"".join(self._decoder.finish())
+            tail = b"".join(_decoding(self._upstream, self._decoder.finish))
             self._attempt.end("ok")
         except GatewayError as exc:
             self._response.close()
@@ -203,7 +205,7 @@ class Relay:
             body = await response.read()
             if response.status >= 300:
                 raise dialect.decode_error(response.status, body, response.headers, upstream)
-            reply = dialect.decode_reply(body, request)
+            reply = _decoding(upstream, dialect.decode_reply, body, request)
         except UpstreamError as exc:
             exc.message = redact(exc.message, upstream)
             raise
@@ -222,11 +224,11 @@ class Relay:
         first: list[bytes] = []
         try:
             async for data in chunks:
-                first = decoder.feed(data)
+                first = _decoding(upstream, decoder.feed, data)
                 if first:
                     break
             else:
-                first = decoder.finish()
+                first = _decoding(upstream, decoder.finish)
         except UpstreamError as exc:
             response.close()
             exc.message = redact(exc.message, upstream)
@@ -244,6 +246,17 @@ class Relay:
         return Stream(b"".join(first), headers, exchange, attempt, decoder, response, chunks, upstream)
 
 
+D = TypeVar("D")
+
+
+def _decoding(upstream: UpstreamConfig, decode: Callable[..., D], *args: object) -> D:
+    """Run a dialect's decoding step; a reply too deeply nested to write out again is the upstream's fault."""
+    try:
+        return decode(*args)
+    except orjson.JSONEncodeError:
+        raise UpstreamProtocolError(f"The upstream `{upstream.name}` sent a reply nested too deeply.") from None
+
+
 def _reply_headers(built: UpstreamRequest) -> Headers:
     if not built.dropped:
         return []
@@ -254,7 +267,16 @@ def _build(request: ChatRequest, deployment: Deployment) -> tuple[Dialect, Upstr
     """The dialect and the upstream request; applies the upstream's policy on parameters it cannot take."""
     upstream = deployment.upstream
     dialect = dialect_for(upstream)
-    built = dialect.build_request(request, Target(upstream, deployment.model_for(request.model), deployment.options))
+    target = Target(upstream, deployment.model_for(request.model), deployment.options)
+    try:
+        built = dialect.build_request(request, target)
+    except orjson.JSONEncodeError:  # parsing takes 1,024 levels of nesting, writing JSON only 254
+        field = deepest_field(request.body)
+        raise InvalidRequest(
+            f"The request is nested too deeply to send on (at most {MAX_DEPTH} levels): see `{field}`.",
+            param=field,
+            code="nested_too_deeply",
+        ) from None
     if built.dropped and upstream.unsupported_params == "reject":
         param = built.dropped[0]
         raise InvalidRequest(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -405,3 +406,52 @@ def test_a_body_cut_short_is_never_sent_upstream(gateway: RunningGateway, fake: 
     assert fake.requests == []
     day = time.strftime("%Y-%m-%d", time.gmtime())
     assert asyncio.run(gateway.app.runtime.ledger.usage("tester", day)).get("gpt-test") is None
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": {"a": 1}, "content": "hi"}]}, "messages[0].role"),
+        ({"response_format": {"type": ["json_object"]}}, "response_format.type"),
+        ({"response_format": {"type": {"x": 1}}}, "response_format.type"),
+        ({"response_format": {}}, "response_format.type"),
+        ({"x_unknown": _nested(300)}, "x_unknown"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a", "x": _nested(600)}]}]}, "messages"),
+    ],
+)
+def test_client_input_that_once_gave_500_is_a_400_naming_the_field(
+    raw: httpx.Client, body: dict[str, Any], param: str
+) -> None:
+    sent = {"model": "echo", "messages": USER, **body}
+    response = raw.post("/v1/chat/completions", content=json.dumps(sent))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert response.headers["x-should-retry"] == "false"
+
+
+def test_the_404_for_an_unknown_model_does_not_echo_a_huge_name(raw: httpx.Client) -> None:
+    response = raw.post("/v1/chat/completions", json={"model": "m" * 50_000, "messages": USER})
+    assert response.status_code == 404 and len(response.content) < 1000
+
+
+def test_an_upstream_reply_nested_too_deeply_is_the_upstreams_fault(raw: httpx.Client) -> None:
+    buffered = raw.post("/v1/chat/completions", json={"model": "fake-deep", "messages": USER})
+    assert buffered.status_code == 502 and buffered.json()["error"]["code"] == "upstream_protocol_error"
+    streamed = raw.post("/v1/chat/completions", json={"model": "fake-deep", "messages": USER, "stream": True})
+    payloads = sse_payloads(streamed.content)
+    assert payloads[-1] == b"[DONE]" and json.loads(payloads[-2])["error"]["code"] == "upstream_protocol_error"
+
+
+def test_an_upstream_error_never_shows_the_upstream_url(raw: httpx.Client, fake_url: str) -> None:
+    response = raw.post("/v1/chat/completions", json={"model": "fake-leaky-url", "messages": USER})
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert "No route for POST" in message and "127.0.0.1" not in message and "http" not in message

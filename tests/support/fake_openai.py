@@ -13,6 +13,8 @@ The model name the gateway sends upstream (less a leading `fake-`) picks the beh
     mid-error            streams a chunk, then an error event (as vendors do after a 200)
     not-json             answers 200 with an HTML page
     leaky-401            a 401 whose message quotes the upstream key
+    leaky-url            a 404 whose message quotes the URL it was called on
+    deep                 a reply (or, streamed, its third chunk) with a field nested 300 levels deep
 
 Under `/vendor/<name>/v1/...` replies carry reasoning text and usage details where that vendor puts
 them (DeepSeek: prompt_cache_hit_tokens; Kimi: usage.cached_tokens; vLLM: `reasoning`, no details; ...).
@@ -81,6 +83,8 @@ class FakeOpenAI:
             status = int(model.removeprefix("status-"))
             headers = {"retry-after": "1"} if status in (429, 503) else {}
             return _error(status, f"fake upstream says {status}", _type_for(status), None, headers=headers)
+        if model == "leaky-url":
+            return _error(404, f"No route for POST {request.url}", "invalid_request_error", "not_found")
         if model == "leaky-401":
             return _error(401, f"Incorrect API key provided: {UPSTREAM_KEY}.", "invalid_request_error", "bad")
         if model == "hang":
@@ -90,8 +94,11 @@ class FakeOpenAI:
         text = _last_user_text(body)
         if body.get("stream"):
             return await self._stream(request, body, model, text)
+        completion = _completion(body["model"], text, sloppy=model == "sloppy")
+        if model == "deep":
+            completion["extra"] = _nested(300)
         return web.Response(
-            body=json.dumps(_completion(body["model"], text, sloppy=model == "sloppy"), indent=2).encode(),
+            body=json.dumps(completion, indent=2).encode(),
             headers={
                 "content-type": "application/json",
                 "openai-processing-ms": "12",
@@ -130,6 +137,8 @@ class FakeOpenAI:
                 error = {"error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}}
                 await resp.write(f"data: {json.dumps(error)}{newline}{newline}".encode())
                 return
+            if model == "deep" and i == 2:
+                event = json.dumps({**json.loads(event), "extra": _nested(300)})
             wire = f"data: {event}{newline}{newline}".encode()
             if model == "crlf":
                 await resp.write(b": keep-alive\r\n\r\n")
@@ -285,6 +294,13 @@ def _chunks(model: str, behaviour: str, text: str, include_usage: bool) -> list[
         usage_chunk["choices"] = []
         events.append(json.dumps(usage_chunk, separators=(",", ":")))
     return events
+
+
+def _nested(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
