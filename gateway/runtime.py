@@ -7,7 +7,6 @@ Start-up starts the ledger's flushing; shutdown (after uvicorn has let open requ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ log = logging.getLogger("gateway")
 
 # Seconds between moving what observers hold in memory (metric sums) to where it is read.
 OBSERVER_FLUSH_INTERVAL = 1.0
+# Seconds shutdown waits for requests that are still finishing before it closes the ledger.
+STOP_WAIT = 5.0
 
 
 @dataclass
@@ -88,16 +89,33 @@ class Runtime:
     async def _flush_observers(self) -> None:
         while True:
             await asyncio.sleep(OBSERVER_FLUSH_INTERVAL)
-            for observer in self.exchanges.observers:
+            self.flush_observers()
+
+    def flush_observers(self) -> None:
+        """Move what observers hold in memory to where it is read; one failing never stops the others."""
+        for observer in self.exchanges.observers:
+            try:
                 observer.flush()
+            except Exception:
+                log.exception("flushing %s failed", type(observer).__name__)
 
     async def stop(self) -> None:
+        """Called once uvicorn has stopped serving: requests it cut off at its shutdown timeout may
+        still be finishing (their last events, their records), so wait for them briefly first."""
+        if not await self.exchanges.wait_finished(STOP_WAIT):
+            log.warning("%d requests still open at shutdown", self.exchanges.open_count)
         if self._flusher is not None:
             self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        for transport in {id(t): t for t in self.transports.values()}.values():
-            await transport.aclose()
-        await self.ledger.aclose()
-        for observer in self.exchanges.observers:
-            observer.close()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        try:
+            for transport in {id(t): t for t in self.transports.values()}.values():
+                await transport.aclose()
+        finally:
+            try:
+                await self.ledger.aclose()
+            finally:
+                for observer in self.exchanges.observers:
+                    try:
+                        observer.close()
+                    except Exception:
+                        log.exception("closing %s failed", type(observer).__name__)

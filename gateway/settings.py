@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,9 @@ class Settings(BaseSettings):
         default=False, description="Put prompt and completion text in the access log (off: never logged)."
     )
     metrics: bool = Field(default=True, description="Prometheus metrics at /metrics.")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="When set (not empty), /metrics wants `Authorization: Bearer <token>`."
+    )
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds open streams may take to finish after SIGTERM."
     )

@@ -23,7 +23,7 @@ from gateway.dialects.base import (
 )
 from gateway.dialects.sse import SSEParser
 from gateway.dialects.vendors import VendorProfile, write_request
-from gateway.errors import UpstreamProtocolError, UpstreamStatusError
+from gateway.errors import GatewayError, UpstreamProtocolError, UpstreamStatusError
 from gateway.request import ChatRequest
 
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -31,6 +31,11 @@ DONE_EVENT = b"data: [DONE]\n\n"
 
 def sse_event(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def error_events(error: GatewayError) -> bytes:
+    """How a stream that has started ends in an error: the error as an event, then `[DONE]`."""
+    return b"data: " + error.to_json() + b"\n\n" + DONE_EVENT
 
 
 class OpenAIDialect:

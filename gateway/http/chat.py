@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable
 
 from gateway.auth import KeyTable, key_from_headers
-from gateway.dialects.openai import DONE_EVENT
+from gateway.dialects.openai import error_events
 from gateway.errors import ClientDisconnected, GatewayError, ShuttingDown
 from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, send_bytes, send_error
 from gateway.observability.content import Transcript
@@ -76,6 +76,7 @@ class ChatCompletions:
                 reply = await self._relay.complete(exchange, principal, request)
                 if transcript is not None:
                     transcript.reply(reply.body)
+                exchange.status = 200
                 await send_bytes(send, 200, reply.body, [*JSON_HEADERS, (b"x-request-id", rid), *reply.headers])
                 return
             stream = await self._relay.stream(exchange, principal, request)
@@ -116,7 +117,7 @@ class ChatCompletions:
         opened = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            opened = True
+            exchange.status, opened = 200, True
             async for events, more in stream.events():
                 if transcript is not None:
                     transcript.events(events)
@@ -136,7 +137,7 @@ class ChatCompletions:
                 # failure would, so that the client sees an error rather than a stream cut short.
                 exchange.fail(_SHUTTING_DOWN)
                 if opened:
-                    tail = b"data: " + _SHUTTING_DOWN.to_json() + b"\n\n" + DONE_EVENT
+                    tail = error_events(_SHUTTING_DOWN)
                     await _quietly(send({"type": "http.response.body", "body": tail, "more_body": False}))
                 else:
                     await _quietly(send_error(send, _SHUTTING_DOWN, rid))

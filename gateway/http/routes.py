@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import Principal, key_from_headers
-from gateway.errors import GatewayError, ModelNotFound
-from gateway.observability.metrics import render
+from gateway.errors import AuthenticationFailed, GatewayError, ModelNotFound
+from gateway.observability.metrics import multiprocess_dir, render
 from gateway.relay import Exchange
 from gateway.routing import Route
 from gateway.runtime import Runtime
@@ -95,17 +98,26 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics (of every worker, with several); 404 when `GATEWAY_METRICS=false`."""
-    if not _runtime(request).settings.metrics:
+async def metrics(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus metrics (of every worker, with several); 404 when `GATEWAY_METRICS=false`.
+
+    Open unless `GATEWAY_METRICS_TOKEN` is set: the metrics name keys and their usage, so either keep
+    the port on the internal network or set a token (Prometheus sends it with `authorization`).
+    """
+    settings = _runtime(request).settings
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token is not None else ""
+    if token:
+        presented = (authorization or "").removeprefix("Bearer ").strip().encode()
+        if not hmac.compare_digest(hashlib.sha256(presented).digest(), hashlib.sha256(token.encode()).digest()):
+            raise AuthenticationFailed("/metrics wants the metrics token as `Authorization: Bearer <token>`.")
+    if not settings.metrics:
         raise GatewayError(
             "Metrics are turned off (GATEWAY_METRICS=false).",
             status=404,
             type="invalid_request_error",
             code="not_found",
         )
-    runtime = _runtime(request)
-    for observer in runtime.exchanges.observers:
-        observer.flush()  # this worker's latest sums; other workers' are at most a second old
-    body, content_type = render()
+    _runtime(request).flush_observers()  # this worker's latest sums; other workers' are at most a second old
+    # Several workers: reading their files is I/O, kept off the event loop.
+    body, content_type = await run_in_threadpool(render) if multiprocess_dir() else render()
     return Response(body, media_type=content_type)

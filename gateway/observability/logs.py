@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import re
+import select
 import time
 from typing import Any
 
@@ -139,6 +140,7 @@ class AccessLog(Observer):
         self._fd = fd
         self._clock = _Clock()
         self._pending: list[Exchange] = []
+        self.dropped = 0  # lines that could not be written
 
     def finished(self, exchange: Exchange) -> None:
         self._pending.append(exchange)
@@ -151,18 +153,40 @@ class AccessLog(Observer):
     def flush(self) -> None:
         if not self._pending:
             return
-        lines = []
-        for exchange in self._pending:
-            out = {"ts": self._clock(exchange.at + (exchange.duration or 0.0)), "level": "info"}
-            out.update(logger=ACCESS_LOGGER, msg="request", **access_fields(exchange))
-            lines.append(json_line(out) if self._json else (text_line(out) + "\n").encode())
-        self._pending.clear()
-        view = memoryview(b"".join(lines))
+        pending, self._pending = self._pending, []
+        lines = [self._line(exchange) for exchange in pending]
+        # Workers share standard output; under a container it is a pipe, where writes of at most
+        # PIPE_BUF bytes are never interleaved with another process's: lines go out in such pieces.
+        piece: list[bytes] = []
+        size = 0
+        for line in lines:
+            if piece and size + len(line) > select.PIPE_BUF:
+                self._write(b"".join(piece))
+                piece, size = [], 0
+            piece.append(line)
+            size += len(line)
+        self._write(b"".join(piece))
+
+    def _line(self, exchange: Exchange) -> bytes:
+        out = {"ts": self._clock(exchange.at + (exchange.duration or 0.0)), "level": "info"}
+        out.update(logger=ACCESS_LOGGER, msg="request", **access_fields(exchange))
+        try:
+            return json_line(out) if self._json else (text_line(out) + "\n").encode()
+        except TypeError:  # logged content that cannot be written out (nested too deeply)
+            for name in exchange.content or ():
+                out[name] = "(not loggable)"
+            return json_line(out) if self._json else (text_line(out) + "\n").encode()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
         try:
             while view:
                 view = view[os.write(self._fd, view) :]
-        except OSError:
-            return  # standard output is gone (closed pipe): nothing sensible to do with the lines
+        except OSError as exc:
+            # Standard output is gone or full: nothing sensible to do with the lines but count them.
+            self.dropped += bytes(view).count(b"\n")
+            if self.dropped == bytes(view).count(b"\n"):
+                logging.getLogger("gateway").error("access log lines cannot be written: %s", exc)
 
 
 def _capped(text: str | None, limit: int = 256) -> str | None:

@@ -8,6 +8,7 @@ upstream and key names, fixed words for outcomes; never a raw key, a request id 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -250,8 +251,12 @@ class MetricsObserver(Observer):
             STREAMS_IN_FLIGHT.labels(endpoint).set(streams)
 
 
+# prometheus-client chose where values live when it was imported: this module follows that choice.
+_MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    return _MULTIPROCESS_DIR
 
 
 def render() -> tuple[bytes, str]:
@@ -279,6 +284,7 @@ def _forget_dead_workers(path: str) -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+            with contextlib.suppress(FileNotFoundError):  # another worker's scrape got there first
+                mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
         except PermissionError:
             continue  # alive, under another user

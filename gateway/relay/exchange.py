@@ -8,6 +8,8 @@ limits and budgets) read the finished record: nothing else records usage or coun
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -76,6 +78,7 @@ class Exchange:
 
     __slots__ = (
         "_observers",
+        "_token",
         "at",
         "attempts",
         "client_disconnected",
@@ -88,6 +91,7 @@ class Exchange:
         "first_byte_after",
         "key_name",
         "model",
+        "replied",
         "request_id",
         "route",
         "sess_id",
@@ -108,7 +112,8 @@ class Exchange:
         self.stream = False
         self.sess_id: str | None = None
         self.attempts: list[Attempt] = []
-        self.status = 0  # the HTTP status sent to the client
+        self.status = 0  # the HTTP status sent to the client (0: none was sent)
+        self.replied = False  # an upstream's reply (or the start of its stream) is going to the client
         self.error_code: str | None = None  # set when the request ended in an error, even mid-stream
         self.error_type: str | None = None
         self.usage: Usage | None = None
@@ -117,6 +122,7 @@ class Exchange:
         self.duration: float | None = None
         self.content: dict[str, object] | None = None  # prompt and completion, only when logging them is on
         self.finished = False
+        self._token: contextvars.Token[str | None] | None = None
         self._observers = observers
         for observer in observers:
             _notify(observer.started, self)
@@ -131,21 +137,16 @@ class Exchange:
         """The upstream of the last attempt."""
         return self.attempts[-1].upstream if self.attempts else None
 
-    @property
-    def replied(self) -> bool:
-        """Whether an upstream's reply (or the start of its stream) went to the client."""
-        return self.status == 200
-
     def streaming(self) -> None:
         """The first events of a stream are ready to go out."""
-        self.status = 200
+        self.replied = True
         self.first_byte_after = time.perf_counter() - self.started
         for observer in self._observers:
             _notify(observer.streaming, self)
 
     def fail(self, error: GatewayError) -> None:
-        """The request ended in `error`: before the first byte its status is the client's status."""
-        if self.status != 200:
+        """The request ended in `error`: its status is the client's, unless a response had started."""
+        if not self.status:
             self.status = error.status
         self.error_code = error.code or error.type
         self.error_type = error.type
@@ -158,6 +159,9 @@ class Exchange:
             return
         self.finished = True
         self.duration = time.perf_counter() - self.started
+        if self._token is not None:
+            with contextlib.suppress(ValueError):  # finished in another context than it was opened in
+                request_id.reset(self._token)
         for attempt in self.attempts:
             attempt.end("cancelled")  # an attempt still open now was cut off (client gone, shutdown)
         for observer in self._observers:
@@ -173,12 +177,45 @@ def _notify(hook: Callable[[Exchange], None], exchange: Exchange) -> None:
 
 
 class Exchanges:
-    """Opens exchanges, each with the observers every request has."""
+    """Opens exchanges, each with the observers every request has, and knows how many are open."""
 
     def __init__(self, observers: Sequence[Observer]) -> None:
         self.observers = tuple(observers)
+        self._open = _OpenCount()
+        self._all = (self._open, *self.observers)
 
     def open(self, request_id_: str, endpoint: str) -> Exchange:
-        """A new exchange; the running task's log lines carry its request id from now on."""
-        request_id.set(request_id_)
-        return Exchange(request_id_, endpoint, self.observers)
+        """A new exchange; the running task's log lines carry its request id until it is finished."""
+        token = request_id.set(request_id_)
+        exchange = Exchange(request_id_, endpoint, self._all)
+        exchange._token = token
+        return exchange
+
+    @property
+    def open_count(self) -> int:
+        return self._open.count
+
+    async def wait_finished(self, seconds: float) -> bool:
+        """Wait until every open exchange is finished, at most `seconds`; True if they all are."""
+        try:
+            await asyncio.wait_for(self._open.idle.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+class _OpenCount(Observer):
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def started(self, exchange: Exchange) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.idle.clear()
+
+    def finished(self, exchange: Exchange) -> None:
+        self.count -= 1
+        if not self.count:
+            self.idle.set()

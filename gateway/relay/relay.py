@@ -19,7 +19,7 @@ from gateway.auth import Principal
 from gateway.config import UpstreamConfig
 from gateway.dialects import dialect_for
 from gateway.dialects.base import Dialect, StreamDecoder, Target, UpstreamRequest, redact
-from gateway.dialects.openai import DONE_EVENT
+from gateway.dialects.openai import DONE_EVENT, error_events
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, UpstreamProtocolError
 from gateway.relay.exchange import Attempt, Exchange
 from gateway.request import MAX_DEPTH, ChatRequest, deepest_field
@@ -100,20 +100,21 @@ class Stream:
             exc.message = redact(exc.message, self._upstream)
             log.warning("stream from %s failed after the first byte: %s", self._upstream.name, exc.message)
             self._exchange.fail(exc)
-            tail = b"data: " + exc.to_json() + b"\n\n" + DONE_EVENT
+            tail = error_events(exc)
         yield tail, False
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._exchange.usage = self._decoder.usage  # first: whatever happens below, this is what was seen
         if self._events is not None:
             await self._events.aclose()  # type: ignore[attr-defined]
         if self._response is not None:
             self._response.close()
         if self._chunks is not None:
             await self._chunks.aclose()  # type: ignore[attr-defined]
-        self._exchange.usage = self._decoder.usage
+        self._exchange.usage = self._decoder.usage  # the cleanup may have let the decoder see more
 
 
 class Relay:
@@ -210,7 +211,7 @@ class Relay:
             exc.message = redact(exc.message, upstream)
             raise
         attempt.end("ok")
-        exchange.status = 200
+        exchange.replied = True
         exchange.usage = reply.usage
         return Reply(reply.body, _reply_headers(built))
 

@@ -124,3 +124,40 @@ def test_content_is_logged_only_when_turned_on(
     ]
     models = [line for line in access if line["endpoint"] == "models"]
     assert models and models[0]["key"] == "tester" and models[0]["status"] == 200
+
+
+def test_content_that_cannot_be_written_out_still_gives_a_line(pipe: tuple[int, int]) -> None:
+    read, write = pipe
+    log = AccessLog("json", fd=write)
+    exchange = Exchanges([log]).open("req-deep", "chat.completions")
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    exchange.content = {"messages": deep, "completion": None}
+    exchange.finish()  # no loop running: written at once
+    line = json.loads(os.read(read, 65536))
+    assert line["request_id"] == "req-deep" and line["messages"] == "(not loggable)"
+
+
+def test_lines_go_out_in_pieces_no_larger_than_an_atomic_pipe_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    import select
+
+    from gateway.observability import logs
+
+    writes: list[bytes] = []
+    monkeypatch.setattr(logs.os, "write", lambda fd, data: writes.append(bytes(data)) or len(data))
+    log = AccessLog("json", fd=1)
+    for i in range(40):
+        exchange = Exchange(f"req-{i}", "chat.completions", [log])
+        log._pending.append(exchange)  # as finished exchanges of one loop turn
+        exchange.finished = True
+    log.flush()
+    assert len(writes) > 1 and all(len(w) <= select.PIPE_BUF for w in writes)
+    assert b"".join(writes).count(b"\n") == 40 and all(w.endswith(b"\n") for w in writes)
+
+
+def test_the_request_id_is_forgotten_when_the_exchange_finishes() -> None:
+    exchange = Exchanges([]).open("req-9", "chat.completions")
+    assert request_id.get() == "req-9"
+    exchange.finish()
+    assert request_id.get() is None

@@ -73,6 +73,7 @@ def test_streams_in_flight_and_time_to_first_token(observed: tuple[Exchanges, Me
     exchange.route, exchange.stream = "m-stream", True
     exchange.attempt("b", "x").answered(200)
     exchange.streaming()
+    exchange.status = 200  # the HTTP layer sent the response's start
     metrics.flush()
     assert _value("gateway_requests_in_flight", endpoint="chat.completions") >= 1
     assert _value("gateway_streams_in_flight", endpoint="chat.completions") >= 1
@@ -176,3 +177,12 @@ def test_a_dead_workers_in_flight_gauges_are_dropped(tmp_path: Path) -> None:
     assert 'gateway_requests_in_flight{endpoint="chat.completions"}' not in text  # the dead worker's is gone
     assert 'status_class="2xx",stream="false",upstream="u"} 5.0' in text  # its counts stay
     assert not any(p.name.startswith("gauge_livesum_") and "in_flight" in p.name for p in tmp_path.iterdir())
+
+
+def test_a_metrics_token_guards_the_metrics(start_gateway: Any, fake_url: str) -> None:
+    running = start_gateway(parse_config(config_yaml(fake_url)), metrics_token="scrape-secret")
+    assert httpx.get(f"{running.url}/metrics").status_code == 401
+    wrong = httpx.get(f"{running.url}/metrics", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "scrape-secret" not in wrong.text
+    right = httpx.get(f"{running.url}/metrics", headers={"authorization": "Bearer scrape-secret"})
+    assert right.status_code == 200 and "gateway_build_info" in right.text

@@ -65,6 +65,7 @@ def test_fail_before_and_after_the_first_byte() -> None:
     after = Exchange("r", "chat.completions")
     after.attempt("a", "m")
     after.streaming()
+    after.status = 200  # the HTTP layer sent the response's start
     after.fail(UpstreamTimeout("stalled"))
     assert (after.status, after.error_code, after.replied) == (200, "upstream_timeout", True)
     assert after.attempts[0].outcome == "timeout"
@@ -76,7 +77,7 @@ async def test_the_ledger_records_replied_exchanges_only() -> None:
     exchanges = Exchanges([recorder])
 
     ok = exchanges.open("r1", "chat.completions")
-    ok.key_name, ok.model, ok.status, ok.usage = "alice", "m", 200, Usage(3, 4, 7)
+    ok.key_name, ok.model, ok.replied, ok.usage = "alice", "m", True, Usage(3, 4, 7)
     ok.finish()
     cut = exchanges.open("r2", "chat.completions")  # a stream the client left before any usage came
     cut.key_name, cut.model = "alice", "m"
@@ -88,8 +89,9 @@ async def test_the_ledger_records_replied_exchanges_only() -> None:
     failed.fail(UpstreamTimeout("slow"))
     failed.finish()
     anonymous = exchanges.open("r4", "chat.completions")
-    anonymous.status = 200
+    anonymous.replied = True
     anonymous.finish()
+    assert exchanges.open_count == 0
 
     [(day, totals)] = [(k[1], v) for k, v in ledger._totals.items()]
     assert totals["requests"] == 2 and totals["prompt_tokens"] == 3 and totals["total_tokens"] == 7
