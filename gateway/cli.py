@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"gateway: bad GATEWAY_* environment: {exc}", file=sys.stderr)
+        for error in exc.errors():
+            name = "GATEWAY_" + "_".join(str(part) for part in error["loc"]).upper()
+            shown = str(error.get("input"))[:40] if name != "GATEWAY_METRICS_TOKEN" else "(hidden)"
+            print(f"gateway: {name}={shown}: {error['msg']}", file=sys.stderr)
         return 2
     overrides = {k: v for k in ("config", "host", "port", "workers") if (v := getattr(args, k, None)) is not None}
     settings = settings.model_copy(update=overrides)

@@ -137,7 +137,10 @@ class UpstreamStatusError(UpstreamError):
 
     @property
     def retryable(self) -> bool:
-        # Another deployment may well succeed after throttling, a server fault or refused credentials.
+        # Another deployment may well succeed after throttling, a server fault, refused credentials or
+        # a wrong address (a 404 that is not about the model).
+        if self.code == "upstream_endpoint_not_found":
+            return True
         return self.upstream_status in (401, 403, 408, 409, 429) or self.upstream_status >= 500
 
 

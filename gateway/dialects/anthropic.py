@@ -47,6 +47,12 @@ _PASSED = ("top_p", "top_k")
 _MAPPED = frozenset({"model", "messages", "tools", "tool_choice", "parallel_tool_calls", "stop", "user", "temperature"})
 
 
+def messages_url(base_url: str) -> str:
+    """The Messages endpoint under `base_url`, given with `/v1` or, as Anthropic's SDKs take it, without."""
+    base = base_url.rstrip("/")
+    return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+
+
 class AnthropicDialect:
     def build_request(self, request: ChatRequest, target: Target) -> UpstreamRequest:
         body, dropped = messages_body(request, target)
@@ -59,9 +65,8 @@ class AnthropicDialect:
         if upstream.api_key is not None:
             headers["x-api-key"] = upstream.api_key.get_secret_value()
         headers.update(upstream.headers)
-        return UpstreamRequest(
-            "POST", f"{upstream.base_url or ''}/messages", headers, orjson.dumps(body), upstream.name, tuple(dropped)
-        )
+        url = messages_url(upstream.base_url or "")
+        return UpstreamRequest("POST", url, headers, orjson.dumps(body), upstream.name, tuple(dropped))
 
     def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply:
         obj = json_object(body, "reply")

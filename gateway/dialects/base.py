@@ -105,6 +105,10 @@ def upstream_status_error(
     if status in (401, 403):
         client_status, kind, code = 502, "upstream_error", "upstream_auth_failed"
         message = f"The upstream `{upstream.name}` rejected the gateway's credentials (HTTP {status})."
+    elif status == 404 and not _about_the_model(parts):
+        # Not the client's model missing but the address: the upstream's base_url is wrong.
+        client_status, kind, code = 502, "upstream_error", ENDPOINT_NOT_FOUND
+        message = f"The upstream `{upstream.name}` has no such endpoint (HTTP 404); the gateway's config is wrong."
     elif status == 429:
         client_status, kind = 429, kind or "rate_limit_error"
     elif 400 <= status < 500:
@@ -124,6 +128,15 @@ def upstream_status_error(
     )
     err.upstream_status = status
     return err
+
+
+ENDPOINT_NOT_FOUND = "upstream_endpoint_not_found"
+
+
+def _about_the_model(parts: ErrorParts) -> bool:
+    """Whether an upstream's 404 says the model does not exist (the client asked for it) rather than
+    that the path does not (a wrong base_url)."""
+    return parts.code == "model_not_found" or "model" in parts.message.lower()
 
 
 def redact(text: str, upstream: UpstreamConfig) -> str:

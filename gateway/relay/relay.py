@@ -12,15 +12,23 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 
 from gateway.auth import Principal
 from gateway.config import UpstreamConfig
 from gateway.dialects import dialect_for
-from gateway.dialects.base import Dialect, StreamDecoder, Target, UpstreamRequest, redact
+from gateway.dialects.base import ENDPOINT_NOT_FOUND, Dialect, StreamDecoder, Target, UpstreamRequest, redact
 from gateway.dialects.openai import DONE_EVENT, error_events
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, UpstreamProtocolError
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+)
 from gateway.relay.exchange import Attempt, Exchange
 from gateway.request import MAX_DEPTH, ChatRequest, deepest_field
 from gateway.routing import Deployment, Router
@@ -205,7 +213,7 @@ class Relay:
         try:
             body = await response.read()
             if response.status >= 300:
-                raise dialect.decode_error(response.status, body, response.headers, upstream)
+                raise _status_error(dialect, response, body, built, upstream)
             reply = _decoding(upstream, dialect.decode_reply, body, request)
         except UpstreamError as exc:
             exc.message = redact(exc.message, upstream)
@@ -219,7 +227,7 @@ class Relay:
         upstream = deployment.upstream
         dialect, built, attempt, response = await self._open(exchange, request, deployment)
         if response.status >= 300:
-            raise dialect.decode_error(response.status, await response.read(), response.headers, upstream)
+            raise _status_error(dialect, response, await response.read(), built, upstream)
         decoder = dialect.stream_decoder(request)
         chunks = response.iter_chunks()
         first: list[bytes] = []
@@ -256,6 +264,16 @@ def _decoding(upstream: UpstreamConfig, decode: Callable[..., D], *args: object)
         return decode(*args)
     except orjson.JSONEncodeError:
         raise UpstreamProtocolError(f"The upstream `{upstream.name}` sent a reply nested too deeply.") from None
+
+
+def _status_error(
+    dialect: Dialect, response: UpstreamResponse, body: bytes, built: UpstreamRequest, upstream: UpstreamConfig
+) -> UpstreamStatusError:
+    error = dialect.decode_error(response.status, body, response.headers, upstream)
+    if error.code == ENDPOINT_NOT_FOUND:
+        # The operator's mistake: say where, in the log (the client is told only that it is not theirs).
+        log.warning("upstream %s answered 404 for %s: check its base_url", built.upstream, urlsplit(built.url).path)
+    return error
 
 
 def _reply_headers(built: UpstreamRequest) -> Headers:

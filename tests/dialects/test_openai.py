@@ -142,7 +142,7 @@ def test_reply_not_a_json_object_is_protocol_error(raw: bytes) -> None:
     ("status", "client_status", "retryable"),
     [
         (400, 400, False),
-        (404, 404, False),
+        (404, 502, True),  # not about a model: the address is wrong (see below)
         (422, 422, False),
         (401, 502, True),
         (403, 502, True),
@@ -161,6 +161,27 @@ def test_error_statuses(status: int, client_status: int, retryable: bool) -> Non
     assert_valid("ErrorResponse", err.body())
     if status == 429:
         assert (b"retry-after", b"7") in err.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "client_status", "code"),
+    [
+        (
+            b'{"error": {"message": "The model `gpt-9` does not exist", "code": "model_not_found"}}',
+            404,
+            "model_not_found",
+        ),
+        (b'{"type": "error", "error": {"type": "not_found_error", "message": "model: claude-x"}}', 404, None),
+        (b"404: Not Found", 502, "upstream_endpoint_not_found"),
+        (b"<html><body>Not Found</body></html>", 502, "upstream_endpoint_not_found"),
+    ],
+)
+def test_a_404_is_the_clients_only_when_it_is_about_the_model(
+    body: bytes, client_status: int, code: str | None
+) -> None:
+    err = DIALECT.decode_error(404, body, {}, UPSTREAM)
+    assert (err.status, err.code) == (client_status, code)
+    assert err.retryable is (client_status == 502)  # another deployment may be configured right
 
 
 @pytest.mark.parametrize(

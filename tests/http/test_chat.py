@@ -12,7 +12,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CLIENT_KEY, LIMITED_KEY, RunningGateway, sdk
+from gateway.config import parse_config
+from tests.conftest import CLIENT_KEY, LIMITED_KEY, RunningGateway, checked_http, sdk
+from tests.support.fake_anthropic import ANTHROPIC_KEY
 from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
 from tests.support.spec import Checker, assert_valid, check_exchange, sse_payloads
 
@@ -452,6 +454,33 @@ def test_an_upstream_reply_nested_too_deeply_is_the_upstreams_fault(raw: httpx.C
 
 def test_an_upstream_error_never_shows_the_upstream_url(raw: httpx.Client, fake_url: str) -> None:
     response = raw.post("/v1/chat/completions", json={"model": "fake-leaky-url", "messages": USER})
-    assert response.status_code == 404
+    assert response.status_code == 400
     message = response.json()["error"]["message"]
-    assert "No route for POST" in message and "127.0.0.1" not in message and "http" not in message
+    assert "Bad request to" in message and "127.0.0.1" not in message and "http" not in message
+
+
+def test_operator_mistakes_read_clearly(
+    start_gateway: Any,
+    fake_url: str,
+    anthropic_server: Any,
+    checker: Checker,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = f"""
+keys: [{{name: tester, key: {CLIENT_KEY}}}]
+upstreams:
+  - {{name: misaddressed, dialect: openai, base_url: "{fake_url}/nowhere/v1", api_key: {UPSTREAM_KEY}}}
+  - {{name: claude-sdk-style, dialect: anthropic, base_url: "{anthropic_server[1].url}", api_key: {ANTHROPIC_KEY}}}
+models:
+  - {{name: misaddressed, upstream: misaddressed}}
+  - {{name: claude-plain, upstream: claude-sdk-style, upstream_model: claude-text}}
+"""
+    running = start_gateway(parse_config(config))
+    with checked_http(checker, base_url=running.url, headers={"authorization": f"Bearer {CLIENT_KEY}"}) as http:
+        wrong = http.post("/v1/chat/completions", json={"model": "misaddressed", "messages": USER})
+        # Not the client's invalid request: the gateway's config is wrong, and the log says where.
+        assert wrong.status_code == 502 and wrong.json()["error"]["code"] == "upstream_endpoint_not_found"
+        assert "upstream misaddressed answered 404 for /nowhere/v1/chat/completions" in caplog.text
+        # An Anthropic base_url as Anthropic's SDKs take it, without /v1.
+        right = http.post("/v1/chat/completions", json={"model": "claude-plain", "messages": USER})
+        assert right.status_code == 200, right.text

@@ -7,13 +7,14 @@ The model name the gateway sends upstream (less a leading `fake-`) picks the beh
     sloppy               leaves out fields the spec requires (refusal, logprobs, ids, indexes, [DONE])
     usage-in-last        a vendor style: usage rides on the last content chunk, not a separate one
     crlf                 CRLF line ends, keep-alive comments, events split across writes
-    status-NNN           answers HTTP NNN with an OpenAI error body (429 and 503 add Retry-After)
+    status-NNN           answers HTTP NNN with an OpenAI error body (429 and 503 add Retry-After; 404 is
+                         OpenAI's model_not_found)
     hang                 never answers
     drop                 streams two chunks, then closes the connection without finishing
     mid-error            streams a chunk, then an error event (as vendors do after a 200)
     not-json             answers 200 with an HTML page
     leaky-401            a 401 whose message quotes the upstream key
-    leaky-url            a 404 whose message quotes the URL it was called on
+    leaky-url            a 400 whose message quotes the URL it was called on
     deep                 a reply (or, streamed, its third chunk) with a field nested 300 levels deep
 
 Under `/vendor/<name>/v1/...` replies carry reasoning text and usage details where that vendor puts
@@ -82,9 +83,12 @@ class FakeOpenAI:
         if model.startswith("status-"):
             status = int(model.removeprefix("status-"))
             headers = {"retry-after": "1"} if status in (429, 503) else {}
+            if status == 404:  # what OpenAI answers for a model it does not have
+                message = f"The model `{body['model']}` does not exist or you do not have access to it."
+                return _error(404, message, "invalid_request_error", "model_not_found")
             return _error(status, f"fake upstream says {status}", _type_for(status), None, headers=headers)
         if model == "leaky-url":
-            return _error(404, f"No route for POST {request.url}", "invalid_request_error", "not_found")
+            return _error(400, f"Bad request to {request.url}", "invalid_request_error", None)
         if model == "leaky-401":
             return _error(401, f"Incorrect API key provided: {UPSTREAM_KEY}.", "invalid_request_error", "bad")
         if model == "hang":
