@@ -115,6 +115,8 @@ class UpstreamError(GatewayError):
     type = "upstream_error"
     # How an attempt on an upstream ended, for metrics and logs: a small fixed set of words.
     outcome: str = "error"
+    # Whether the upstream said the input is longer than the model's context window.
+    context_too_long: bool = False
 
     @property
     def retryable(self) -> bool:
@@ -136,12 +138,30 @@ class UpstreamStatusError(UpstreamError):
         return "client_error" if status < 500 else "server_error"
 
     @property
+    def context_too_long(self) -> bool:  # type: ignore[override]
+        if self.upstream_status not in (400, 413):
+            return False
+        text = f"{self.code or ''} {self.message}".lower()
+        return any(sign in text for sign in _CONTEXT_TOO_LONG)
+
+    @property
     def retryable(self) -> bool:
         # Another deployment may well succeed after throttling, a server fault, refused credentials or
         # a wrong address (a 404 that is not about the model).
         if self.code == "upstream_endpoint_not_found":
             return True
         return self.upstream_status in (401, 403, 408, 409, 429) or self.upstream_status >= 500
+
+
+# How vendors word "the input does not fit the model's context window".
+_CONTEXT_TOO_LONG = (
+    "context_length_exceeded",
+    "context length",
+    "context window",
+    "maximum context",
+    "prompt is too long",
+    "input is too long",
+)
 
 
 class UpstreamConnectError(UpstreamError):

@@ -19,7 +19,7 @@ from gateway.ledger.redis import RedisLedger
 from gateway.observability.logs import AccessLog
 from gateway.observability.metrics import MetricsObserver
 from gateway.relay import Exchanges, Observer, Relay
-from gateway.routing import Router
+from gateway.routing import DeploymentHealth, Router
 from gateway.settings import Settings
 from gateway.upstream.base import Transport
 from gateway.upstream.echo import EchoTransport
@@ -67,7 +67,15 @@ class Runtime:
         else:
             ledger = MemoryLedger()
         router = Router(config)
-        relay = Relay(router, transports, settings.max_attempts, settings.max_client_retries, settings.retry_backoff)
+        relay = Relay(
+            router,
+            transports,
+            settings.max_attempts,
+            settings.max_client_retries,
+            settings.retry_backoff,
+            retry_after_cap=settings.retry_after_cap,
+            health=DeploymentHealth(settings.cooldown_failures, settings.cooldown_seconds),
+        )
         observers: list[Observer] = [LedgerRecorder(ledger)]
         if settings.metrics:
             observers.append(MetricsObserver())

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(
         default=0.25, ge=0, description="First pause before trying a deployment again; doubles, at most 2 s."
     )
+    retry_after_cap: float = Field(
+        default=10.0, ge=0, description="Longest `retry-after` an upstream can make the gateway wait before a retry."
+    )
+    cooldown_failures: int = Field(default=3, ge=1, description="Failures in a row that cool a deployment down.")
+    cooldown_seconds: float = Field(
+        default=30.0, gt=0, description="First cooldown of a failing deployment; doubles while it keeps failing."
+    )
 
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
     upstream_read_timeout: float = Field(

@@ -23,7 +23,10 @@ CLIENT_KEY = "sk-test-client-key"
 LIMITED_KEY = "sk-test-limited-key"
 
 
-def config_yaml(fake_url: str, redis_url: str | None = None, anthropic_url: str = "http://127.0.0.1:9") -> str:
+def config_yaml(
+    fake_url: str, redis_url: str | None = None, anthropic_url: str = "http://127.0.0.1:9", more_models: str = ""
+) -> str:
+    """The test config; `more_models` are YAML list items added to `models`."""
     return f"""
 redis_url: {redis_url or ""}
 keys:
@@ -89,7 +92,7 @@ models:
     upstream: claude
   - name: nokey
     upstream: unconfigured
-"""
+{more_models}"""
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from fnmatch import fnmatchcase
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -150,6 +151,14 @@ class ModelConfig(_Strict):
     upstream_model: str | None = Field(default=None, description="The name sent upstream; default: `name`.")
     weight: float = Field(default=1.0, gt=0, description="Share of traffic among deployments of one name.")
     options: ModelOptions = Field(default_factory=ModelOptions)
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models tried, in order, when every deployment of this one failed (retryable failures).",
+    )
+    context_fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models with a larger context window, tried when an upstream says the input is too long.",
+    )
 
     @property
     def is_pattern(self) -> bool:
@@ -179,11 +188,16 @@ class GatewayConfig(_Strict):
         if len(set(digests)) != len(digests):
             raise ValueError("keys: two entries have the same secret")
         known = {u.name for u in self.upstreams}
+        names = {m.name for m in self.models}
         for i, model in enumerate(self.models):
             if model.upstream not in known:
                 raise ValueError(
                     f"models[{i}].upstream: unknown upstream `{model.upstream}` (known: {', '.join(sorted(known))})"
                 )
+            for field in ("fallbacks", "context_fallbacks"):
+                for j, name in enumerate(getattr(model, field)):
+                    if name == model.name or not any(fnmatchcase(name, n) for n in names):
+                        raise ValueError(f"models[{i}].{field}[{j}]: `{name}` is not another model of this config")
         return self
 
 

@@ -14,6 +14,8 @@ class LedgerRecorder(Observer):
     def finished(self, exchange: Exchange) -> None:
         # A reply that started counts, even if the upstream failed or the client left mid-stream:
         # the upstream did (and bills) the work up to there.
-        if exchange.replied and exchange.key_name is not None and exchange.model is not None:
+        # Under the model that served: the client's, or the fallback that answered for it.
+        model = exchange.served_model or exchange.model
+        if exchange.replied and exchange.key_name is not None and model is not None:
             usage = exchange.usage or Usage()
-            self._ledger.record(UsageRecord(exchange.key_name, exchange.model, usage, sess_id=exchange.sess_id))
+            self._ledger.record(UsageRecord(exchange.key_name, model, usage, sess_id=exchange.sess_id))

@@ -203,6 +203,7 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
         "key": exchange.key_name,
         "model": _capped(exchange.model),
         "route": exchange.route,
+        "served_model": exchange.served_model,
         "upstream": last.upstream if last else None,
         "deployment": f"{last.upstream}/{last.model}" if last else None,
         "status": exchange.status,
@@ -218,6 +219,7 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
         "billed_units": usage.billed_units if usage else None,
         "attempts": len(exchange.attempts),
         "attempt_outcomes": [a.outcome for a in exchange.attempts],
+        "cooldowns": sum(1 for a in exchange.attempts if a.cooldown),
         "client_disconnected": exchange.client_disconnected,
     }
     if exchange.content is not None:

@@ -71,6 +71,16 @@ UPSTREAM_RETRIES = Counter(
     "Attempts after a request's first, by the upstream tried and the outcome of the attempt before.",
     ["upstream", "reason"],
 )
+FALLBACKS = Counter(
+    "gateway_fallbacks",
+    "Requests answered by a fallback model after their own model's deployments failed.",
+    ["model", "fallback"],
+)
+COOLDOWNS = Counter(
+    "gateway_deployment_cooldowns",
+    "Cooldowns started: a deployment that kept failing is tried last until it recovers.",
+    ["upstream"],
+)
 TOKENS = Counter("gateway_tokens", "Tokens used, by model entry, key name and type.", ["model", "key", "type"])
 BILLED_UNITS = Counter(
     "gateway_billed_units", "Billed units that upstreams reported, by model entry and key name.", ["model", "key"]
@@ -223,7 +233,11 @@ class MetricsObserver(Observer):
                 self.histogram(UPSTREAM_LATENCY, attempt.upstream).observe(attempt.headers_after)
             if previous is not None:
                 self.count(UPSTREAM_RETRIES, attempt.upstream, previous).pending += 1
+            if attempt.cooldown:
+                self.count(COOLDOWNS, attempt.upstream).pending += 1
             previous = attempt.outcome
+        if exchange.served_model is not None and exchange.served_model != exchange.model:
+            self.count(FALLBACKS, model, exchange.served_model).pending += 1
         usage = exchange.usage
         if usage is not None and kind.tokens:
             prompt, completion, cached, reasoning = kind.tokens

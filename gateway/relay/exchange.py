@@ -37,6 +37,7 @@ class Attempt:
     headers_after: float | None = None
     first_token_after: float | None = None
     duration: float | None = None
+    cooldown: float = 0.0  # seconds of the cooldown this attempt's failure started on its deployment
 
     def answered(self, status: int) -> None:
         self.status = status
@@ -94,6 +95,7 @@ class Exchange:
         "replied",
         "request_id",
         "route",
+        "served_model",
         "sess_id",
         "started",
         "status",
@@ -109,6 +111,7 @@ class Exchange:
         self.key_name: str | None = None  # the caller's key name, once authenticated
         self.model: str | None = None  # the model the client asked for
         self.route: str | None = None  # the config entry that matched it (a name or a glob)
+        self.served_model: str | None = None  # the model that answered: `model`, or a fallback
         self.stream = False
         self.sess_id: str | None = None
         self.attempts: list[Attempt] = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -29,9 +31,10 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from gateway.relay.attempts import pause
 from gateway.relay.exchange import Attempt, Exchange
 from gateway.request import MAX_DEPTH, ChatRequest, deepest_field
-from gateway.routing import Deployment, Router
+from gateway.routing import Deployment, DeploymentHealth, Route, Router
 from gateway.types import Headers
 from gateway.upstream.base import Transport, UpstreamResponse
 
@@ -133,24 +136,79 @@ class Relay:
         max_attempts: int,
         max_client_retries: int = 3,
         retry_backoff: float = 0.25,
+        retry_after_cap: float = 10.0,
+        health: DeploymentHealth | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._router = router
         self._transports = transports
         self._max_attempts = max_attempts
         self._max_client_retries = max_client_retries
         self._backoff = retry_backoff
+        self._retry_after_cap = retry_after_cap
+        self._health = health or DeploymentHealth()
+        self._rng = rng or random.Random()
 
-    def _deployments(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> list[Deployment]:
+    async def complete(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Reply:
+        """A buffered reply: the OpenAI chat.completion body."""
+        return await self._run(exchange, principal, request, lambda d, m: self._complete_once(exchange, request, d, m))
+
+    async def stream(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Stream:
+        """Open a stream on the first deployment that produces output; raises `GatewayError` before that."""
+        return await self._run(exchange, principal, request, lambda d, m: self._stream_once(exchange, request, d, m))
+
+    async def _run(
+        self,
+        exchange: Exchange,
+        principal: Principal,
+        request: ChatRequest,
+        once: Callable[[Deployment, str], Awaitable[T]],
+    ) -> T:
+        """The model's deployments; when they all fail, its fallback models' (a context-length error
+        goes to its context fallbacks), each in turn. The first success is the reply."""
         route = self._router.match(request.model)
         if route is None or not principal.may_use(request.model):
             raise ModelNotFound(request.model)
         exchange.route = route.name
-        deployments = self._router.order(route, sticky=request.ext.sess_id)
-        if not deployments:
+        attempts = self._attempts(route, request)
+        error: UpstreamError | None = None
+        if attempts:
+            try:
+                return await self._in_order(exchange, request.model, attempts, once)
+            except UpstreamError as exc:
+                error = exc
+        fallbacks = route.fallbacks
+        if error is not None:
+            fallbacks = route.context_fallbacks if error.context_too_long else route.fallbacks
+            if not error.retryable and not (error.context_too_long and fallbacks):
+                raise error
+        for name in fallbacks:
+            fallback = self._router.match(name)
+            if fallback is None or not principal.may_use(name):
+                continue
+            deployments = self._health.order(self._router.order(fallback), name, time.monotonic())
+            if not deployments:
+                continue
+            log.warning("model %s failed, falling back to %s", request.model, name)
+            try:
+                return await self._in_order(exchange, name, deployments[: self._max_attempts], once)
+            except UpstreamError as exc:
+                if not (exc.retryable or exc.context_too_long):
+                    raise
+                error = exc
+        if error is None:
             raise NoUsableDeployment(
                 f"The model `{request.model}` is served only by upstreams without credentials configured.",
                 headers=[(b"x-should-retry", b"false")],
             )
+        raise error
+
+    def _attempts(self, route: Route, request: ChatRequest) -> list[Deployment]:
+        """The deployments to try, in order: healthy first; as many as allowed, or as the client asked."""
+        ordered = self._router.order(route, sticky=request.ext.sess_id)
+        deployments = self._health.order(ordered, request.model, time.monotonic())
+        if not deployments:
+            return []
         retries = request.ext.retries
         if retries is None:
             return deployments[: self._max_attempts]
@@ -158,58 +216,71 @@ class Relay:
         attempts = 1 + min(retries, self._max_client_retries)
         return [deployments[i % len(deployments)] for i in range(attempts)]
 
-    async def complete(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Reply:
-        """A buffered reply: the OpenAI chat.completion body."""
-        return await self._in_order(
-            exchange,
-            self._deployments(exchange, principal, request),
-            lambda d: self._complete_once(exchange, request, d),
-        )
-
-    async def stream(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Stream:
-        """Open a stream on the first deployment that produces output; raises `GatewayError` before that."""
-        return await self._in_order(
-            exchange,
-            self._deployments(exchange, principal, request),
-            lambda d: self._stream_once(exchange, request, d),
-        )
-
     async def _in_order(
-        self, exchange: Exchange, attempts: list[Deployment], once: Callable[[Deployment], Awaitable[T]]
+        self,
+        exchange: Exchange,
+        model: str,
+        attempts: list[Deployment],
+        once: Callable[[Deployment, str], Awaitable[T]],
     ) -> T:
         """Try each attempt until one succeeds; only retryable upstream errors move on.
 
         A deployment tried again (the client asked for more retries than there are deployments)
-        is tried after a growing pause.
+        is tried after the pause the upstream asked for, or a growing one (`attempts.pause`).
         """
-        tried: set[int] = set()
+        tries: dict[int, int] = {}
+        error: UpstreamError | None = None
         for attempt, deployment in enumerate(attempts, 1):
-            if id(deployment) in tried:
-                await asyncio.sleep(min(2.0, self._backoff * 2 ** (attempt - len(tried) - 1)))
-            tried.add(id(deployment))
+            tried = tries.get(id(deployment), 0)
+            if tried and error is not None:
+                await asyncio.sleep(pause(error, tried, self._backoff, self._retry_after_cap, self._rng))
+            tries[id(deployment)] = tried + 1
             try:
-                return await once(deployment)
+                result = await once(deployment, model)
             except UpstreamError as exc:
-                if exchange.attempts:
-                    exchange.attempts[-1].end(exc.outcome)
+                error = exc
+                self._failed(exchange, deployment, model, exc)
                 if not exc.retryable or attempt == len(attempts):
                     raise
                 log.info("upstream %s failed, trying again: %s", deployment.upstream.name, exc.message)
+                continue
+            self._health.succeeded(deployment, model)
+            exchange.served_model = model
+            return result
         raise AssertionError("no deployments")
 
+    def _failed(self, exchange: Exchange, deployment: Deployment, model: str, error: UpstreamError) -> None:
+        if exchange.attempts:
+            exchange.attempts[-1].end(error.outcome)
+        if not (error.retryable or error.outcome == "server_error"):
+            return  # the client's mistake, not the deployment's
+        cooldown = self._health.failed(deployment, model, time.monotonic())
+        if cooldown:
+            if exchange.attempts:
+                exchange.attempts[-1].cooldown = cooldown
+            log.warning(
+                "deployment %s/%s cools down for %.0f s after failing (%s)",
+                deployment.upstream.name,
+                deployment.model_for(model),
+                cooldown,
+                error.outcome,
+            )
+
     async def _open(
-        self, exchange: Exchange, request: ChatRequest, deployment: Deployment
+        self, exchange: Exchange, request: ChatRequest, deployment: Deployment, model: str
     ) -> tuple[Dialect, UpstreamRequest, Attempt, UpstreamResponse]:
         upstream = deployment.upstream
-        dialect, built = _build(request, deployment)
-        attempt = exchange.attempt(upstream.name, deployment.model_for(request.model))
+        dialect, built = _build(request, deployment, model)
+        attempt = exchange.attempt(upstream.name, deployment.model_for(model))
         response = await self._transports[upstream.name].open(built)
         attempt.answered(response.status)
         return dialect, built, attempt, response
 
-    async def _complete_once(self, exchange: Exchange, request: ChatRequest, deployment: Deployment) -> Reply:
+    async def _complete_once(
+        self, exchange: Exchange, request: ChatRequest, deployment: Deployment, model: str
+    ) -> Reply:
         upstream = deployment.upstream
-        dialect, built, attempt, response = await self._open(exchange, request, deployment)
+        dialect, built, attempt, response = await self._open(exchange, request, deployment, model)
         try:
             body = await response.read()
             if response.status >= 300:
@@ -221,11 +292,13 @@ class Relay:
         attempt.end("ok")
         exchange.replied = True
         exchange.usage = reply.usage
-        return Reply(reply.body, _reply_headers(built))
+        return Reply(reply.body, _reply_headers(built, request, model))
 
-    async def _stream_once(self, exchange: Exchange, request: ChatRequest, deployment: Deployment) -> Stream:
+    async def _stream_once(
+        self, exchange: Exchange, request: ChatRequest, deployment: Deployment, model: str
+    ) -> Stream:
         upstream = deployment.upstream
-        dialect, built, attempt, response = await self._open(exchange, request, deployment)
+        dialect, built, attempt, response = await self._open(exchange, request, deployment, model)
         if response.status >= 300:
             raise _status_error(dialect, response, await response.read(), built, upstream)
         decoder = dialect.stream_decoder(request)
@@ -247,7 +320,7 @@ class Relay:
             raise
         attempt.first_token()
         exchange.streaming()
-        headers = _reply_headers(built)
+        headers = _reply_headers(built, request, model)
         if first and first[-1] == DONE_EVENT:
             attempt.end("ok")
             exchange.usage = decoder.usage
@@ -276,17 +349,21 @@ def _status_error(
     return error
 
 
-def _reply_headers(built: UpstreamRequest) -> Headers:
-    if not built.dropped:
-        return []
-    return [(b"x-gateway-dropped-params", ",".join(built.dropped).encode())]
+def _reply_headers(built: UpstreamRequest, request: ChatRequest, model: str) -> Headers:
+    headers: Headers = []
+    if built.dropped:
+        headers.append((b"x-gateway-dropped-params", ",".join(built.dropped).encode()))
+    if model != request.model:  # a fallback answered: a model of the config, so a plain header value
+        headers.append((b"x-gateway-model", model.encode()))
+    return headers
 
 
-def _build(request: ChatRequest, deployment: Deployment) -> tuple[Dialect, UpstreamRequest]:
-    """The dialect and the upstream request; applies the upstream's policy on parameters it cannot take."""
+def _build(request: ChatRequest, deployment: Deployment, model: str) -> tuple[Dialect, UpstreamRequest]:
+    """The dialect and the upstream request for `model` (the client's, or a fallback); applies the
+    upstream's policy on parameters it cannot take."""
     upstream = deployment.upstream
     dialect = dialect_for(upstream)
-    target = Target(upstream, deployment.model_for(request.model), deployment.options)
+    target = Target(upstream, deployment.model_for(model), deployment.options)
     try:
         built = dialect.build_request(request, target)
     except orjson.JSONEncodeError:  # parsing takes 1,024 levels of nesting, writing JSON only 254
@@ -299,7 +376,7 @@ def _build(request: ChatRequest, deployment: Deployment) -> tuple[Dialect, Upstr
     if built.dropped and upstream.unsupported_params == "reject":
         param = built.dropped[0]
         raise InvalidRequest(
-            f"The parameter `{param}` is not supported by the upstream serving `{request.model}`.",
+            f"The parameter `{param}` is not supported by the upstream serving `{model}`.",
             param=param,
             code="unsupported_parameter",
         )

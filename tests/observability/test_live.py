@@ -34,9 +34,10 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "llm-gateway.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 USER = [{"role": "user", "content": "Hello there"}]
 ACCESS_FIELDS = {
-    "ts", "level", "logger", "msg", "request_id", "endpoint", "key", "model", "route", "upstream", "deployment",
-    "status", "error_code", "stream", "latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "total_tokens",
-    "cached_tokens", "reasoning_tokens", "billed_units", "attempts", "attempt_outcomes", "client_disconnected",
+    "ts", "level", "logger", "msg", "request_id", "endpoint", "key", "model", "route", "served_model", "upstream",
+    "deployment", "status", "error_code", "stream", "latency_s", "ttft_s", "prompt_tokens", "completion_tokens",
+    "total_tokens", "cached_tokens", "reasoning_tokens", "billed_units", "attempts", "attempt_outcomes",
+    "cooldowns", "client_disconnected",
 }  # fmt: skip
 
 
@@ -62,8 +63,11 @@ class Stack:
                 model="gpt-test", messages=USER, stream=True, stream_options={"include_usage": True}
             )
         )
-        client.chat.completions.create(model="fallback", messages=USER)  # a retry after a connect error
-        self.sent += 9
+        for _ in range(3):  # a retry after a connect error; the third failure in a row cools `dead` down
+            client.chat.completions.create(model="fallback", messages=USER)
+        reply = client.chat.completions.with_raw_response.create(model="needs-fallback", messages=USER)
+        assert reply.headers["x-gateway-model"] == "gpt-test"  # its only deployment failed: a fallback answered
+        self.sent += 12
         for model in ("fake-status-500", "no-such-model"):
             with pytest.raises(openai.APIStatusError):
                 client.chat.completions.create(model=model, messages=USER)
@@ -104,7 +108,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_server: tuple[FakeOpenA
     redis = RedisServer(workdir)
     redis.start()
     config = workdir / "gateway.yaml"
-    config.write_text(config_yaml(fake_server[1].url, redis.url))
+    fallback = "  - {name: needs-fallback, upstream: dead, fallbacks: [gpt-test]}\n"
+    config.write_text(config_yaml(fake_server[1].url, redis.url, more_models=fallback))
     env = {"GATEWAY_LEDGER_FLUSH_INTERVAL": "0.2", "GATEWAY_REDIS_TIMEOUT": "0.3", "GATEWAY_LOG_FORMAT": "json"}
     gateway = GatewayProcess(config, "--workers", "2", env=env, workdir=workdir).start()
     prometheus = PrometheusServer(
@@ -219,7 +224,11 @@ def test_access_log_has_one_json_line_per_request_and_no_secret(stack: Stack) ->
     by_status = {line["status"] for line in access}
     assert {200, 401, 404, 502} <= by_status
     billed = [line for line in access if line["billed_units"]]
-    assert billed and all(line["key"] == "tester" and line["model"] in ("gpt-test", "fallback") for line in billed)
+    served = {line["served_model"] for line in billed}
+    assert billed and all(line["key"] == "tester" for line in billed) and served == {"gpt-test", "fallback"}
+    fell_back = [line for line in access if line["model"] == "needs-fallback"]
+    assert fell_back and all(line["served_model"] == "gpt-test" for line in fell_back)
+    assert sum(line["cooldowns"] for line in access) >= 1
     cut = [line for line in access if line["client_disconnected"]]
     assert cut and cut[0]["ttft_s"] is not None and cut[0]["attempt_outcomes"] == ["cancelled"]
     retried = [line for line in access if line["attempts"] == 2]

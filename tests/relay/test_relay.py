@@ -247,3 +247,92 @@ async def test_reject_policy_sends_nothing_and_names_the_parameter() -> None:
         await relay.complete(exchange, _principal(), _request("one", thinking={"budget_tokens": 2048}))
     assert info.value.param == "thinking.budget_tokens" and info.value.code == "unsupported_parameter"
     assert transport.requests == [] and exchange.attempts == []
+
+
+FALLBACK_CONFIG = (
+    CONFIG
+    + """
+  - name: big
+    upstream: second
+    upstream_model: big-2026
+  - name: guarded
+    upstream: first
+    fallbacks: [two, big]
+    context_fallbacks: [big]
+"""
+)
+
+
+def _fallback_relay(handler: Any) -> tuple[Relay, MockTransport]:
+    transport = MockTransport(handler)
+    router = Router(parse_config(FALLBACK_CONFIG, env={}))
+    return Relay(router, {"first": transport, "second": transport}, max_attempts=3, retry_backoff=0), transport
+
+
+async def test_when_every_deployment_fails_a_fallback_model_answers() -> None:
+    def handler(request: UpstreamRequest) -> MockResponse:
+        if request.upstream == "first":
+            return _json({"error": {"message": "down"}}, 503)
+        return _json({**COMPLETION, "model": orjson.loads(request.body)["model"]})
+
+    relay, transport = _fallback_relay(handler)
+    exchange = Exchange("r1", "chat.completions")
+    reply = await relay.complete(exchange, _principal(), _request("guarded"))
+    # `guarded` (first) fails, then `two`: first fails, second answers as `two`.
+    assert [r.upstream for r in transport.requests] == ["first", "first", "second"]
+    assert orjson.loads(reply.body)["model"] == "two"
+    assert exchange.served_model == "two" and (b"x-gateway-model", b"two") in reply.headers
+    assert [a.outcome for a in exchange.attempts] == ["server_error", "server_error", "ok"]
+
+
+async def test_a_context_length_error_goes_to_the_context_fallback_only() -> None:
+    def handler(request: UpstreamRequest) -> MockResponse:
+        if request.upstream == "first":
+            error = {"message": "This model's maximum context length is 8192 tokens", "code": "context_length_exceeded"}
+            return _json({"error": error}, 400)
+        return _json(COMPLETION)
+
+    relay, transport = _fallback_relay(handler)
+    exchange = Exchange("r1", "chat.completions")
+    await relay.complete(exchange, _principal(), _request("guarded"))
+    assert [orjson.loads(r.body)["model"] for r in transport.requests] == ["guarded", "big-2026"]
+    assert exchange.served_model == "big"
+
+
+async def test_a_client_mistake_never_falls_back() -> None:
+    relay, transport = _fallback_relay(lambda request: _json({"error": {"message": "bad field"}}, 400))
+    with pytest.raises(UpstreamStatusError):
+        await relay.complete(Exchange("r1", "chat.completions"), _principal(), _request("guarded"))
+    assert len(transport.requests) == 1
+
+
+async def test_the_same_deployment_again_waits_what_the_upstream_asked() -> None:
+    calls: list[float] = []
+
+    def handler(request: UpstreamRequest) -> MockResponse:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            return _json({"error": {"message": "slow down"}}, 429, **{"retry-after-ms": "200"})
+        return _json(COMPLETION)
+
+    relay, _ = _relay(handler, retry_backoff=0)
+    await relay.complete(Exchange("r1", "chat.completions"), _principal(), _request("one", retries=1))
+    assert calls[1] - calls[0] >= 0.19
+
+
+async def test_a_deployment_that_keeps_failing_cools_down_and_goes_last() -> None:
+    def handler(request: UpstreamRequest) -> MockResponse:
+        if request.upstream == "first":
+            raise UpstreamConnectError("The upstream `first` could not be reached.")
+        return _json(COMPLETION)
+
+    relay, _ = _relay(handler)
+    outcomes = []
+    for i in range(5):
+        exchange = Exchange(f"r{i}", "chat.completions")
+        await relay.complete(exchange, _principal(), _request("two"))
+        outcomes.append([(a.upstream, a.outcome, a.cooldown > 0) for a in exchange.attempts])
+    failing = [("first", "connect_error", False), ("second", "ok", False)]
+    assert outcomes[:2] == [failing, failing]
+    assert outcomes[2] == [("first", "connect_error", True), ("second", "ok", False)]  # the third in a row
+    assert outcomes[3:] == [[("second", "ok", False)]] * 2  # `first` is tried last now, so not at all

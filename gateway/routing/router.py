@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -29,26 +30,35 @@ class Route:
     name: str  # the config entry that matched (an exact name or a pattern)
     deployments: tuple[Deployment, ...]
     usable: tuple[Deployment, ...]  # those whose upstream is enabled
+    fallbacks: tuple[str, ...] = ()  # models to try when every deployment failed
+    context_fallbacks: tuple[str, ...] = ()  # models to try when the input is too long for this one
 
     @classmethod
-    def of(cls, name: str, deployments: list[Deployment]) -> Route:
-        return cls(name, tuple(deployments), tuple(d for d in deployments if d.upstream.enabled))
+    def of(
+        cls, name: str, deployments: list[Deployment], fallbacks: Sequence[str] = (), context: Sequence[str] = ()
+    ) -> Route:
+        usable = tuple(d for d in deployments if d.upstream.enabled)
+        return cls(name, tuple(deployments), usable, tuple(dict.fromkeys(fallbacks)), tuple(dict.fromkeys(context)))
 
 
 class Router:
     def __init__(self, config: GatewayConfig, rng: random.Random | None = None) -> None:
         upstreams = {u.name: u for u in config.upstreams}
         grouped: dict[str, list[Deployment]] = {}
+        fallbacks: dict[str, list[str]] = {}
+        context: dict[str, list[str]] = {}
         patterns: set[str] = set()
         for entry in config.models:
             dep = Deployment(upstreams[entry.upstream], entry.upstream_model, entry.weight, entry.options)
             grouped.setdefault(entry.name, []).append(dep)
+            fallbacks.setdefault(entry.name, []).extend(entry.fallbacks)
+            context.setdefault(entry.name, []).extend(entry.context_fallbacks)
             if entry.is_pattern:
                 patterns.add(entry.name)
         self._exact: dict[str, Route] = {}
         self._patterns: list[Route] = []
         for name, deps in grouped.items():
-            route = Route.of(name, deps)
+            route = Route.of(name, deps, fallbacks[name], context[name])
             if name in patterns:
                 self._patterns.append(route)
             else:
