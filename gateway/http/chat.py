@@ -57,6 +57,7 @@ class ChatCompletions:
         rid = self._request_id(presented_id)
         exchange = self._exchanges.open(rid.decode(), ENDPOINT)
         started = False
+        watcher: _DisconnectWatcher | None = None
         try:
             if scope["method"] != "POST":
                 raise GatewayError(
@@ -72,8 +73,11 @@ class ChatCompletions:
             request = parse_chat_request(await read_body(receive, self._limit, length))
             exchange.model, exchange.stream, exchange.sess_id = request.model, request.stream, request.ext.sess_id
             transcript = Transcript(exchange, request.body) if self._log_content else None
+            # From here on, a client that goes away cancels the work done for it, upstream call included.
+            watcher = _DisconnectWatcher(receive)
             if not request.stream:
                 reply = await self._relay.complete(exchange, principal, request)
+                watcher.stop()
                 if transcript is not None:
                     transcript.reply(reply.body)
                 exchange.status = 200
@@ -81,7 +85,7 @@ class ChatCompletions:
                 return
             stream = await self._relay.stream(exchange, principal, request)
             started = True
-            await self._send_stream(stream, exchange, rid, receive, send, transcript)
+            await self._send_stream(stream, exchange, rid, send, transcript, watcher)
         except ClientDisconnected as exc:
             exchange.client_disconnected = True
             exchange.fail(exc)
@@ -90,17 +94,22 @@ class ChatCompletions:
             if not started:
                 await send_error(send, exc, rid)
         except asyncio.CancelledError:
-            # uvicorn cancels what still runs when its shutdown timeout is over: say so, and end quietly.
             _uncancel()
-            exchange.fail(_SHUTTING_DOWN)
-            if not started:
-                await _quietly(send_error(send, _SHUTTING_DOWN, rid))
+            if watcher is not None and watcher.fired:  # the client left before the reply: nobody to answer
+                exchange.client_disconnected = True
+                exchange.fail(ClientDisconnected("The client closed the connection before the reply."))
+            else:  # uvicorn cancels what still runs when its shutdown timeout is over: say so, end quietly
+                exchange.fail(_SHUTTING_DOWN)
+                if not started:
+                    await _quietly(send_error(send, _SHUTTING_DOWN, rid))
         except Exception:
             log.exception("request failed")
             exchange.fail(_INTERNAL)
             if not started:
                 await send_error(send, _INTERNAL, rid)
         finally:
+            if watcher is not None:
+                watcher.stop()
             exchange.finish()
 
     async def _send_stream(
@@ -108,12 +117,11 @@ class ChatCompletions:
         stream: Stream,
         exchange: Exchange,
         rid: bytes,
-        receive: Receive,
         send: Send,
         transcript: Transcript | None,
+        watcher: _DisconnectWatcher,
     ) -> None:
         headers = [*SSE_HEADERS, (b"x-request-id", rid), *stream.headers]
-        watcher: _DisconnectWatcher | None = None
         opened = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -121,14 +129,12 @@ class ChatCompletions:
             async for events, more in stream.events():
                 if transcript is not None:
                     transcript.events(events)
+                if not more:
+                    watcher.stop()  # the last write: from now on the client may go, nothing is lost
                 await send({"type": "http.response.body", "body": events, "more_body": more})
-                if more and watcher is None:
-                    watcher = _DisconnectWatcher(receive)
-            if watcher is not None:
-                watcher.stop()
         except asyncio.CancelledError:
             _uncancel()
-            if watcher is not None and watcher.fired:
+            if watcher.fired:
                 # The client went away: closing the stream below closes the upstream; the usage so far is recorded.
                 exchange.client_disconnected = True
                 log.info("client disconnected mid-stream")
@@ -142,8 +148,7 @@ class ChatCompletions:
                 else:
                     await _quietly(send_error(send, _SHUTTING_DOWN, rid))
         finally:
-            if watcher is not None:
-                watcher.stop()
+            watcher.stop()
             await stream.aclose()
 
 

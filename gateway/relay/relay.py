@@ -282,7 +282,7 @@ class Relay:
         upstream = deployment.upstream
         dialect, built, attempt, response = await self._open(exchange, request, deployment, model)
         try:
-            body = await response.read()
+            body = await _read_or_close(response)
             if response.status >= 300:
                 raise _status_error(dialect, response, body, built, upstream)
             reply = _decoding(upstream, dialect.decode_reply, body, request)
@@ -337,6 +337,15 @@ def _decoding(upstream: UpstreamConfig, decode: Callable[..., D], *args: object)
         return decode(*args)
     except orjson.JSONEncodeError:
         raise UpstreamProtocolError(f"The upstream `{upstream.name}` sent a reply nested too deeply.") from None
+
+
+async def _read_or_close(response: UpstreamResponse) -> bytes:
+    """The whole body; when the wait is cancelled (the client left), the upstream connection is closed."""
+    try:
+        return await response.read()
+    except asyncio.CancelledError:
+        response.close()
+        raise
 
 
 def _status_error(

@@ -484,3 +484,19 @@ models:
         # An Anthropic base_url as Anthropic's SDKs take it, without /v1.
         right = http.post("/v1/chat/completions", json={"model": "claude-plain", "messages": USER})
         assert right.status_code == 200, right.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_gone_before_the_reply_closes_the_upstream_request_at_once(
+    gateway: RunningGateway, fake: FakeOpenAI, stream: bool
+) -> None:
+    cut_before = fake.hangs_cut
+    body = {"model": "fake-hang", "messages": USER, "stream": stream}
+    headers = {"authorization": f"Bearer {CLIENT_KEY}"}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=0.3)
+    deadline = time.monotonic() + 0.5  # the gateway would give up on the upstream only after 1 s
+    while fake.hangs_cut == cut_before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.hangs_cut == cut_before + 1
+    assert len([r for r in fake.requests if r.body["model"] == "fake-hang"]) == 1  # and no other attempt

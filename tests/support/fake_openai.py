@@ -64,6 +64,7 @@ class Seen:
 class FakeOpenAI:
     requests: list[Seen] = field(default_factory=list)
     streams_cut: int = 0  # streams whose reader went away before the end
+    hangs_cut: int = 0  # `hang` requests whose caller closed the connection
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -92,7 +93,11 @@ class FakeOpenAI:
         if model == "leaky-401":
             return _error(401, f"Incorrect API key provided: {UPSTREAM_KEY}.", "invalid_request_error", "bad")
         if model == "hang":
-            await asyncio.sleep(3600)
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:  # the caller closed the connection
+                self.hangs_cut += 1
+                raise
         if model == "not-json":
             return web.Response(text="<html>502 Bad Gateway</html>", content_type="text/html")
         text = _last_user_text(body)
