@@ -7,6 +7,7 @@ import logging
 import logging.config
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -91,6 +92,9 @@ def _serve(settings: Settings, config: GatewayConfig) -> int:
         "lifespan": "on",
         "timeout_graceful_shutdown": settings.shutdown_timeout,
     }
+    # uvicorn sends the signal that stopped it to itself again once it has shut down; after a clean
+    # drain and shutdown the exit status should say so (0), not "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         if settings.workers == 1:
             uvicorn.run(create_app(settings, config), **common)  # type: ignore[arg-type]
@@ -102,6 +106,10 @@ def _serve(settings: Settings, config: GatewayConfig) -> int:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _metrics_dir(workers: int) -> str | None:

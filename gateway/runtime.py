@@ -1,15 +1,21 @@
-"""The composition root and the process lifecycle: builds the parts, starts them, stops them.
+"""The composition root and the process lifecycle: builds the parts, starts them, drains, stops them.
 
-Start-up starts the ledger's flushing; shutdown (after uvicorn has let open requests finish, up to
-`GATEWAY_SHUTDOWN_TIMEOUT`) closes upstream connections and makes the ledger's last write.
+Start-up starts the ledger's flushing. On SIGTERM the gateway drains: `/readyz` answers 503 at once,
+so load balancers stop sending new requests, while everything is still served for
+`GATEWAY_DRAIN_SECONDS`; then uvicorn's own shutdown stops accepting connections and gives open
+requests up to `GATEWAY_SHUTDOWN_TIMEOUT`; then shutdown closes upstream connections and makes the
+ledger's last write. A second SIGTERM skips what is left of the drain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from types import FrameType
 
 from gateway.auth import KeyTable
 from gateway.config import GatewayConfig
@@ -45,6 +51,7 @@ class Runtime:
     exchanges: Exchanges
     started_at: int = field(default_factory=lambda: int(time.time()))
     _flusher: asyncio.Task[None] | None = None
+    draining: bool = False
 
     @classmethod
     def build(cls, settings: Settings, config: GatewayConfig) -> Runtime:
@@ -93,6 +100,27 @@ class Runtime:
                 log.warning("upstream %s is disabled: its api_key is empty", upstream.name)
         await self.ledger.start()
         self._flusher = asyncio.create_task(self._flush_observers(), name="observer-flush")
+        self._drain_on_sigterm()
+
+    def _drain_on_sigterm(self) -> None:
+        """Put a drain before the SIGTERM handler uvicorn installed (a server in the main thread only)."""
+        seconds = self.settings.drain_seconds
+        if not seconds or threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        uvicorn_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(uvicorn_handler):
+            return
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            if self.draining:  # a second SIGTERM: stop draining, shut down now
+                uvicorn_handler(signum, frame)
+                return
+            self.draining = True
+            log.info("SIGTERM: draining for %.1f s (not ready, still serving), then shutting down", seconds)
+            loop.call_soon_threadsafe(loop.call_later, seconds, uvicorn_handler, signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     async def _flush_observers(self) -> None:
         while True:

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds open streams may take to finish after SIGTERM."
     )
+    drain_seconds: float = Field(
+        default=5.0, ge=0, description="After SIGTERM: seconds of not-ready serving before shutdown starts."
+    )
 
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     max_attempts: int = Field(default=3, ge=1, description="Deployments tried per request before giving up.")

@@ -140,3 +140,22 @@ def test_sigterm_mid_stream_past_the_shutdown_timeout_ends_the_stream_with_an_er
     access = [json.loads(line) for line in output.splitlines() if '"gateway.access"' in line]
     assert [(line["status"], line["error_code"]) for line in access] == [(200, "shutting_down")]
     assert "Exception in ASGI application" not in output
+
+
+def test_sigterm_drains_first_then_exits_with_status_0(tmp_path: Path, checker: Checker) -> None:
+    gateway = GatewayProcess(ROOT / "config" / "gateway.yaml", workdir=tmp_path, env={"GATEWAY_DRAIN_SECONDS": "2"})
+    with gateway:
+        client = sdk(gateway.url, checker, key="sk-demo")
+        gateway.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        ready = httpx.get(f"{gateway.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        # Still serving while load balancers take the replica out.
+        reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "still here"}])
+        assert reply.choices[0].message.content == "still here"
+        started = time.monotonic()
+        assert gateway.proc is not None and gateway.proc.wait(30) == 0
+        assert time.monotonic() - started > 1  # it served out the drain before stopping
+    with pytest.raises(httpx.ConnectError):  # and accepts nothing afterwards
+        httpx.get(f"{gateway.url}/healthz")
+    assert "draining" in gateway.output() and "Application shutdown complete" in gateway.output()

@@ -85,14 +85,18 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Whether to send traffic here: 200 whenever requests can be served.
+    """Whether to send traffic here: 200 whenever requests can be served; 503 once draining (SIGTERM).
 
     A usage store (Redis) that cannot be reached does not make the gateway unready: requests are
     still served and their usage waits in memory until Redis is back. Taking every replica out of
     the Service because Redis is down would turn a bookkeeping outage into a full one. The answer
     says `degraded` so that a look at it explains the ledger alerts.
     """
-    ledger_ok = await _runtime(request).ledger.ready()
+    runtime = _runtime(request)
+    if runtime.draining:
+        error = GatewayError("Not ready: the gateway is shutting down.", status=503, code="draining")
+        return JSONResponse({**error.body(), "status": "draining"}, status_code=503)
+    ledger_ok = await runtime.ledger.ready()
     checks = {"config": "ok", "ledger": "ok" if ledger_ok else "unreachable"}
     return JSONResponse({"status": "ok" if ledger_ok else "degraded", "checks": checks})
 
