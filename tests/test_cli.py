@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -159,3 +160,31 @@ def test_sigterm_drains_first_then_exits_with_status_0(tmp_path: Path, checker: 
     with pytest.raises(httpx.ConnectError):  # and accepts nothing afterwards
         httpx.get(f"{gateway.url}/healthz")
     assert "draining" in gateway.output() and "Application shutdown complete" in gateway.output()
+
+
+async def test_sigterm_with_200_streams_in_flight_lets_all_of_them_finish(tmp_path: Path) -> None:
+    config = tmp_path / "streams.yaml"
+    config.write_text(
+        "keys: [{name: demo, key: sk-demo}]\n"
+        "upstreams: [{name: local, dialect: echo, echo_delay_ms: 5}]\n"
+        "models: [{name: echo, upstream: local}]\n"
+    )
+    gateway = GatewayProcess(config, "--workers", "2", workdir=tmp_path, env={"GATEWAY_DRAIN_SECONDS": "0.5"})
+    gateway.start()
+    body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "word " * 200}]}
+    limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+
+        async def one() -> bytes:
+            headers = {"authorization": "Bearer sk-demo"}
+            async with http.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, headers=headers) as r:
+                return b"".join([chunk async for chunk in r.aiter_raw()])
+
+        streams = [asyncio.create_task(one()) for _ in range(200)]
+        await asyncio.sleep(0.5)  # all of them open (each takes about a second)
+        gateway.signal(signal.SIGTERM)
+        bodies = await asyncio.gather(*streams)
+    assert all(body.endswith(b"data: [DONE]\n\n") and b'"error"' not in body for body in bodies)
+    assert await asyncio.to_thread(gateway.stop) == 0
+    with pytest.raises(httpx.ConnectError):
+        await asyncio.to_thread(httpx.get, f"{gateway.url}/healthz")
