@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from gateway.auth import KeyTable
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Timeouts
 from gateway.ledger import Ledger, MemoryLedger
 from gateway.ledger.recorder import LedgerRecorder
 from gateway.ledger.redis import RedisLedger
@@ -82,6 +82,13 @@ class Runtime:
             settings.retry_backoff,
             retry_after_cap=settings.retry_after_cap,
             health=DeploymentHealth(settings.cooldown_failures, settings.cooldown_seconds),
+            timeouts=Timeouts(
+                connect=settings.upstream_connect_timeout,
+                headers=settings.upstream_headers_timeout,
+                first_token=settings.upstream_first_token_timeout,
+                idle=settings.upstream_read_timeout,
+                total=settings.upstream_total_timeout,
+            ),
         )
         observers: list[Observer] = [LedgerRecorder(ledger)]
         if settings.metrics:

@@ -49,8 +49,15 @@ class Settings(BaseSettings):
 
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
     upstream_read_timeout: float = Field(
-        default=300.0, gt=0, description="Longest wait for the next bytes from an upstream."
+        default=300.0, gt=0, description="Longest wait for the next bytes from an upstream (the idle gap)."
     )
+    upstream_headers_timeout: float = Field(
+        default=300.0, gt=0, description="Longest wait for an upstream's response headers."
+    )
+    upstream_first_token_timeout: float = Field(
+        default=300.0, gt=0, description="Streams: longest wait from the headers to the first event."
+    )
+    upstream_total_timeout: float = Field(default=1800.0, gt=0, description="Longest an attempt may take.")
     upstream_pool_size: int = Field(default=1000, ge=1, description="Open upstream connections per process.")
 
     ledger_flush_interval: float = Field(default=0.5, gt=0, description="Seconds between usage writes.")

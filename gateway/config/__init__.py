@@ -1,7 +1,7 @@
 """The YAML config: upstreams, models and keys."""
 
 from gateway.config.loader import ConfigError, load_config, parse_config
-from gateway.config.model import GatewayConfig, KeyConfig, ModelConfig, ModelOptions, UpstreamConfig
+from gateway.config.model import GatewayConfig, KeyConfig, ModelConfig, ModelOptions, Timeouts, UpstreamConfig
 
 __all__ = [
     "ConfigError",
@@ -9,6 +9,7 @@ __all__ = [
     "KeyConfig",
     "ModelConfig",
     "ModelOptions",
+    "Timeouts",
     "UpstreamConfig",
     "load_config",
     "parse_config",

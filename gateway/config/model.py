@@ -97,6 +97,7 @@ class UpstreamConfig(_Strict):
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent upstream.")
     echo_delay_ms: float = Field(default=0.0, ge=0, description="echo only: pause between streamed chunks.")
+    timeouts: Timeouts = Field(default_factory=lambda: Timeouts(), description="Per phase, over the settings.")
 
     @field_validator("base_url")
     @classmethod
@@ -126,6 +127,21 @@ class UpstreamConfig(_Strict):
         return self.api_key is None or bool(self.api_key.get_secret_value())
 
 
+class Timeouts(_Strict):
+    """Seconds each phase of an upstream call may take; what is not given comes from the upstream's
+    entry, then from the `GATEWAY_UPSTREAM_*_TIMEOUT` settings."""
+
+    connect: float | None = Field(default=None, gt=0, description="To open the connection.")
+    headers: float | None = Field(default=None, gt=0, description="From sending the request to the response headers.")
+    first_token: float | None = Field(default=None, gt=0, description="Streams: from the headers to the first event.")
+    idle: float | None = Field(default=None, gt=0, description="The longest gap between two reads of the body.")
+    total: float | None = Field(default=None, gt=0, description="The whole attempt, stream included.")
+
+    def over(self, base: Timeouts) -> Timeouts:
+        """These timeouts, with `base` where these give none."""
+        return Timeouts(**{**base.model_dump(), **self.model_dump(exclude_none=True)})
+
+
 class ModelOptions(_Strict):
     """Where vendors differ by model rather than by API."""
 
@@ -151,6 +167,7 @@ class ModelConfig(_Strict):
     upstream_model: str | None = Field(default=None, description="The name sent upstream; default: `name`.")
     weight: float = Field(default=1.0, gt=0, description="Share of traffic among deployments of one name.")
     options: ModelOptions = Field(default_factory=ModelOptions)
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Per phase, over the upstream's.")
     fallbacks: list[str] = Field(
         default_factory=list,
         description="Models tried, in order, when every deployment of this one failed (retryable failures).",

@@ -32,6 +32,8 @@ class UpstreamRequest:
     body: bytes
     upstream: str  # config name, for messages and logs
     dropped: tuple[str, ...] = ()  # client parameters this upstream cannot take
+    connect_timeout: float | None = None  # seconds; None: the transport's own
+    read_timeout: float | None = None  # the longest gap between two reads of the body
 
 
 @dataclass(slots=True)

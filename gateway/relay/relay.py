@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway.auth import Principal
-from gateway.config import UpstreamConfig
+from gateway.config import Timeouts, UpstreamConfig
 from gateway.dialects import dialect_for
 from gateway.dialects.base import ENDPOINT_NOT_FOUND, Dialect, StreamDecoder, Target, UpstreamRequest, redact
 from gateway.dialects.openai import DONE_EVENT, error_events
@@ -30,6 +30,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
+    UpstreamTimeout,
 )
 from gateway.relay.attempts import pause
 from gateway.relay.exchange import Attempt, Exchange
@@ -76,6 +77,7 @@ class Stream:
         response: UpstreamResponse | None = None,
         chunks: AsyncIterator[bytes] | None = None,
         upstream: UpstreamConfig | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.first = first
         self.headers = headers
@@ -85,6 +87,7 @@ class Stream:
         self._response = response  # None: the upstream had already finished and `first` is all of it
         self._chunks = chunks
         self._upstream = upstream
+        self._deadline = deadline  # time.perf_counter() by which the attempt must be over
         self._events: AsyncIterator[tuple[bytes, bool]] | None = None
         self._closed = False
 
@@ -104,6 +107,10 @@ class Stream:
                 events = _decoding(self._upstream, self._decoder.feed, data)
                 if events:
                     yield b"".join(events), True
+                if self._deadline is not None and time.perf_counter() > self._deadline:
+                    raise UpstreamTimeout(
+                        f"The upstream `{self._upstream.name}` did not finish its stream in the total time allowed."
+                    )
             tail = b"".join(_decoding(self._upstream, self._decoder.finish))
             self._attempt.end("ok")
         except GatewayError as exc:
@@ -139,6 +146,7 @@ class Relay:
         retry_after_cap: float = 10.0,
         health: DeploymentHealth | None = None,
         rng: random.Random | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self._router = router
         self._transports = transports
@@ -148,6 +156,8 @@ class Relay:
         self._retry_after_cap = retry_after_cap
         self._health = health or DeploymentHealth()
         self._rng = rng or random.Random()
+        self._timeouts = timeouts or Timeouts()  # the defaults under every deployment's own
+        self._resolved: dict[int, Timeouts] = {}  # id(deployment) -> its timeouts, resolved once
 
     async def complete(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Reply:
         """A buffered reply: the OpenAI chat.completion body."""
@@ -266,13 +276,27 @@ class Relay:
                 error.outcome,
             )
 
+    def _timeouts_of(self, deployment: Deployment) -> Timeouts:
+        timeouts = self._resolved.get(id(deployment))
+        if timeouts is None:
+            timeouts = self._resolved[id(deployment)] = deployment.timeouts.over(self._timeouts)
+        return timeouts
+
     async def _open(
         self, exchange: Exchange, request: ChatRequest, deployment: Deployment, model: str
     ) -> tuple[Dialect, UpstreamRequest, Attempt, UpstreamResponse]:
         upstream = deployment.upstream
         dialect, built = _build(request, deployment, model)
+        timeouts = self._timeouts_of(deployment)
+        built.connect_timeout, built.read_timeout = timeouts.connect, timeouts.idle
         attempt = exchange.attempt(upstream.name, deployment.model_for(model))
-        response = await self._transports[upstream.name].open(built)
+        try:
+            async with asyncio.timeout(timeouts.headers):
+                response = await self._transports[upstream.name].open(built)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"The upstream `{upstream.name}` sent no response headers within {timeouts.headers:g} s."
+            ) from None
         attempt.answered(response.status)
         return dialect, built, attempt, response
 
@@ -281,8 +305,9 @@ class Relay:
     ) -> Reply:
         upstream = deployment.upstream
         dialect, built, attempt, response = await self._open(exchange, request, deployment, model)
+        total = self._timeouts_of(deployment).total
         try:
-            body = await _read_or_close(response)
+            body = await _read_or_close(response, None if total is None else attempt.started + total, upstream.name)
             if response.status >= 300:
                 raise _status_error(dialect, response, body, built, upstream)
             reply = _decoding(upstream, dialect.decode_reply, body, request)
@@ -303,14 +328,21 @@ class Relay:
             raise _status_error(dialect, response, await response.read(), built, upstream)
         decoder = dialect.stream_decoder(request)
         chunks = response.iter_chunks()
+        timeouts = self._timeouts_of(deployment)
         first: list[bytes] = []
         try:
-            async for data in chunks:
-                first = _decoding(upstream, decoder.feed, data)
-                if first:
-                    break
-            else:
-                first = _decoding(upstream, decoder.finish)
+            async with asyncio.timeout(timeouts.first_token):
+                async for data in chunks:
+                    first = _decoding(upstream, decoder.feed, data)
+                    if first:
+                        break
+                else:
+                    first = _decoding(upstream, decoder.finish)
+        except TimeoutError:
+            response.close()
+            raise UpstreamTimeout(
+                f"The upstream `{upstream.name}` sent no first event within {timeouts.first_token:g} s."
+            ) from None
         except UpstreamError as exc:
             response.close()
             exc.message = redact(exc.message, upstream)
@@ -325,7 +357,8 @@ class Relay:
             attempt.end("ok")
             exchange.usage = decoder.usage
             return Stream(b"".join(first), headers, exchange, attempt, decoder)
-        return Stream(b"".join(first), headers, exchange, attempt, decoder, response, chunks, upstream)
+        deadline = None if timeouts.total is None else attempt.started + timeouts.total
+        return Stream(b"".join(first), headers, exchange, attempt, decoder, response, chunks, upstream, deadline)
 
 
 D = TypeVar("D")
@@ -339,10 +372,19 @@ def _decoding(upstream: UpstreamConfig, decode: Callable[..., D], *args: object)
         raise UpstreamProtocolError(f"The upstream `{upstream.name}` sent a reply nested too deeply.") from None
 
 
-async def _read_or_close(response: UpstreamResponse) -> bytes:
-    """The whole body; when the wait is cancelled (the client left), the upstream connection is closed."""
+async def _read_or_close(response: UpstreamResponse, deadline: float | None, upstream: str) -> bytes:
+    """The whole body, by the deadline (`time.perf_counter`); when the wait is cancelled (the client
+    left) or too long, the upstream connection is closed."""
     try:
-        return await response.read()
+        if deadline is None:
+            return await response.read()
+        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+            return await response.read()
+    except TimeoutError:
+        response.close()
+        raise UpstreamTimeout(
+            f"The upstream `{upstream}` did not finish its reply in the total time allowed."
+        ) from None
     except asyncio.CancelledError:
         response.close()
         raise

@@ -6,10 +6,10 @@ import hashlib
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from gateway.config import GatewayConfig, ModelOptions, UpstreamConfig
+from gateway.config import GatewayConfig, ModelOptions, Timeouts, UpstreamConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class Deployment:
     upstream_model: str | None  # None: send the name the client used
     weight: float
     options: ModelOptions
+    timeouts: Timeouts = field(default_factory=Timeouts, hash=False, compare=False)  # model's over upstream's
 
     def model_for(self, requested: str) -> str:
         return self.upstream_model or requested
@@ -49,7 +50,9 @@ class Router:
         context: dict[str, list[str]] = {}
         patterns: set[str] = set()
         for entry in config.models:
-            dep = Deployment(upstreams[entry.upstream], entry.upstream_model, entry.weight, entry.options)
+            upstream = upstreams[entry.upstream]
+            timeouts = entry.timeouts.over(upstream.timeouts)
+            dep = Deployment(upstream, entry.upstream_model, entry.weight, entry.options, timeouts)
             grouped.setdefault(entry.name, []).append(dep)
             fallbacks.setdefault(entry.name, []).extend(entry.fallbacks)
             context.setdefault(entry.name, []).extend(entry.context_fallbacks)

@@ -81,6 +81,7 @@ class HttpTransport:
         self._pool_size = pool_size
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
 
     def _session_now(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop (aiohttp binds the session to it).
@@ -101,7 +102,12 @@ class HttpTransport:
         for attempt in (1, 2):
             try:
                 resp = await session.request(
-                    request.method, request.url, headers=request.headers, data=request.body, allow_redirects=False
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    data=request.body,
+                    allow_redirects=False,
+                    timeout=self._timeout_for(request),
                 )
             except _STALE as exc:
                 # Upstreams close idle keep-alive connections, and the pool may hand out one that has
@@ -114,6 +120,15 @@ class HttpTransport:
                 raise translate(exc, request.upstream) from None
             return HttpResponse(resp, request.upstream)
         raise AssertionError("unreachable")
+
+    def _timeout_for(self, request: UpstreamRequest) -> aiohttp.ClientTimeout:
+        if request.connect_timeout is None and request.read_timeout is None:
+            return self._timeout
+        key = (request.connect_timeout or self._timeout.sock_connect, request.read_timeout or self._timeout.sock_read)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(total=None, sock_connect=key[0], sock_read=key[1])
+        return timeout
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -500,3 +500,39 @@ def test_a_client_gone_before_the_reply_closes_the_upstream_request_at_once(
         time.sleep(0.02)
     assert fake.hangs_cut == cut_before + 1
     assert len([r for r in fake.requests if r.body["model"] == "fake-hang"]) == 1  # and no other attempt
+
+
+def test_each_phase_has_its_timeout(start_gateway: Any, fake_url: str, fake: FakeOpenAI, checker: Checker) -> None:
+    config = f"""
+keys: [{{name: tester, key: {CLIENT_KEY}}}]
+upstreams:
+  - {{name: fake, dialect: openai, base_url: "{fake_url}/v1", api_key: {UPSTREAM_KEY}}}
+  - {{name: quiet, dialect: openai, base_url: "{fake_url}/v1", api_key: {UPSTREAM_KEY}, timeouts: {{idle: 0.3}}}}
+models:
+  - {{name: t-headers, upstream: fake, upstream_model: hang, timeouts: {{headers: 0.3}}}}
+  - {{name: t-first, upstream: fake, upstream_model: slow-start, timeouts: {{first_token: 0.3}}}}
+  - {{name: t-idle, upstream: quiet, upstream_model: stall}}
+  - {{name: t-total, upstream: fake, upstream_model: slow, timeouts: {{total: 0.15}}}}
+"""
+    running = start_gateway(parse_config(config), upstream_read_timeout=30)
+    with checked_http(checker, base_url=running.url, headers={"authorization": f"Bearer {CLIENT_KEY}"}) as http:
+
+        def post(model: str, stream: bool) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            body = {"model": model, "messages": USER, "stream": stream}
+            response = http.post("/v1/chat/completions", json=body)
+            return response, time.monotonic() - started
+
+        for model, stream in (("t-headers", False), ("t-first", True)):  # before the first byte: a 504
+            response, took = post(model, stream)
+            assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+            assert took < 1.5, (model, took)
+        for model in ("t-idle", "t-total"):  # after it: an error event, then [DONE]
+            response, took = post(model, True)
+            payloads = sse_payloads(response.content)
+            assert b"chat.completion.chunk" in payloads[0], model
+            assert payloads[-1] == b"[DONE]" and json.loads(payloads[-2])["error"]["code"] == "upstream_timeout"
+            assert took < 1.5, (model, took)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    usage = asyncio.run(running.app.runtime.ledger.usage("tester", day))
+    assert usage["t-idle"]["requests"] == 1 and usage["t-total"]["requests"] == 1  # what was delivered counts

@@ -10,6 +10,8 @@ The model name the gateway sends upstream (less a leading `fake-`) picks the beh
     status-NNN           answers HTTP NNN with an OpenAI error body (429 and 503 add Retry-After; 404 is
                          OpenAI's model_not_found)
     hang                 never answers
+    slow-start           streams, but only after a 2 s pause
+    stall                streams two chunks, then goes quiet for good
     drop                 streams two chunks, then closes the connection without finishing
     mid-error            streams a chunk, then an error event (as vendors do after a 200)
     not-json             answers 200 with an HTML page
@@ -137,7 +139,11 @@ class FakeOpenAI:
         events = _chunks(body["model"], model, text, include_usage)
         pause = 0.05 if model == "slow" else 0.002
         newline = "\r\n" if model == "crlf" else "\n"
+        if model == "slow-start":
+            await asyncio.sleep(2)
         for i, event in enumerate(events):
+            if model == "stall" and i == 2:
+                await asyncio.sleep(3600)
             if model == "drop" and i == 2:
                 assert request.transport is not None
                 request.transport.close()
