@@ -290,8 +290,11 @@ class Relay:
         timeouts = self._timeouts_of(deployment)
         built.connect_timeout, built.read_timeout = timeouts.connect, timeouts.idle
         attempt = exchange.attempt(upstream.name, deployment.model_for(model))
+        # The idle timeout bounds the wait for the headers too (their read is a read): a timer of
+        # our own is needed only for a shorter limit.
+        headers = timeouts.headers if _shorter(timeouts.headers, timeouts.idle) else None
         try:
-            async with asyncio.timeout(timeouts.headers):
+            async with asyncio.timeout(headers):
                 response = await self._transports[upstream.name].open(built)
         except TimeoutError:
             raise UpstreamTimeout(
@@ -330,8 +333,9 @@ class Relay:
         chunks = response.iter_chunks()
         timeouts = self._timeouts_of(deployment)
         first: list[bytes] = []
+        first_token = timeouts.first_token if _shorter(timeouts.first_token, timeouts.idle) else None
         try:
-            async with asyncio.timeout(timeouts.first_token):
+            async with asyncio.timeout(first_token):
                 async for data in chunks:
                     first = _decoding(upstream, decoder.feed, data)
                     if first:
@@ -370,6 +374,10 @@ def _decoding(upstream: UpstreamConfig, decode: Callable[..., D], *args: object)
         return decode(*args)
     except orjson.JSONEncodeError:
         raise UpstreamProtocolError(f"The upstream `{upstream.name}` sent a reply nested too deeply.") from None
+
+
+def _shorter(limit: float | None, idle: float | None) -> bool:
+    return limit is not None and (idle is None or limit < idle)
 
 
 async def _read_or_close(response: UpstreamResponse, deadline: float | None, upstream: str) -> bytes:
