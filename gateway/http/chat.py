@@ -13,7 +13,7 @@ from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, 
 from gateway.observability.content import Transcript
 from gateway.relay import Exchange, Exchanges, Relay, Stream
 from gateway.request import parse_chat_request
-from gateway.types import Receive, Scope, Send
+from gateway.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("gateway.http")
 
@@ -85,6 +85,10 @@ class ChatCompletions:
                 return
             stream = await self._relay.stream(exchange, principal, request)
             started = True
+            if scope.get("http_version") == "1.0":
+                # HTTP/1.0 has no chunked encoding (the only way uvicorn streams): the whole stream,
+                # collected, goes out with its length.
+                send = _Collected(send)
             await self._send_stream(stream, exchange, rid, send, transcript, watcher)
         except ClientDisconnected as exc:
             exchange.client_disconnected = True
@@ -150,6 +154,26 @@ class ChatCompletions:
         finally:
             watcher.stop()
             await stream.aclose()
+
+
+class _Collected:
+    """A `send` that holds a response's body and sends it whole, with a `content-length`."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._start: Message | None = None
+        self._body: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self._start = message
+            return
+        self._body.append(message.get("body", b""))
+        if not message.get("more_body", False) and self._start is not None:
+            body = b"".join(self._body)
+            headers = [*self._start["headers"], (b"content-length", str(len(body)).encode())]
+            await self._send({**self._start, "headers": headers})
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _uncancel() -> None:

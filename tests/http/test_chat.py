@@ -536,3 +536,20 @@ models:
     day = time.strftime("%Y-%m-%d", time.gmtime())
     usage = asyncio.run(running.app.runtime.ledger.usage("tester", day))
     assert usage["t-idle"]["requests"] == 1 and usage["t-total"]["requests"] == 1  # what was delivered counts
+
+
+def test_an_http_1_0_stream_comes_whole_with_its_length(gateway: RunningGateway) -> None:
+    body = json.dumps({"model": "echo", "stream": True, "messages": USER}).encode()
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {CLIENT_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and b"content-length: %d" % len(payload) in head.lower()
+    assert payload.endswith(b"data: [DONE]\n\n") and sse_payloads(payload)[0].startswith(b'{"id"')
