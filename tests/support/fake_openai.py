@@ -12,6 +12,10 @@ The model name the gateway sends upstream (less a leading `fake-`) picks the beh
     hang                 never answers
     slow-start           streams, but only after a 2 s pause
     stall                streams two chunks, then goes quiet for good
+    truncated            streams two chunks and half of the third, then ends the body
+    bad-utf8             streams a chunk whose bytes are not UTF-8 (buffered: a body that is not)
+    trickle              streams its chunks a few bytes per write
+    no-done              streams a complete reply but never sends [DONE]
     drop                 streams two chunks, then closes the connection without finishing
     mid-error            streams a chunk, then an error event (as vendors do after a 200)
     not-json             answers 200 with an HTML page
@@ -102,6 +106,14 @@ class FakeOpenAI:
                 raise
         if model == "not-json":
             return web.Response(text="<html>502 Bad Gateway</html>", content_type="text/html")
+        if model in ("truncated", "bad-utf8") and not body.get("stream"):
+            whole = json.dumps(_completion(body["model"], _last_user_text(body), sloppy=False)).encode()
+            broken = (
+                whole[: len(whole) // 2]
+                if model == "truncated"
+                else whole.replace(b'"content": "', b'"content": "\xff', 1)
+            )
+            return web.Response(body=broken, content_type="application/json")
         text = _last_user_text(body)
         if body.get("stream"):
             return await self._stream(request, body, model, text)
@@ -155,6 +167,17 @@ class FakeOpenAI:
             if model == "deep" and i == 2:
                 event = json.dumps({**json.loads(event), "extra": _nested(300)})
             wire = f"data: {event}{newline}{newline}".encode()
+            if model == "truncated" and i == 2:
+                await resp.write(wire[: len(wire) // 2])
+                await resp.write_eof()
+                return
+            if model == "bad-utf8" and i == 2:
+                wire = wire.replace(b'"content":"', b'"content":"\xff\xfe', 1)
+            if model == "trickle":
+                for start in range(0, len(wire), 7):
+                    await resp.write(wire[start : start + 7])
+                    await asyncio.sleep(0.001)
+                continue
             if model == "crlf":
                 await resp.write(b": keep-alive\r\n\r\n")
                 half = len(wire) // 2 + 1  # split inside the JSON, and between CR and LF at the end
@@ -165,7 +188,7 @@ class FakeOpenAI:
             else:
                 await resp.write(wire)
             await asyncio.sleep(pause)
-        if model != "sloppy":
+        if model not in ("sloppy", "no-done"):
             await resp.write(f"data: [DONE]{newline}{newline}".encode())
         await resp.write_eof()
 
