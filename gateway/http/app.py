@@ -14,6 +14,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http.asgi import RequestIds
 from gateway.http.chat import ChatCompletions
+from gateway.http.openapi import openapi_document
 from gateway.http.routes import exchange_of, router
 from gateway.relay import Exchanges
 from gateway.runtime import Runtime
@@ -87,6 +88,7 @@ def _fastapi(runtime: Runtime) -> FastAPI:
     api = FastAPI(title="LLM gateway", version=__version__)
     api.state.runtime = runtime
     api.include_router(router)
+    api.openapi = lambda: openapi_document(api)  # type: ignore[method-assign]
 
     @api.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:

@@ -1,0 +1,95 @@
+"""The app's OpenAPI document: FastAPI's, plus `POST /v1/chat/completions`, which is served by a plain
+ASGI endpoint FastAPI never sees. The request schema is the part of OpenAI's the gateway checks
+(other fields pass through); the replies are OpenAI's chat completion, event stream or error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}, {"type": "null"}]},
+        "name": {"type": "string"},
+        "tool_call_id": {"type": "string"},
+        "tool_calls": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_CHAT_REQUEST = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "n": {"type": "integer", "minimum": 1, "maximum": 128},
+        "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]},
+        "response_format": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}},
+        "json_mode": {"type": "boolean", "description": "Extension: the same as response_format json_object."},
+        "enable_thinking": {"type": "boolean", "description": "Extension: thinking on or off."},
+        "thinking": {"type": "object", "description": "Extension: {type, budget_tokens, reasoning_effort}."},
+        "reasoning_effort": {"type": "string"},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 10, "description": "Extension: gateway retries."},
+        "sess_id": {"type": "string", "description": "Extension: sticky deployment and session usage."},
+    },
+}
+
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    schema = {"application/json": {"schema": _ERROR}}
+    return {str(status): {"description": "An OpenAI-shaped error.", "content": schema} for status in statuses}
+
+
+CHAT_COMPLETIONS: dict[str, Any] = {
+    "post": {
+        "summary": "Create a chat completion",
+        "description": "OpenAI's chat completions, buffered or streamed (Server-Sent Events), with extensions.",
+        "operationId": "create_chat_completion",
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _CHAT_REQUEST}}},
+        "responses": {
+            "200": {
+                "description": "A chat.completion object, or with `stream: true` an event stream of chunks.",
+                "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
+            },
+            **_error_responses(400, 401, 404, 405, 413, 429, 502, 503, 504),
+        },
+    }
+}
+
+
+def openapi_document(api: FastAPI) -> dict[str, Any]:
+    """FastAPI's document with the chat route and the bearer scheme added; built once."""
+    if api.openapi_schema is None:
+        document = get_openapi(title=api.title, version=api.version, routes=api.routes)
+        document["paths"] = {"/v1/chat/completions": CHAT_COMPLETIONS, **document["paths"]}
+        components = document.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+        api.openapi_schema = document
+    return api.openapi_schema
