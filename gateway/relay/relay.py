@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -21,19 +21,19 @@ import orjson
 from gateway.auth import Principal
 from gateway.config import Timeouts, UpstreamConfig
 from gateway.dialects import dialect_for
-from gateway.dialects.base import ENDPOINT_NOT_FOUND, Dialect, StreamDecoder, Target, UpstreamRequest, redact
-from gateway.dialects.openai import DONE_EVENT, error_events
+from gateway.dialects.base import ENDPOINT_NOT_FOUND, Dialect, Target, UpstreamRequest, redact
+from gateway.dialects.openai import DONE_EVENT
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
 )
 from gateway.relay.attempts import pause
 from gateway.relay.exchange import Attempt, Exchange
+from gateway.relay.stream import Stream, decoding
 from gateway.request import MAX_DEPTH, ChatRequest, deepest_field
 from gateway.routing import Deployment, DeploymentHealth, Route, Router
 from gateway.types import Headers
@@ -55,84 +55,6 @@ class Reply:
     def __init__(self, body: bytes, headers: Headers) -> None:
         self.body = body
         self.headers = headers
-
-
-class Stream:
-    """A stream that has produced its first events.
-
-    `events()` yields `(bytes, more)`: one or more whole SSE events, and whether more follow; the
-    last pair has `more` False and carries the final events (`[DONE]`, or an error event and
-    `[DONE]` when the upstream failed after the first byte). It never raises a `GatewayError`.
-    `aclose()` must be called however the stream ends: it closes the upstream and puts the usage
-    seen so far on the exchange.
-    """
-
-    def __init__(
-        self,
-        first: bytes,
-        headers: Headers,
-        exchange: Exchange,
-        attempt: Attempt,
-        decoder: StreamDecoder,
-        response: UpstreamResponse | None = None,
-        chunks: AsyncIterator[bytes] | None = None,
-        upstream: UpstreamConfig | None = None,
-        deadline: float | None = None,
-    ) -> None:
-        self.first = first
-        self.headers = headers
-        self._exchange = exchange
-        self._attempt = attempt
-        self._decoder = decoder
-        self._response = response  # None: the upstream had already finished and `first` is all of it
-        self._chunks = chunks
-        self._upstream = upstream
-        self._deadline = deadline  # time.perf_counter() by which the attempt must be over
-        self._events: AsyncIterator[tuple[bytes, bool]] | None = None
-        self._closed = False
-
-    def events(self) -> AsyncIterator[tuple[bytes, bool]]:
-        if self._events is None:
-            self._events = self._generate()
-        return self._events
-
-    async def _generate(self) -> AsyncIterator[tuple[bytes, bool]]:
-        if self._response is None or self._chunks is None or self._upstream is None:
-            yield self.first, False
-            return
-        yield self.first, True
-        try:
-            # Everything one upstream read completes goes out at once: no event waits, fewer writes.
-            async for data in self._chunks:
-                events = _decoding(self._upstream, self._decoder.feed, data)
-                if events:
-                    yield b"".join(events), True
-                if self._deadline is not None and time.perf_counter() > self._deadline:
-                    raise UpstreamTimeout(
-                        f"The upstream `{self._upstream.name}` did not finish its stream in the total time allowed."
-                    )
-            tail = b"".join(_decoding(self._upstream, self._decoder.finish))
-            self._attempt.end("ok")
-        except GatewayError as exc:
-            self._response.close()
-            exc.message = redact(exc.message, self._upstream)
-            log.warning("stream from %s failed after the first byte: %s", self._upstream.name, exc.message)
-            self._exchange.fail(exc)
-            tail = error_events(exc)
-        yield tail, False
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._exchange.usage = self._decoder.usage  # first: whatever happens below, this is what was seen
-        if self._events is not None:
-            await self._events.aclose()  # type: ignore[attr-defined]
-        if self._response is not None:
-            self._response.close()
-        if self._chunks is not None:
-            await self._chunks.aclose()  # type: ignore[attr-defined]
-        self._exchange.usage = self._decoder.usage  # the cleanup may have let the decoder see more
 
 
 class Relay:
@@ -313,7 +235,7 @@ class Relay:
             body = await _read_or_close(response, None if total is None else attempt.started + total, upstream.name)
             if response.status >= 300:
                 raise _status_error(dialect, response, body, built, upstream)
-            reply = _decoding(upstream, dialect.decode_reply, body, request)
+            reply = decoding(upstream, dialect.decode_reply, body, request)
         except UpstreamError as exc:
             exc.message = redact(exc.message, upstream)
             raise
@@ -337,11 +259,11 @@ class Relay:
         try:
             async with asyncio.timeout(first_token):
                 async for data in chunks:
-                    first = _decoding(upstream, decoder.feed, data)
+                    first = decoding(upstream, decoder.feed, data)
                     if first:
                         break
                 else:
-                    first = _decoding(upstream, decoder.finish)
+                    first = decoding(upstream, decoder.finish)
         except TimeoutError:
             response.close()
             raise UpstreamTimeout(
@@ -363,17 +285,6 @@ class Relay:
             return Stream(b"".join(first), headers, exchange, attempt, decoder)
         deadline = None if timeouts.total is None else attempt.started + timeouts.total
         return Stream(b"".join(first), headers, exchange, attempt, decoder, response, chunks, upstream, deadline)
-
-
-D = TypeVar("D")
-
-
-def _decoding(upstream: UpstreamConfig, decode: Callable[..., D], *args: object) -> D:
-    """Run a dialect's decoding step; a reply too deeply nested to write out again is the upstream's fault."""
-    try:
-        return decode(*args)
-    except orjson.JSONEncodeError:
-        raise UpstreamProtocolError(f"The upstream `{upstream.name}` sent a reply nested too deeply.") from None
 
 
 def _shorter(limit: float | None, idle: float | None) -> bool:

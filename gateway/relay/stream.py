@@ -1,0 +1,109 @@
+"""A stream that has started: its events, its end, its error after the first byte, its cleanup."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+import orjson
+
+from gateway.config import UpstreamConfig
+from gateway.dialects.base import StreamDecoder, redact
+from gateway.dialects.openai import error_events
+from gateway.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout
+from gateway.relay.exchange import Attempt, Exchange
+from gateway.types import Headers
+from gateway.upstream.base import UpstreamResponse
+
+log = logging.getLogger("gateway.relay")
+
+
+class Stream:
+    """A stream that has produced its first events.
+
+    `events()` yields `(bytes, more)`: one or more whole SSE events, and whether more follow; the
+    last pair has `more` False and carries the final events (`[DONE]`, or an error event and
+    `[DONE]` when the upstream failed after the first byte). It never raises a `GatewayError`.
+    `aclose()` must be called however the stream ends: it closes the upstream and puts the usage
+    seen so far on the exchange.
+    """
+
+    def __init__(
+        self,
+        first: bytes,
+        headers: Headers,
+        exchange: Exchange,
+        attempt: Attempt,
+        decoder: StreamDecoder,
+        response: UpstreamResponse | None = None,
+        chunks: AsyncIterator[bytes] | None = None,
+        upstream: UpstreamConfig | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.first = first
+        self.headers = headers
+        self._exchange = exchange
+        self._attempt = attempt
+        self._decoder = decoder
+        self._response = response  # None: the upstream had already finished and `first` is all of it
+        self._chunks = chunks
+        self._upstream = upstream
+        self._deadline = deadline  # time.perf_counter() by which the attempt must be over
+        self._events: AsyncIterator[tuple[bytes, bool]] | None = None
+        self._closed = False
+
+    def events(self) -> AsyncIterator[tuple[bytes, bool]]:
+        if self._events is None:
+            self._events = self._generate()
+        return self._events
+
+    async def _generate(self) -> AsyncIterator[tuple[bytes, bool]]:
+        if self._response is None or self._chunks is None or self._upstream is None:
+            yield self.first, False
+            return
+        yield self.first, True
+        try:
+            # Everything one upstream read completes goes out at once: no event waits, fewer writes.
+            async for data in self._chunks:
+                events = decoding(self._upstream, self._decoder.feed, data)
+                if events:
+                    yield b"".join(events), True
+                if self._deadline is not None and time.perf_counter() > self._deadline:
+                    raise UpstreamTimeout(
+                        f"The upstream `{self._upstream.name}` did not finish its stream in the total time allowed."
+                    )
+            tail = b"".join(decoding(self._upstream, self._decoder.finish))
+            self._attempt.end("ok")
+        except GatewayError as exc:
+            self._response.close()
+            exc.message = redact(exc.message, self._upstream)
+            log.warning("stream from %s failed after the first byte: %s", self._upstream.name, exc.message)
+            self._exchange.fail(exc)
+            tail = error_events(exc)
+        yield tail, False
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._exchange.usage = self._decoder.usage  # first: whatever happens below, this is what was seen
+        if self._events is not None:
+            await self._events.aclose()  # type: ignore[attr-defined]
+        if self._response is not None:
+            self._response.close()
+        if self._chunks is not None:
+            await self._chunks.aclose()  # type: ignore[attr-defined]
+        self._exchange.usage = self._decoder.usage  # the cleanup may have let the decoder see more
+
+
+D = TypeVar("D")
+
+
+def decoding(upstream: UpstreamConfig, decode: Callable[..., D], *args: object) -> D:
+    """Run a dialect's decoding step; a reply too deeply nested to write out again is the upstream's fault."""
+    try:
+        return decode(*args)
+    except orjson.JSONEncodeError:
+        raise UpstreamProtocolError(f"The upstream `{upstream.name}` sent a reply nested too deeply.") from None
