@@ -155,6 +155,7 @@ def test_settings(**overrides: Any) -> Settings:
         "ledger_flush_interval": 0.05,
         "max_body_bytes": 64 * 1024,
         "retry_backoff": 0.01,
+        "access_log": False,  # tests about the access log turn it on; others keep the output readable
         **overrides,
     }
     return Settings(**values)

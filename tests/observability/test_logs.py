@@ -18,7 +18,7 @@ from gateway.dialects.base import Usage
 from gateway.observability.logs import AccessLog, JsonFormatter, TextFormatter, access_fields, text_line
 from gateway.relay import Exchange, Exchanges
 from gateway.relay.exchange import request_id
-from tests.conftest import CLIENT_KEY, RunningGateway, checked_http, config_yaml, sdk
+from tests.conftest import CLIENT_KEY, checked_http, config_yaml, sdk
 from tests.support.spec import Checker
 
 
@@ -95,18 +95,14 @@ def test_a_closed_output_does_not_fail_the_request(pipe: tuple[int, int]) -> Non
         exchange.finish()  # no loop running: written at once; the error is swallowed
 
 
-def _content_gateway(start_gateway: Any, fake_url: str) -> RunningGateway:
-    gateway: RunningGateway = start_gateway(parse_config(config_yaml(fake_url)), log_content=True)
-    return gateway
-
-
 def test_content_is_logged_only_when_turned_on(
-    start_gateway: Any, fake_url: str, gateway: RunningGateway, checker: Checker, capfd: pytest.CaptureFixture[str]
+    start_gateway: Any, fake_url: str, checker: Checker, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    sdk(gateway.url, checker).chat.completions.create(
+    plain_gateway = start_gateway(parse_config(config_yaml(fake_url)), access_log=True)
+    sdk(plain_gateway.url, checker).chat.completions.create(
         model="echo", messages=[{"role": "user", "content": "secret plan"}]
     )
-    with_content = _content_gateway(start_gateway, fake_url)
+    with_content = start_gateway(parse_config(config_yaml(fake_url)), access_log=True, log_content=True)
     client = sdk(with_content.url, checker)
     client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "plan one"}])
     list(client.chat.completions.create(model="echo", stream=True, messages=[{"role": "user", "content": "plan two"}]))
