@@ -91,8 +91,7 @@ class ChatCompletions:
                 send = _Collected(send)
             await self._send_stream(stream, exchange, rid, send, transcript, watcher)
         except ClientDisconnected as exc:
-            exchange.client_disconnected = True
-            exchange.fail(exc)
+            exchange.fail(exc)  # nothing to send: the client is gone
         except GatewayError as exc:
             exchange.fail(exc)
             if not started:
@@ -100,7 +99,6 @@ class ChatCompletions:
         except asyncio.CancelledError:
             _uncancel()
             if watcher is not None and watcher.fired:  # the client left before the reply: nobody to answer
-                exchange.client_disconnected = True
                 exchange.fail(ClientDisconnected("The client closed the connection before the reply."))
             else:  # uvicorn cancels what still runs when its shutdown timeout is over: say so, end quietly
                 exchange.fail(_SHUTTING_DOWN)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.dialects.base import Usage
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import ClientDisconnected, GatewayError, UpstreamError
 
 log = logging.getLogger("gateway.exchange")
 
@@ -151,6 +151,8 @@ class Exchange:
         """The request ended in `error`: its status is the client's, unless a response had started."""
         if not self.status:
             self.status = error.status
+        if isinstance(error, ClientDisconnected):
+            self.client_disconnected = True
         self.error_code = error.code or error.type
         self.error_type = error.type
         if self.attempts and isinstance(error, UpstreamError):

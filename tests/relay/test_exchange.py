@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from gateway.dialects.base import Usage
-from gateway.errors import InvalidRequest, UpstreamTimeout
+from gateway.errors import ClientDisconnected, InvalidRequest, UpstreamTimeout
 from gateway.ledger import MemoryLedger
 from gateway.ledger.recorder import LedgerRecorder
 from gateway.relay import Exchange, Exchanges, Observer
@@ -69,6 +69,10 @@ def test_fail_before_and_after_the_first_byte() -> None:
     after.fail(UpstreamTimeout("stalled"))
     assert (after.status, after.error_code, after.replied) == (200, "upstream_timeout", True)
     assert after.attempts[0].outcome == "timeout"
+
+    gone = Exchange("r", "chat.completions")
+    gone.fail(ClientDisconnected("left before the body was complete"))
+    assert (gone.status, gone.error_code, gone.client_disconnected) == (499, "client_disconnected", True)
 
 
 async def test_the_ledger_records_replied_exchanges_only() -> None:
