@@ -88,14 +88,13 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        self._exchange.usage = self._decoder.usage  # first: whatever happens below, this is what was seen
+        self._exchange.usage = self._decoder.usage  # first: nothing below feeds the decoder, and it may raise
         if self._events is not None:
             await self._events.aclose()  # type: ignore[attr-defined]
         if self._response is not None:
             self._response.close()
         if self._chunks is not None:
             await self._chunks.aclose()  # type: ignore[attr-defined]
-        self._exchange.usage = self._decoder.usage  # the cleanup may have let the decoder see more
 
 
 D = TypeVar("D")
