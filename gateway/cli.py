@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -79,29 +80,40 @@ def _serve(settings: Settings, config: GatewayConfig) -> int:
         log.info("route %s", line)
     metrics_dir = _metrics_dir(settings.workers)
     # Imported only now: prometheus-client picks its multiprocess mode when it is first imported.
-    from gateway.http.app import create_app
+    from uvicorn.supervisors import Multiprocess
 
-    common = {
+    from gateway.http.app import create_app
+    from gateway.http.protocol import ServerConfig, connection_limits
+
+    common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
         "log_config": logging_config,
         "log_level": settings.log_level,
         "access_log": False,  # the gateway writes its own, one line per request
         "lifespan": "on",
         "timeout_graceful_shutdown": settings.shutdown_timeout,
+        "limits": connection_limits(settings),
     }
     # uvicorn sends the signal that stopped it to itself again once it has shut down; after a clean
     # drain and shutdown the exit status should say so (0), not "killed by SIGTERM".
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         if settings.workers == 1:
-            uvicorn.run(create_app(settings, config), **common)  # type: ignore[arg-type]
+            server = uvicorn.Server(ServerConfig(create_app(settings, config), **common))
+            server.run()
+            if not server.started:  # could not bind, or the app's start-up failed (logged)
+                return 3
         else:
             # Worker processes build their own app from the environment.
             os.environ["GATEWAY_CONFIG"] = str(settings.config)
-            uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+            server_config = ServerConfig(
+                "gateway.http.app:app_from_env", factory=True, workers=settings.workers, **common
+            )
+            Multiprocess(server_config, sockets=[server_config.bind_socket()]).run()
+    except KeyboardInterrupt:
+        pass
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

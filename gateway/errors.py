@@ -3,6 +3,7 @@
     GatewayError
     ├── InvalidRequest          400 invalid_request_error
     ├── BodyTooLarge            413 invalid_request_error
+    ├── BodyTimeout             408 invalid_request_error
     ├── AuthenticationFailed    401 invalid_api_key
     ├── ModelNotFound           404 model_not_found
     ├── ClientDisconnected      499 the client left before its request was complete (nothing is sent)
@@ -76,6 +77,19 @@ class BodyTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class BodyTimeout(GatewayError):
+    """The request body stopped arriving: the connection is closed with the answer, as the rest of the
+    body may still come and could not be told from the next request."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        message = f"The request body stopped arriving: nothing came for {seconds:g} seconds."
+        super().__init__(message, headers=[(b"connection", b"close")])
 
 
 class AuthenticationFailed(GatewayError):

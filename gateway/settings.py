@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     )
 
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest request head (request line and headers) accepted."
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Longest a client may take to send a request's line and headers."
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="Longest gap between the pieces of a request body that is still arriving."
+    )
     max_attempts: int = Field(default=3, ge=1, description="Deployments tried per request before giving up.")
     max_client_retries: int = Field(default=3, ge=0, description="Cap on the `retries` a client may ask for.")
     retry_backoff: float = Field(

@@ -12,6 +12,7 @@ import redis
 
 from gateway.config import GatewayConfig, parse_config
 from gateway.http.app import GatewayApp, create_app
+from gateway.http.protocol import connection_limits
 from gateway.settings import Settings
 from tests.support.fake_anthropic import ANTHROPIC_KEY, FakeAnthropic
 from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
@@ -176,8 +177,9 @@ def start_gateway() -> Iterator[Callable[..., RunningGateway]]:
     running: list[RunningGateway] = []
 
     def start(config: GatewayConfig, **settings: Any) -> RunningGateway:
-        app = create_app(test_settings(**settings), config)
-        gateway = RunningGateway(app, UvicornServer(app))
+        values = test_settings(**settings)
+        app = create_app(values, config)
+        gateway = RunningGateway(app, UvicornServer(app, connection_limits(values)))
         running.append(gateway)
         return gateway
 

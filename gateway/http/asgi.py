@@ -7,7 +7,7 @@ import os
 import re
 
 from gateway.errors import BodyTooLarge, ClientDisconnected, GatewayError
-from gateway.types import Headers, Receive, Send
+from gateway.types import Headers, Receive, Scope, Send
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 SSE_HEADERS: Headers = [
@@ -35,7 +35,15 @@ class RequestIds:
         return b"%s%08x" % (self._prefix, next(self._counter))
 
 
-async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
+# Set in a request's `scope["state"]` by the connection (http/protocol.py) when the body will not
+# come (it stopped arriving, or is malformed): the error to answer with. The connection then wakes
+# the body's reader.
+BODY_ERROR = "gateway.body_error"
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, declared: bytes | None) -> bytes:
+    """The whole request body, at most `limit` bytes; the connection's error when it says the body
+    will not come."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
     message = await receive()
@@ -48,7 +56,10 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
         return body
     parts = [body]
     size = len(body)
+    state = scope.get("state", {})  # the server's own dict (the connection writes to it), even when empty
     while message.get("more_body", False):
+        if (error := state.get(BODY_ERROR)) is not None:
+            raise error
         message = await receive()
         if message["type"] == "http.disconnect":
             # What came may parse as a whole request: it must not be sent upstream (or billed).

@@ -70,7 +70,7 @@ class ChatCompletions:
                 key_from_headers(_text(authorization), _text(api_key), _text(x_api_key))
             )
             exchange.key_name = principal.name
-            request = parse_chat_request(await read_body(receive, self._limit, length))
+            request = parse_chat_request(await read_body(scope, receive, self._limit, length))
             exchange.model, exchange.stream, exchange.sess_id = request.model, request.stream, request.ext.sess_id
             transcript = Transcript(exchange, request.body) if self._log_content else None
             # From here on, a client that goes away cancels the work done for it, upstream call included.

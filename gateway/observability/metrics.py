@@ -88,6 +88,11 @@ BILLED_UNITS = Counter(
 CLIENT_DISCONNECTS = Counter(
     "gateway_client_disconnects", "Streams the client left before their end.", ["endpoint", "model"]
 )
+CONNECTIONS_REFUSED = Counter(
+    "gateway_http_refused",
+    "Requests answered or closed by the connection before the app saw them, by reason.",
+    ["reason"],
+)
 IN_FLIGHT = Gauge(
     "gateway_requests_in_flight", "Requests being handled now.", ["endpoint"], multiprocess_mode="livesum"
 )

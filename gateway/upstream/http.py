@@ -47,6 +47,9 @@ def translate(exc: BaseException, upstream: str) -> UpstreamError:
     raise TypeError(f"not a transport exception: {exc!r}")
 
 
+_READ_BUFFER = 64 * 1024
+
+
 class HttpResponse:
     __slots__ = ("_resp", "_upstream", "headers", "status")
 
@@ -94,6 +97,9 @@ class HttpTransport:
                 auto_decompress=True,
                 trust_env=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
+                # What a reply may buffer here while its client reads slowly (aiohttp stops reading
+                # the upstream at twice this): 128 KiB per stream rather than aiohttp's 512 KiB.
+                read_bufsize=_READ_BUFFER,
             )
         return self._session
 

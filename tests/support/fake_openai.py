@@ -70,6 +70,7 @@ class Seen:
 class FakeOpenAI:
     requests: list[Seen] = field(default_factory=list)
     streams_cut: int = 0  # streams whose reader went away before the end
+    endless_sent: int = 0  # bytes the `endless` streams got out
     hangs_cut: int = 0  # `hang` requests whose caller closed the connection
 
     def app(self) -> web.Application:
@@ -153,6 +154,11 @@ class FakeOpenAI:
         newline = "\r\n" if model == "crlf" else "\n"
         if model == "slow-start":
             await asyncio.sleep(2)
+        if model == "endless":  # as fast as the reader takes it, never ending
+            wire = f"data: {events[1]}{newline}{newline}".encode()
+            while True:
+                await resp.write(wire)
+                self.endless_sent += len(wire)
         for i, event in enumerate(events):
             if model == "stall" and i == 2:
                 await asyncio.sleep(3600)

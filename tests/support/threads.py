@@ -11,6 +11,8 @@ from typing import Any
 import uvicorn
 from aiohttp import web
 
+from gateway.http.protocol import ConnectionLimits, ServerConfig
+
 
 class LoopThread:
     """An event loop running in a daemon thread."""
@@ -55,11 +57,17 @@ class AiohttpServer:
 
 
 class UvicornServer:
-    """An ASGI app in a real uvicorn server (uvloop, httptools) on a free loopback port."""
+    """An ASGI app in a real uvicorn server (uvloop, the gateway's HTTP protocol) on a free loopback port."""
 
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, loop="uvloop", http="httptools", log_level="warning", lifespan="on"
+    def __init__(self, app: Any, limits: ConnectionLimits | None = None) -> None:
+        config = ServerConfig(
+            app,
+            limits=limits or ConnectionLimits(),
+            host="127.0.0.1",
+            port=0,
+            loop="uvloop",
+            log_level="warning",
+            lifespan="on",
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, daemon=True)
