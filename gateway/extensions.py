@@ -154,10 +154,11 @@ def _search(body: JSON) -> Search | None:
 
 
 def _sess_id(value: Any) -> str | None:
-    if value is None:
+    # "" is what aggregator clients send when there is no session (their own example bodies do).
+    if value is None or value == "":
         return None
-    if not isinstance(value, str | int) or isinstance(value, bool) or not str(value):
-        raise bad_type("sess_id", "a non-empty string", value)
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise bad_type("sess_id", "a string", value)
     text = str(value)
     if len(text) > 256:
         raise InvalidRequest("'sess_id' may be at most 256 characters.", param="sess_id")

@@ -68,6 +68,11 @@ def test_search_forms() -> None:
     assert _ext(enable_search=False, search_config=config).search is None
 
 
+def test_an_empty_sess_id_is_no_session() -> None:
+    # The aggregator documents' own example bodies send it so.
+    assert check_chat_body({**BASE, "sess_id": ""}).ext.sess_id is None
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
@@ -81,7 +86,7 @@ def test_search_forms() -> None:
         ({"json_mode": 1}, "json_mode"),
         ({"retries": 99}, "retries"),
         ({"retries": True}, "retries"),
-        ({"sess_id": ""}, "sess_id"),
+        ({"sess_id": ["a"]}, "sess_id"),
         ({"sess_id": "x" * 300}, "sess_id"),
         ({"enable_search": "on"}, "enable_search"),
         ({"search_config": []}, "search_config"),
