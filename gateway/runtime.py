@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from gateway.auth import KeyTable
+from gateway.accounting.keys import KeyTable
+from gateway.accounting.ledger import Ledger, MemoryLedger
+from gateway.accounting.ledger.recorder import LedgerRecorder
+from gateway.accounting.ledger.redis import RedisLedger
 from gateway.config import GatewayConfig, Timeouts
-from gateway.ledger import Ledger, MemoryLedger
-from gateway.ledger.recorder import LedgerRecorder
-from gateway.ledger.redis import RedisLedger
 from gateway.observability.logs import AccessLog
 from gateway.observability.metrics import MetricsObserver
 from gateway.relay import Exchanges, Observer, Relay

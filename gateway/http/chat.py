@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
-from gateway.auth import KeyTable, key_from_headers
+from gateway.accounting.keys import KeyTable, key_from_headers
 from gateway.dialects.openai import error_events
 from gateway.errors import ClientDisconnected, GatewayError, ShuttingDown
 from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, send_bytes, send_error

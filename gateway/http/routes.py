@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from gateway.auth import Principal, key_from_headers
+from gateway.accounting.keys import Principal, key_from_headers
 from gateway.errors import AuthenticationFailed, GatewayError, ModelNotFound
 from gateway.observability.metrics import multiprocess_dir, render
 from gateway.relay import Exchange

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.auth import Principal
+from gateway.accounting.keys import Principal
 from gateway.config import Timeouts, UpstreamConfig
 from gateway.dialects import dialect_for
 from gateway.dialects.base import ENDPOINT_NOT_FOUND, Dialect, Target, UpstreamRequest, redact

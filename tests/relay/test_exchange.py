@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
+from gateway.accounting.ledger import MemoryLedger
+from gateway.accounting.ledger.recorder import LedgerRecorder
 from gateway.dialects.base import Usage
 from gateway.errors import ClientDisconnected, InvalidRequest, UpstreamTimeout
-from gateway.ledger import MemoryLedger
-from gateway.ledger.recorder import LedgerRecorder
 from gateway.relay import Exchange, Exchanges, Observer
 from gateway.relay.exchange import request_id
 

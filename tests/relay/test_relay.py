@@ -75,7 +75,7 @@ def _relay(handler: Any, **kwargs: Any) -> tuple[Relay, MockTransport]:
 
 
 def _principal() -> Any:
-    from gateway.auth import Principal
+    from gateway.accounting.keys import Principal
 
     return Principal("k")
 

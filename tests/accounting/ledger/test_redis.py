@@ -9,10 +9,10 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from gateway.accounting.ledger import UsageRecord
+from gateway.accounting.ledger.redis import RedisLedger, usage_key
 from gateway.config import parse_config
 from gateway.dialects.base import Usage
-from gateway.ledger import UsageRecord
-from gateway.ledger.redis import RedisLedger, usage_key
 from tests.conftest import RunningGateway, checked_http, config_yaml
 from tests.conftest import sdk as make_sdk
 from tests.support.redis_server import RedisServer

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 from pydantic import SecretStr
 
-from gateway.auth import KeyTable, key_from_headers
+from gateway.accounting.keys import KeyTable, key_from_headers
 from gateway.config import KeyConfig
 from gateway.errors import AuthenticationFailed
 

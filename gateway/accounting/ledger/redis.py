@@ -30,10 +30,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.ledger.base import Aggregate, Totals, UsageRecord, add_into
+from gateway.accounting.ledger.base import Aggregate, Totals, UsageRecord, add_into
 from gateway.observability.metrics import LEDGER_ERRORS, LEDGER_QUEUE, LEDGER_WRITTEN
 
-log = logging.getLogger("gateway.ledger")
+log = logging.getLogger("gateway.accounting.ledger")
 
 BATCH_MARKER_TTL = 86400
 

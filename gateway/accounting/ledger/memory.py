@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.ledger.base import Aggregate, Totals, UsageRecord, add_into
+from gateway.accounting.ledger.base import Aggregate, Totals, UsageRecord, add_into
 from gateway.observability.metrics import LEDGER_WRITTEN
 
 

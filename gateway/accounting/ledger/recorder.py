@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from gateway.accounting.ledger.base import Ledger, UsageRecord
 from gateway.dialects.base import Usage
-from gateway.ledger.base import Ledger, UsageRecord
 from gateway.relay.exchange import Exchange, Observer
 
 
