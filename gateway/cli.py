@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway import __version__
+from gateway import __version__, cli_keys
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.routing import Router
 from gateway.settings import Settings
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     check = commands.add_parser("check-config", help="validate a config file and print the routing table")
     check.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
+
+    cli_keys.add_parser(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    if args.command == "keys":
+        return cli_keys.run(args, settings, config)
     if args.command == "check-config":
         _print_summary(config)
         print("config OK")

@@ -16,8 +16,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
-from gateway.accounting.keys import KeyTable
+import redis.asyncio as aioredis
+
+from gateway.accounting.keys import Keys, KeyTable
+from gateway.accounting.keystore import KeyStore
 from gateway.accounting.ledger import Ledger, MemoryLedger
 from gateway.accounting.ledger.recorder import LedgerRecorder
 from gateway.accounting.ledger.redis import RedisLedger
@@ -43,7 +47,7 @@ STOP_WAIT = 5.0
 class Runtime:
     settings: Settings
     config: GatewayConfig
-    keys: KeyTable
+    keys: Keys
     router: Router
     ledger: Ledger
     transports: dict[str, Transport]
@@ -64,6 +68,8 @@ class Runtime:
         for upstream in config.upstreams:
             transports[upstream.name] = EchoTransport(upstream.echo_delay_ms) if upstream.dialect == "echo" else http
         ledger: Ledger
+        store = KeyStore(redis_client(config.redis_url, settings)) if config.redis_url else None
+        keys = Keys(KeyTable(config.keys), store, settings.key_cache_seconds)
         if config.redis_url:
             ledger = RedisLedger(
                 config.redis_url,
@@ -95,7 +101,7 @@ class Runtime:
             observers.append(MetricsObserver())
         if settings.access_log:
             observers.append(AccessLog(settings.log_format))
-        return cls(settings, config, KeyTable(config.keys), router, ledger, transports, relay, Exchanges(observers))
+        return cls(settings, config, keys, router, ledger, transports, relay, Exchanges(observers))
 
     async def start(self) -> None:
         if self.config.redis_url:
@@ -156,9 +162,22 @@ class Runtime:
         finally:
             try:
                 await self.ledger.aclose()
+                if self.keys.store is not None:
+                    await self.keys.store.aclose()
             finally:
                 for observer in self.exchanges.observers:
                     try:
                         observer.close()
                     except Exception:
                         log.exception("closing %s failed", type(observer).__name__)
+
+
+def redis_client(url: str, settings: Settings) -> Any:
+    """A client for the configured Redis: one server (with password or TLS in the URL) or a cluster."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+    }
+    if settings.redis_cluster:
+        return aioredis.RedisCluster.from_url(url, **kwargs)
+    return aioredis.Redis.from_url(url, **kwargs)

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     ledger_flush_interval: float = Field(default=0.5, gt=0, description="Seconds between usage writes.")
     redis_timeout: float = Field(default=2.0, gt=0)
     redis_cluster: bool = Field(default=False, description="Treat redis_url as a Redis Cluster node.")
+    key_cache_seconds: float = Field(
+        default=2.0, ge=0, description="How long a replica reuses a managed key's record: the bound on revokes."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the admin API (/admin/...); the API is off without it."
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Literal
 
@@ -13,9 +14,10 @@ Dialect = Literal["openai", "anthropic", "echo"]
 Vendor = Literal[
     "openai", "deepseek", "qwen", "zhipu", "doubao", "moonshot", "gemini", "vllm", "sglang", "generic"
 ]  # fmt: skip
+BudgetPeriod = Literal["day", "month", "total"]
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 # Set per connection by the HTTP client itself; configuring them would break or smuggle requests.
 HOP_BY_HOP = frozenset(
     {
@@ -46,11 +48,18 @@ class KeyConfig(_Strict):
     models: list[str] | None = Field(
         default=None, description="Model names or glob patterns this key may use; all when absent."
     )
+    team: str | None = Field(default=None, max_length=64)
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute, across every replica.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute, across every replica.")
+    budget: float | None = Field(default=None, ge=0, description="Spending limit per budget period (cost units).")
+    budget_period: BudgetPeriod = "month"
+    expires: datetime | None = Field(default=None, description="When the key stops working (ISO 8601).")
+    metadata: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _name_chars(cls, value: str) -> str:
-        if not _KEY_NAME.match(value):
+        if not KEY_NAME.match(value):
             raise ValueError("use letters, digits and `_.@-` only (the name is part of Redis keys)")
         return value
 

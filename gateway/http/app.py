@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from gateway import __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.http.admin import router as admin_router
 from gateway.http.asgi import RequestIds
 from gateway.http.chat import ChatCompletions
 from gateway.http.openapi import openapi_document
@@ -88,6 +89,7 @@ def _fastapi(runtime: Runtime) -> FastAPI:
     api = FastAPI(title="LLM gateway", version=__version__)
     api.state.runtime = runtime
     api.include_router(router)
+    api.include_router(admin_router)
     api.openapi = lambda: openapi_document(api)  # type: ignore[method-assign]
 
     @api.exception_handler(GatewayError)
@@ -141,7 +143,13 @@ class ExchangeMiddleware:
         path: str = scope["path"]
         exchange = None
         if path not in _UNRECORDED:
-            endpoint = "models" if path == "/v1/models" or path.startswith("/v1/models/") else "other"
+            endpoint = (
+                "models"
+                if path == "/v1/models" or path.startswith("/v1/models/")
+                else "admin"
+                if path.startswith("/admin/")
+                else "other"
+            )
             exchange = scope["gateway.exchange"] = self._exchanges.open(rid.decode(), endpoint)
 
         async def send_with_id(message: Message) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
-from gateway.accounting.keys import KeyTable, key_from_headers
+from gateway.accounting.keys import Keys, key_from_headers
 from gateway.dialects.openai import error_events
 from gateway.errors import ClientDisconnected, GatewayError, ShuttingDown
 from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, send_bytes, send_error
@@ -27,7 +27,7 @@ ENDPOINT = "chat.completions"
 class ChatCompletions:
     def __init__(
         self,
-        keys: KeyTable,
+        keys: Keys,
         relay: Relay,
         exchanges: Exchanges,
         max_body_bytes: int,
@@ -66,7 +66,7 @@ class ChatCompletions:
                     type="invalid_request_error",
                     headers=[(b"allow", b"POST")],
                 )
-            principal = self._keys.authenticate(
+            principal = await self._keys.authenticate(
                 key_from_headers(_text(authorization), _text(api_key), _text(x_api_key))
             )
             exchange.key_name = principal.name

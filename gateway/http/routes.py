@@ -31,13 +31,13 @@ def exchange_of(request: Request) -> Exchange | None:
     return exchange
 
 
-def _principal(
+async def _principal(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     api_key: Annotated[str | None, Header(alias="api-key")] = None,
     x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
 ) -> Principal:
-    principal = _runtime(request).keys.authenticate(key_from_headers(authorization, api_key, x_api_key))
+    principal = await _runtime(request).keys.authenticate(key_from_headers(authorization, api_key, x_api_key))
     exchange = exchange_of(request)
     if exchange is not None:
         exchange.key_name = principal.name
