@@ -25,6 +25,7 @@ from gateway.accounting.keystore import KeyStore
 from gateway.accounting.ledger import Ledger, MemoryLedger
 from gateway.accounting.ledger.recorder import LedgerRecorder
 from gateway.accounting.ledger.redis import RedisLedger
+from gateway.accounting.limits import Limiter, LimitSettler
 from gateway.config import GatewayConfig, Timeouts
 from gateway.observability.logs import AccessLog
 from gateway.observability.metrics import MetricsObserver
@@ -53,6 +54,7 @@ class Runtime:
     transports: dict[str, Transport]
     relay: Relay
     exchanges: Exchanges
+    limiter: Limiter | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
     _flusher: asyncio.Task[None] | None = None
     draining: bool = False
@@ -68,7 +70,9 @@ class Runtime:
         for upstream in config.upstreams:
             transports[upstream.name] = EchoTransport(upstream.echo_delay_ms) if upstream.dialect == "echo" else http
         ledger: Ledger
-        store = KeyStore(redis_client(config.redis_url, settings)) if config.redis_url else None
+        client = redis_client(config.redis_url, settings) if config.redis_url else None
+        store = KeyStore(client) if client is not None else None
+        limiter = Limiter(client) if client is not None else None
         keys = Keys(KeyTable(config.keys), store, settings.key_cache_seconds)
         if config.redis_url:
             ledger = RedisLedger(
@@ -97,17 +101,24 @@ class Runtime:
             ),
         )
         observers: list[Observer] = [LedgerRecorder(ledger)]
+        if limiter is not None:
+            observers.append(LimitSettler(limiter))
         if settings.metrics:
             observers.append(MetricsObserver())
         if settings.access_log:
             observers.append(AccessLog(settings.log_format))
-        return cls(settings, config, keys, router, ledger, transports, relay, Exchanges(observers))
+        return cls(settings, config, keys, router, ledger, transports, relay, Exchanges(observers), limiter)
 
     async def start(self) -> None:
         if self.config.redis_url:
             log.info("usage is written to Redis")
         else:
             log.warning("no redis_url configured: usage is kept in this process only and lost on restart")
+        for key in self.config.keys:
+            if (key.rpm or key.tpm) and not self.config.redis_url:
+                log.warning("key %s has rpm/tpm limits, which need redis_url: they are not enforced", key.name)
+            if key.budget is not None:
+                log.warning("key %s has a budget: budgets are not enforced yet", key.name)
         for upstream in self.config.upstreams:
             if not upstream.enabled:
                 log.warning("upstream %s is disabled: its api_key is empty", upstream.name)
@@ -162,6 +173,8 @@ class Runtime:
         finally:
             try:
                 await self.ledger.aclose()
+                if self.limiter is not None:
+                    await self.limiter.aclose()
                 if self.keys.store is not None:
                     await self.keys.store.aclose()
             finally:

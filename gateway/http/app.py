@@ -44,6 +44,7 @@ class GatewayApp:
             runtime.settings.max_body_bytes,
             request_ids,
             log_content=runtime.settings.log_content,
+            limiter=runtime.limiter,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

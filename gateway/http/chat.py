@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable
 
 from gateway.accounting.keys import Keys, key_from_headers
+from gateway.accounting.limits import Limiter, estimate_tokens
 from gateway.dialects.openai import error_events
 from gateway.errors import ClientDisconnected, GatewayError, ShuttingDown
 from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, send_bytes, send_error
@@ -33,7 +34,9 @@ class ChatCompletions:
         max_body_bytes: int,
         request_ids: RequestIds,
         log_content: bool = False,
+        limiter: Limiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self._request_id = request_ids
         self._keys = keys
         self._relay = relay
@@ -70,8 +73,11 @@ class ChatCompletions:
                 key_from_headers(_text(authorization), _text(api_key), _text(x_api_key))
             )
             exchange.key_name = principal.name
-            request = parse_chat_request(await read_body(scope, receive, self._limit, length))
+            body = await read_body(scope, receive, self._limit, length)
+            request = parse_chat_request(body)
             exchange.model, exchange.stream, exchange.sess_id = request.model, request.stream, request.ext.sess_id
+            if principal.limited and self._limiter is not None:
+                exchange.admission = await self._limiter.admit(principal, estimate_tokens(len(body)))
             transcript = Transcript(exchange, request.body) if self._log_content else None
             # From here on, a client that goes away cancels the work done for it, upstream call included.
             watcher = _DisconnectWatcher(receive)
@@ -81,7 +87,10 @@ class ChatCompletions:
                 if transcript is not None:
                     transcript.reply(reply.body)
                 exchange.status = 200
-                await send_bytes(send, 200, reply.body, [*JSON_HEADERS, (b"x-request-id", rid), *reply.headers])
+                headers = [*JSON_HEADERS, (b"x-request-id", rid), *reply.headers]
+                if exchange.admission is not None:
+                    headers += exchange.admission.headers
+                await send_bytes(send, 200, reply.body, headers)
                 return
             stream = await self._relay.stream(exchange, principal, request)
             started = True
@@ -124,6 +133,8 @@ class ChatCompletions:
         watcher: _DisconnectWatcher,
     ) -> None:
         headers = [*SSE_HEADERS, (b"x-request-id", rid), *stream.headers]
+        if exchange.admission is not None:
+            headers += exchange.admission.headers
         opened = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})

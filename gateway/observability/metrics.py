@@ -88,6 +88,10 @@ BILLED_UNITS = Counter(
 CLIENT_DISCONNECTS = Counter(
     "gateway_client_disconnects", "Streams the client left before their end.", ["endpoint", "model"]
 )
+RATE_LIMITED = Counter("gateway_rate_limited", "Requests refused by their key's rpm or tpm limit.", ["key"])
+RATE_LIMIT_ERRORS = Counter(
+    "gateway_rate_limit_errors", "Rate-limit checks that could not reach Redis (the request was served)."
+)
 CONNECTIONS_REFUSED = Counter(
     "gateway_http_refused",
     "Requests answered or closed by the connection before the app saw them, by reason.",

@@ -15,9 +15,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.dialects.base import Usage
 from gateway.errors import ClientDisconnected, GatewayError, UpstreamError
+
+if TYPE_CHECKING:
+    from gateway.accounting.limits import Admission
 
 log = logging.getLogger("gateway.exchange")
 
@@ -80,6 +84,7 @@ class Exchange:
     __slots__ = (
         "_observers",
         "_token",
+        "admission",
         "at",
         "attempts",
         "client_disconnected",
@@ -124,6 +129,7 @@ class Exchange:
         self.first_byte_after: float | None = None  # streams: seconds until the first events went out
         self.duration: float | None = None
         self.content: dict[str, object] | None = None  # prompt and completion, only when logging them is on
+        self.admission: Admission | None = None  # what the key's rate limits counted for it
         self.finished = False
         self._token: contextvars.Token[str | None] | None = None
         self._observers = observers
