@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
+from run import _free_port, _wait_port  # bench/run.py, beside this script
 
 KEY = "sk-bench"
 EVENT = (
@@ -85,17 +86,6 @@ def _rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def _wait_port(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("the gateway did not start")
 
 
 def _request() -> bytes:
@@ -188,12 +178,6 @@ def _slow_reader(port: int, upstream: Upstream, seconds: float) -> float:
         time.sleep(0.05)
     sock.close()
     return got / (time.monotonic() - started)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

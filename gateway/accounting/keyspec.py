@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.accounting.keys import unix_time
-from gateway.config.model import KEY_NAME, BudgetPeriod
+from gateway.config.model import BudgetPeriod, check_key_name
 
 
 class KeyChanges(BaseModel):
@@ -48,12 +48,7 @@ class KeyChanges(BaseModel):
 class NewKey(KeyChanges):
     name: str = Field(min_length=1, max_length=64, description="Letters, digits and `_.@-`.")
 
-    @field_validator("name")
-    @classmethod
-    def _name_chars(cls, value: str) -> str:
-        if not KEY_NAME.match(value):
-            raise ValueError("use letters, digits and `_.@-` only (the name is part of Redis keys)")
-        return value
+    _name_chars = field_validator("name")(check_key_name)
 
 
 def key_view(record: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,13 @@ HOP_BY_HOP = frozenset(
 )
 
 
+def check_key_name(value: str) -> str:
+    """A key's name becomes part of Redis keys (and their hash tag)."""
+    if not KEY_NAME.match(value):
+        raise ValueError("use letters, digits and `_.@-` only (the name is part of Redis keys)")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,12 +63,7 @@ class KeyConfig(_Strict):
     expires: datetime | None = Field(default=None, description="When the key stops working (ISO 8601).")
     metadata: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _name_chars(cls, value: str) -> str:
-        if not KEY_NAME.match(value):
-            raise ValueError("use letters, digits and `_.@-` only (the name is part of Redis keys)")
-        return value
+    _name_chars = field_validator("name")(check_key_name)
 
     @field_validator("key")
     @classmethod
