@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from gateway.accounting.keys import Principal
 from gateway.accounting.keyspec import KeyChanges, NewKey, key_view
 from gateway.accounting.keystore import KeyStore
+from gateway.accounting.redis_client import redis_client
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.settings import Settings
@@ -82,9 +83,7 @@ def run(args: argparse.Namespace, settings: Settings, config: GatewayConfig) -> 
 
 
 async def _act(args: argparse.Namespace, settings: Settings, url: str, changes: KeyChanges) -> int:
-    from gateway.runtime import redis_client
-
-    store = KeyStore(redis_client(url, settings))
+    store = KeyStore(redis_client(url, timeout=settings.redis_timeout, cluster=settings.redis_cluster))
     try:
         if args.action == "create":
             key, _ = await store.create(Principal.from_dict({"name": args.name, **changes.record_fields()}))

@@ -16,9 +16,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
-
-import redis.asyncio as aioredis
 
 from gateway.accounting.keys import Keys, KeyTable
 from gateway.accounting.keystore import KeyStore
@@ -26,6 +23,7 @@ from gateway.accounting.ledger import Ledger, MemoryLedger
 from gateway.accounting.ledger.recorder import LedgerRecorder
 from gateway.accounting.ledger.redis import RedisLedger
 from gateway.accounting.limits import Limiter, LimitSettler
+from gateway.accounting.redis_client import redis_client
 from gateway.config import GatewayConfig, Timeouts
 from gateway.observability.logs import AccessLog
 from gateway.observability.metrics import MetricsObserver
@@ -70,7 +68,11 @@ class Runtime:
         for upstream in config.upstreams:
             transports[upstream.name] = EchoTransport(upstream.echo_delay_ms) if upstream.dialect == "echo" else http
         ledger: Ledger
-        client = redis_client(config.redis_url, settings) if config.redis_url else None
+        client = (
+            redis_client(config.redis_url, timeout=settings.redis_timeout, cluster=settings.redis_cluster)
+            if config.redis_url
+            else None
+        )
         store = KeyStore(client) if client is not None else None
         limiter = Limiter(client) if client is not None else None
         keys = Keys(KeyTable(config.keys), store, settings.key_cache_seconds)
@@ -183,14 +185,3 @@ class Runtime:
                         observer.close()
                     except Exception:
                         log.exception("closing %s failed", type(observer).__name__)
-
-
-def redis_client(url: str, settings: Settings) -> Any:
-    """A client for the configured Redis: one server (with password or TLS in the URL) or a cluster."""
-    kwargs: dict[str, Any] = {
-        "socket_timeout": settings.redis_timeout,
-        "socket_connect_timeout": settings.redis_timeout,
-    }
-    if settings.redis_cluster:
-        return aioredis.RedisCluster.from_url(url, **kwargs)
-    return aioredis.Redis.from_url(url, **kwargs)

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.accounting.ledger.base import Aggregate, Totals, UsageRecord, add_into
+from gateway.accounting.redis_client import redis_client
 from gateway.observability.metrics import LEDGER_ERRORS, LEDGER_QUEUE, LEDGER_WRITTEN
 
 log = logging.getLogger("gateway.accounting.ledger")
@@ -101,11 +101,7 @@ class RedisLedger:
     ) -> None:
         self._prefix = prefix
         self._interval = flush_interval
-        kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-        if cluster:
-            self._redis: Any = aioredis.RedisCluster.from_url(url, **kwargs)
-        else:
-            self._redis = aioredis.Redis.from_url(url, **kwargs)
+        self._redis: Any = redis_client(url, timeout=timeout, cluster=cluster)
         self._script = self._redis.register_script(_APPLY_BATCH)
         self._pending: Aggregate = {}
         self._sessions: dict[tuple[str, str], Totals] = {}  # (principal, sess_id) -> counters
