@@ -79,12 +79,15 @@ class KeyStore:
         return key, record
 
     async def get(self, name: str) -> dict[str, Any]:
+        return (await self._record(name))[1]
+
+    async def _record(self, name: str) -> tuple[str, dict[str, Any]]:
+        """The digest (hex) and the record of the key of this name."""
         hex_digest = await self._call(self._redis.get(self._name_key(name)))
         raw = await self._call(self._redis.get(self._digest_key(hex_digest.decode()))) if hex_digest else None
         if raw is None:
             raise KeyNotFound(f"There is no managed key named `{name}`.", param="name")
-        record: dict[str, Any] = orjson.loads(raw)
-        return record
+        return hex_digest.decode(), orjson.loads(raw)
 
     async def list(self) -> list[dict[str, Any]]:
         names = sorted(n.decode() for n in await self._call(self._redis.smembers(f"{self._prefix}:names")))
@@ -92,13 +95,10 @@ class KeyStore:
 
     async def update(self, name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Change fields of a key's record (not its name or its secret)."""
-        hex_digest = await self._call(self._redis.get(self._name_key(name)))
-        if hex_digest is None:
-            raise KeyNotFound(f"There is no managed key named `{name}`.", param="name")
-        record = await self.get(name)
+        hex_digest, record = await self._record(name)
         record.update({k: v for k, v in changes.items() if k not in ("name", "managed", "created_at")})
         Principal.from_dict(record)  # still a valid record
-        await self._call(self._redis.set(self._digest_key(hex_digest.decode()), orjson.dumps(record)))
+        await self._call(self._redis.set(self._digest_key(hex_digest), orjson.dumps(record)))
         return record
 
     async def revoke(self, name: str) -> dict[str, Any]:
