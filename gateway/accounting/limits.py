@@ -37,10 +37,9 @@ log = logging.getLogger("gateway.limits")
 
 WINDOW = 60
 
-# KEYS: requests ring, tokens ring. ARGV: now (s), rpm (0: none), tpm (0: none), estimated tokens.
-# Returns {admitted 0/1, requests used (with this one when admitted), tokens used, seconds until the
-# oldest counted second leaves the window}.
-_ADMIT = """
+# Shared by both scripts. `now` is the current second; `add` puts n (which may be negative: an
+# estimate was too high) into its bucket, never below zero.
+_BUCKETS = """
 local now = tonumber(ARGV[1])
 local function used(key)
   local all = redis.call('HGETALL', key)
@@ -63,9 +62,19 @@ local function add(key, n)
     local sec, c = string.match(cur, '(%d+):(%d+)')
     if tonumber(sec) == now then count = tonumber(c) end
   end
-  redis.call('HSET', key, slot, now .. ':' .. (count + n))
+  count = math.max(count + n, 0)
+  redis.call('HSET', key, slot, now .. ':' .. count)
   redis.call('EXPIRE', key, 120)
+  return count
 end
+"""
+
+# KEYS: requests ring, tokens ring. ARGV: now (s), rpm (0: none), tpm (0: none), estimated tokens.
+# Returns {admitted 0/1, requests used (with this one when admitted), tokens used, seconds until the
+# oldest counted second leaves the window}.
+_ADMIT = (
+    _BUCKETS
+    + """
 local rpm, tpm, estimate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local requests, r_oldest = used(KEYS[1])
 local tokens, t_oldest = used(KEYS[2])
@@ -76,23 +85,10 @@ add(KEYS[1], 1)
 if estimate > 0 then add(KEYS[2], estimate) end
 return {1, requests + 1, tokens + estimate, r_oldest + 60 - now, t_oldest + 60 - now}
 """
+)
 
-# KEYS: tokens ring. ARGV: now (s), tokens to add (may be negative: an estimate was too high).
-_SETTLE = """
-local now = tonumber(ARGV[1])
-local slot = tostring(now % 60)
-local cur = redis.call('HGET', KEYS[1], slot)
-local count = 0
-if cur then
-  local sec, c = string.match(cur, '(%d+):(%d+)')
-  if tonumber(sec) == now then count = tonumber(c) end
-end
-count = count + tonumber(ARGV[2])
-if count < 0 then count = 0 end
-redis.call('HSET', KEYS[1], slot, now .. ':' .. count)
-redis.call('EXPIRE', KEYS[1], 120)
-return count
-"""
+# KEYS: tokens ring. ARGV: now (s), tokens to add (may be negative).
+_SETTLE = _BUCKETS + "return add(KEYS[1], tonumber(ARGV[2]))\n"
 
 
 class RateLimited(GatewayError):
