@@ -36,6 +36,12 @@ def add_parser(commands: Any) -> None:
         parser.add_argument("--tpm", type=int, help="tokens per minute")
         parser.add_argument("--budget", type=float, help="spending limit per period")
         parser.add_argument("--budget-period", choices=("day", "month", "total"))
+        parser.add_argument(
+            "--model-limit",
+            action="append",
+            metavar="MODEL:rpm=N,tpm=N",
+            help="rpm and/or tpm on the models a name or glob matches (repeatable; replaces the key's list)",
+        )
         parser.add_argument("--expires", help="ISO 8601 time (UTC when no zone is given)")
         parser.add_argument("--metadata", action="append", metavar="K=V", help="free-form metadata (repeatable)")
 
@@ -111,9 +117,21 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
             out[name] = value
     if getattr(args, "models", None) is not None:
         out["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if getattr(args, "model_limit", None):
+        out["model_limits"] = [_model_limit(item) for item in args.model_limit]
     if getattr(args, "metadata", None):
         pairs = [item.partition("=") for item in args.metadata]
         out["metadata"] = {k: v for k, _, v in pairs}
+    return out
+
+
+def _model_limit(text: str) -> dict[str, Any]:
+    """`gpt-4o*:rpm=10,tpm=5000` as the admin API's body has it (checked there)."""
+    model, _, limits = text.rpartition(":")
+    out: dict[str, Any] = {"model": model or text}
+    for part in limits.split(",") if model else []:
+        name, _, value = part.partition("=")
+        out[name.strip()] = value.strip()
     return out
 
 

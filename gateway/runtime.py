@@ -23,6 +23,7 @@ from gateway.accounting.ledger import Ledger, MemoryLedger
 from gateway.accounting.ledger.recorder import LedgerRecorder
 from gateway.accounting.ledger.redis import RedisLedger
 from gateway.accounting.limits import Limiter, LimitSettler
+from gateway.accounting.prices import PriceTable
 from gateway.accounting.redis_client import redis_client
 from gateway.config import GatewayConfig, Timeouts
 from gateway.observability.logs import AccessLog
@@ -73,8 +74,18 @@ class Runtime:
             if config.redis_url
             else None
         )
+        prices = PriceTable(config.prices)
         store = KeyStore(client) if client is not None else None
-        limiter = Limiter(client) if client is not None else None
+        limiter = (
+            Limiter(
+                client,
+                prices,
+                reserve_output_tokens=settings.budget_reserve_tokens,
+                fail_open=settings.limits_fail_open,
+            )
+            if client is not None
+            else None
+        )
         keys = Keys(KeyTable(config.keys), store, settings.key_cache_seconds)
         if config.redis_url:
             ledger = RedisLedger(
@@ -82,6 +93,9 @@ class Runtime:
                 flush_interval=settings.ledger_flush_interval,
                 timeout=settings.redis_timeout,
                 cluster=settings.redis_cluster,
+                spool_dir=settings.ledger_spool_dir,
+                log_entries=settings.ledger_log_entries,
+                queue_entries=settings.ledger_queue_entries,
             )
         else:
             ledger = MemoryLedger()
@@ -109,7 +123,8 @@ class Runtime:
             observers.append(MetricsObserver())
         if settings.access_log:
             observers.append(AccessLog(settings.log_format))
-        return cls(settings, config, keys, router, ledger, transports, relay, Exchanges(observers), limiter)
+        exchanges = Exchanges(observers, prices)
+        return cls(settings, config, keys, router, ledger, transports, relay, exchanges, limiter)
 
     async def start(self) -> None:
         if self.config.redis_url:
@@ -117,10 +132,10 @@ class Runtime:
         else:
             log.warning("no redis_url configured: usage is kept in this process only and lost on restart")
         for key in self.config.keys:
-            if (key.rpm or key.tpm) and not self.config.redis_url:
-                log.warning("key %s has rpm/tpm limits, which need redis_url: they are not enforced", key.name)
-            if key.budget is not None:
-                log.warning("key %s has a budget: budgets are not enforced yet", key.name)
+            if (key.rpm or key.tpm or key.model_limits or key.budget is not None) and not self.config.redis_url:
+                log.warning("key %s has limits or a budget, which need redis_url: they are not enforced", key.name)
+        if any(key.budget is not None for key in self.config.keys) and not self.config.prices:
+            log.warning("keys have budgets but the config has no prices: every request costs 0")
         for upstream in self.config.upstreams:
             if not upstream.enabled:
                 log.warning("upstream %s is disabled: its api_key is empty", upstream.name)

@@ -70,6 +70,20 @@ class Settings(BaseSettings):
     upstream_pool_size: int = Field(default=1000, ge=1, description="Open upstream connections per process.")
 
     ledger_flush_interval: float = Field(default=0.5, gt=0, description="Seconds between usage writes.")
+    ledger_spool_dir: Path | None = Field(
+        default=Path("spool"),
+        description="Where usage Redis could not take at shutdown is written, and replayed from at start.",
+    )
+    ledger_queue_entries: int = Field(
+        default=200_000, ge=0, description="Request log entries held in memory while Redis is unreachable."
+    )
+    ledger_log_entries: int = Field(default=10_000, ge=1, description="Request log entries kept in Redis per key.")
+    limits_fail_open: bool = Field(
+        default=True, description="While Redis is unreachable, serve keys with limits (on) or answer 503 (off)."
+    )
+    budget_reserve_tokens: int = Field(
+        default=1024, ge=0, description="Output tokens a budget holds for a request that sets no max_tokens."
+    )
     redis_timeout: float = Field(default=2.0, gt=0)
     redis_cluster: bool = Field(default=False, description="Treat redis_url as a Redis Cluster node.")
     key_cache_seconds: float = Field(

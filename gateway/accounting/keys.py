@@ -40,6 +40,7 @@ class Principal:
     tpm: int | None = None
     budget: float | None = None
     budget_period: str = "month"
+    model_limits: tuple[tuple[str, int | None, int | None], ...] = ()  # (model pattern, rpm, tpm)
     expires_at: float | None = None  # Unix time
     enabled: bool = True
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -53,7 +54,10 @@ class Principal:
     @property
     def limited(self) -> bool:
         """Whether admission has anything to check for this key."""
-        return self.rpm is not None or self.tpm is not None or self.budget is not None
+        return self.rpm is not None or self.tpm is not None or self.budget is not None or bool(self.model_limits)
+
+    def matching_model_limits(self, model: str) -> list[tuple[str, int | None, int | None]]:
+        return [limit for limit in self.model_limits if fnmatchcase(model, limit[0])]
 
     def check_usable(self, now: float) -> None:
         if not self.enabled:
@@ -66,6 +70,7 @@ class Principal:
         out = asdict(self)
         out["model_patterns"] = list(self.model_patterns) if self.model_patterns is not None else None
         out["metadata"] = dict(self.metadata)
+        out["model_limits"] = [{"model": m, "rpm": r, "tpm": t} for m, r, t in self.model_limits]
         return out
 
     @classmethod
@@ -74,6 +79,9 @@ class Principal:
         patterns = values.get("model_patterns")
         values["model_patterns"] = tuple(patterns) if patterns is not None else None
         values["metadata"] = dict(values.get("metadata") or {})
+        values["model_limits"] = tuple(
+            (limit["model"], limit.get("rpm"), limit.get("tpm")) for limit in values.get("model_limits") or ()
+        )
         return cls(**values)
 
     @classmethod
@@ -86,6 +94,7 @@ class Principal:
             tpm=key.tpm,
             budget=key.budget,
             budget_period=key.budget_period,
+            model_limits=tuple((limit.model, limit.rpm, limit.tpm) for limit in key.model_limits),
             expires_at=unix_time(key.expires) if key.expires is not None else None,
             metadata=dict(key.metadata),
         )

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.accounting.keys import unix_time
-from gateway.config.model import BudgetPeriod, check_key_name
+from gateway.config.model import BudgetPeriod, ModelLimit, check_key_name
 
 
 class KeyChanges(BaseModel):
@@ -23,6 +23,9 @@ class KeyChanges(BaseModel):
     tpm: int | None = Field(default=None, ge=1, description="Tokens per minute, across every replica.")
     budget: float | None = Field(default=None, ge=0, description="Spending limit per budget period.")
     budget_period: BudgetPeriod | None = None
+    model_limits: list[ModelLimit] | None = Field(
+        default=None, description="rpm/tpm on this key for the models a pattern matches, on top of rpm/tpm."
+    )
     expires: datetime | None = Field(default=None, description="When the key stops working (ISO 8601; UTC if no zone).")
     metadata: dict[str, str] | None = None
     enabled: bool | None = None
@@ -40,6 +43,8 @@ class KeyChanges(BaseModel):
                 out[name] = "month"
             elif name == "metadata":
                 out[name] = value or {}
+            elif name == "model_limits":
+                out[name] = value or []
             else:
                 out[name] = value
         return out
@@ -61,6 +66,7 @@ def key_view(record: dict[str, Any]) -> dict[str, Any]:
         "tpm": record.get("tpm"),
         "budget": record.get("budget"),
         "budget_period": record.get("budget_period", "month"),
+        "model_limits": record.get("model_limits") or [],
         "expires": _iso(record.get("expires_at")),
         "enabled": record.get("enabled", True),
         "metadata": record.get("metadata") or {},

@@ -1,33 +1,57 @@
-"""Requests and tokens per minute per key, enforced in Redis so that every replica enforces one limit.
+"""Admission: rate limits and budgets per key, enforced in Redis so that every replica enforces one.
 
-Each key has two rings of 60 one-second buckets (hashes under the key's hash tag, so one script
-touches one Redis Cluster slot):
+Rate limits. Each scope (the key, and the key on the models a `model_limits` pattern matches) has
+two rings of 60 one-second buckets, hashes under the key's hash tag:
 
-    gw:{<key name>}:rl:requests   field <second % 60> = "<second>:<count>"
-    gw:{<key name>}:rl:tokens     field <second % 60> = "<second>:<tokens>"
+    gw:{<key name>}:rl:requests            field <second % 60> = "<second>:<count>"
+    gw:{<key name>}:rl:tokens
+    gw:{<key name>}:rl:m:<pattern>:requests   (and :tokens) for a model limit
 
-A request is admitted by one script, atomically: it sums the buckets of the last 60 seconds, and
-refuses when the requests would pass `rpm` or the tokens have reached `tpm`; else it counts the
-request (and its estimated prompt tokens) in the current second. So requests per minute are exact
-across replicas, over any 60-second window, to the second. Tokens are settled when the request ends
-(the reply's real total replaces the estimate), so `tpm` can be passed by what requests admitted
-before it was reached go on to use: at most the tokens of the requests in flight.
+A request is admitted when no scope's requests of the last 60 seconds would pass its `rpm` and no
+scope's tokens have reached its `tpm`; it is then counted (with its estimated prompt tokens) in the
+current second. So requests per minute are exact across replicas, over any 60-second window, to the
+second. Tokens are settled when the request ends (the real total replaces the estimate), so `tpm`
+can be passed by what requests already admitted go on to use.
 
-When Redis cannot be reached, limits fail open (the request is served, a warning is logged once,
-`gateway_rate_limit_errors_total` counts it).
+Budgets. A key with a budget has, per budget period (`day`, `month`: UTC; or `total`):
+
+    gw:{<key name>}:budget:<period>        hash: spent, held
+    gw:{<key name>}:holds:<period>         sorted set: one hold per request in flight, by deadline
+
+A request is admitted only while spent + held < budget; it then holds its reservation (its price per
+request, its estimated prompt, and its output cap priced; see `PriceTable.reservation`), released when
+it ends and its real cost is added to `spent`. So concurrent requests can pass a budget by at most
+one request's reservation (the last one admitted) plus what requests cost beyond their reservation
+(nothing when the output cap is set and the prompt estimate holds, or with a price per request only).
+A hold whose process died is dropped after its deadline.
+
+Everything of one key is read and written by one Lua script, atomically, in one slot. The requests
+of one event-loop turn (and the settlements of finished requests) go in one script call per key, and
+one call is in flight at a time: under load, many requests share a round trip.
+
+When Redis cannot be reached, limits fail open by default (the request is served, a warning is logged
+once, `gateway_rate_limit_errors_total` counts it, `/readyz` says degraded) and budgets use the last
+balance this replica saw, plus what it served since; settlements wait in memory (bounded) until
+Redis is back. With `fail_open` off such requests get 503 instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from redis.exceptions import RedisError
 
 from gateway.accounting.keys import Principal
+from gateway.accounting.prices import PriceTable
 from gateway.errors import GatewayError
 from gateway.observability import metrics
 from gateway.relay.exchange import Exchange, Observer
@@ -36,59 +60,111 @@ from gateway.types import Headers
 log = logging.getLogger("gateway.limits")
 
 WINDOW = 60
+# Seconds after which the hold of a request whose process died is dropped: longer than any request.
+HOLD_SECONDS = 4 * 3600
+# Settlements kept while Redis is unreachable; past this the oldest are dropped (and logged).
+MAX_SETTLEMENTS = 100_000
+# After a failed call, how long admissions skip Redis (so an outage costs no timeout per request).
+RETRY_AFTER_FAILURE = 1.0
+_BUDGET_TTL = {"day": 3 * 86400, "month": 62 * 86400, "total": 0}
+_REDIS_ERRORS = (TimeoutError, RedisError, OSError)
 
-# Shared by both scripts. `now` is the current second; `add` puts n (which may be negative: an
-# estimate was too high) into its bucket, never below zero.
-_BUCKETS = """
+# KEYS: every Redis key the batch names. ARGV[1]: now (s); ARGV[2]: JSON
+#   {s: settlements [[token ring indices], token delta, budget index, holds index, hold, reservation, cost],
+#    a: admissions  [[[requests index, tokens index, rpm, tpm], ...], estimate,
+#                     budget index, holds index, budget, hold, reservation, deadline, budget TTL]}
+# (index 0: none). Returns JSON: per admission [refused (0; i: scope i; -1: budget), per scope
+# [requests, tokens, requests reset, tokens reset] as counted after it, spent, held].
+_SYNC = """
 local now = tonumber(ARGV[1])
-local function used(key)
+local batch = cjson.decode(ARGV[2])
+local rings = {}
+local function ring(key)
+  local r = rings[key]
+  if r then return r end
   local all = redis.call('HGETALL', key)
-  local total, oldest = 0, now
+  r = {total = 0, oldest = now, slots = {}}
   for i = 1, #all, 2 do
     local sec, n = string.match(all[i + 1], '(%d+):(%d+)')
-    sec = tonumber(sec)
+    sec, n = tonumber(sec), tonumber(n)
     if sec > now - 60 then
-      total = total + tonumber(n)
-      if sec < oldest then oldest = sec end
+      r.total = r.total + n
+      if sec < r.oldest then r.oldest = sec end
     end
+    if sec == now then r.slots[all[i]] = n end
   end
-  return total, oldest
+  rings[key] = r
+  return r
 end
 local function add(key, n)
+  local r = ring(key)
   local slot = tostring(now % 60)
-  local cur = redis.call('HGET', key, slot)
-  local count = 0
-  if cur then
-    local sec, c = string.match(cur, '(%d+):(%d+)')
-    if tonumber(sec) == now then count = tonumber(c) end
-  end
-  count = math.max(count + n, 0)
+  local before = r.slots[slot] or 0
+  local count = math.max(before + n, 0)
+  r.slots[slot] = count
+  r.total = r.total + count - before
   redis.call('HSET', key, slot, now .. ':' .. count)
   redis.call('EXPIRE', key, 120)
-  return count
 end
-"""
-
-# KEYS: requests ring, tokens ring. ARGV: now (s), rpm (0: none), tpm (0: none), estimated tokens.
-# Returns {admitted 0/1, requests used (with this one when admitted), tokens used, seconds until the
-# oldest counted second leaves the window}.
-_ADMIT = (
-    _BUCKETS
-    + """
-local rpm, tpm, estimate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local requests, r_oldest = used(KEYS[1])
-local tokens, t_oldest = used(KEYS[2])
-if (rpm > 0 and requests + 1 > rpm) or (tpm > 0 and tokens >= tpm) then
-  return {0, requests, tokens, r_oldest + 60 - now, t_oldest + 60 - now}
+local function release_stale(budget, holds)
+  local stale = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  if #stale > 0 then
+    local sum = 0
+    for _, hold in ipairs(stale) do sum = sum + tonumber(string.match(hold, ':([^:]+)$')) end
+    redis.call('HINCRBYFLOAT', budget, 'held', -sum)
+    redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+  end
 end
-add(KEYS[1], 1)
-if estimate > 0 then add(KEYS[2], estimate) end
-return {1, requests + 1, tokens + estimate, r_oldest + 60 - now, t_oldest + 60 - now}
+for _, s in ipairs(batch.s) do
+  local settled = true
+  if s[4] > 0 and s[5] ~= '' then
+    -- A settlement sent again (its first answer was lost) finds its hold gone: it changes nothing.
+    settled = redis.call('ZREM', KEYS[s[4]], s[5]) == 1
+    if settled then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'held', -tonumber(s[6])) end
+  end
+  if settled then
+    if s[3] > 0 and tonumber(s[7]) > 0 then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'spent', s[7]) end
+    if s[2] ~= 0 then for _, t in ipairs(s[1]) do add(KEYS[t], s[2]) end end
+  end
+end
+local out = {}
+for _, a in ipairs(batch.a) do
+  local refused, counts = 0, {}
+  for i, scope in ipairs(a[1]) do
+    local r, t = ring(KEYS[scope[1]]), ring(KEYS[scope[2]])
+    if refused == 0 and ((scope[3] > 0 and r.total + 1 > scope[3]) or (scope[4] > 0 and t.total >= scope[4])) then
+      refused = i
+    end
+  end
+  local spent, held = 0, 0
+  if a[3] > 0 then
+    release_stale(KEYS[a[3]], KEYS[a[4]])
+    spent = tonumber(redis.call('HGET', KEYS[a[3]], 'spent') or '0')
+    held = tonumber(redis.call('HGET', KEYS[a[3]], 'held') or '0')
+    if refused == 0 and spent + held >= tonumber(a[5]) then refused = -1 end
+  end
+  if refused == 0 then
+    for _, scope in ipairs(a[1]) do
+      add(KEYS[scope[1]], 1)
+      if scope[4] > 0 and a[2] > 0 then add(KEYS[scope[2]], a[2]) end
+    end
+    if a[3] > 0 and tonumber(a[7]) > 0 then
+      redis.call('ZADD', KEYS[a[4]], a[8], a[6])
+      held = tonumber(redis.call('HINCRBYFLOAT', KEYS[a[3]], 'held', a[7]))
+      if a[9] > 0 then
+        redis.call('EXPIRE', KEYS[a[3]], a[9])
+        redis.call('EXPIRE', KEYS[a[4]], a[9])
+      end
+    end
+  end
+  for _, scope in ipairs(a[1]) do
+    local r, t = ring(KEYS[scope[1]]), ring(KEYS[scope[2]])
+    counts[#counts + 1] = {r.total, t.total, r.oldest + 60 - now, t.oldest + 60 - now}
+  end
+  out[#out + 1] = {refused, counts, tostring(spent), tostring(held)}
+end
+return cjson.encode(out)
 """
-)
-
-# KEYS: tokens ring. ARGV: now (s), tokens to add (may be negative).
-_SETTLE = _BUCKETS + "return add(KEYS[1], tonumber(ARGV[2]))\n"
 
 
 class RateLimited(GatewayError):
@@ -97,14 +173,58 @@ class RateLimited(GatewayError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(GatewayError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class LimitsUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "limits_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One rate limit a request counts against: the key's own, or the key's on some models."""
+
+    requests_key: str
+    tokens_key: str
+    rpm: int | None
+    tpm: int | None
+    label: str  # for messages: "" (the key) or the model pattern
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A request's reservation against its key's budget for one period."""
+
+    budget_key: str
+    holds_key: str
+    member: str  # "<random id>:<amount>", unique
+    reservation: float
+    period: str  # e.g. `month 2026-11`, for messages and the last known balance
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What admission counted for a request, and the headers its reply carries."""
 
     key: str
-    tpm: int | None
+    token_rings: tuple[str, ...]  # the tokens rings of scopes with a tpm, settled at the end
     estimate: int
+    hold: Hold | None
     headers: Headers
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What waits for a key's next script call."""
+
+    # ((scopes, counted tokens, hold, budget, hold deadline), the waiting request's future)
+    admissions: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = field(default_factory=list)
+    settlements: list[tuple[Admission, int, float]] = field(default_factory=list)  # (admission, tokens, cost)
 
 
 def limit_headers(
@@ -138,82 +258,292 @@ def estimate_tokens(body_bytes: int) -> int:
     return max(body_bytes // 4, 1)
 
 
+def budget_period(period: str, now: float) -> str:
+    """The current period's id: `2026-11-23` (day), `2026-11` (month) or `total`, UTC."""
+    if period == "total":
+        return "total"
+    when = datetime.fromtimestamp(now, UTC)
+    return when.strftime("%Y-%m-%d") if period == "day" else when.strftime("%Y-%m")
+
+
 class Limiter:
-    def __init__(self, redis: Any, prefix: str = "gw") -> None:
+    def __init__(
+        self,
+        redis: Any,
+        prices: PriceTable | None = None,
+        *,
+        prefix: str = "gw",
+        reserve_output_tokens: int = 1024,
+        fail_open: bool = True,
+    ) -> None:
         self._redis = redis
+        self._prices = prices or PriceTable([])
         self._prefix = prefix
-        self._admit = redis.register_script(_ADMIT)
-        self._settle = redis.register_script(_SETTLE)
+        self._reserve_output = reserve_output_tokens
+        self._fail_open = fail_open
+        self._sync = redis.register_script(_SYNC)
+        self._pending: dict[str, _Pending] = {}
+        self._running: asyncio.Task[None] | None = None
+        self._scopes: dict[tuple[object, ...], tuple[Scope, ...]] = {}
+        self._balances: dict[tuple[str, str], float] = {}  # (key, period) -> spent + held, as last seen
+        self._down_until = 0.0
         self._failing = False
-        self._pending: set[asyncio.Task[None]] = set()
 
-    def _keys(self, name: str) -> list[str]:
-        return [f"{self._prefix}:{{{name}}}:rl:requests", f"{self._prefix}:{{{name}}}:rl:tokens"]
+    # --- admission ---
 
-    async def admit(self, principal: Principal, estimate: int) -> Admission | None:
-        """Count a request against its key's limits; `RateLimited` when over. None: nothing to limit
-        (or Redis unreachable: limits fail open)."""
-        if principal.rpm is None and principal.tpm is None:
+    def scopes(self, principal: Principal, model: str) -> tuple[Scope, ...]:
+        """The rate limits a request of `principal` for `model` counts against."""
+        cache_key = (principal.name, principal.rpm, principal.tpm, principal.model_limits, model)
+        found = self._scopes.get(cache_key)
+        if found is None:
+            base = f"{self._prefix}:{{{principal.name}}}:rl"
+            scopes = []
+            if principal.rpm is not None or principal.tpm is not None:
+                scopes.append(Scope(f"{base}:requests", f"{base}:tokens", principal.rpm, principal.tpm, ""))
+            for pattern, rpm, tpm in principal.matching_model_limits(model):
+                scopes.append(Scope(f"{base}:m:{pattern}:requests", f"{base}:m:{pattern}:tokens", rpm, tpm, pattern))
+            if len(self._scopes) > 10_000:  # model names come from clients
+                self._scopes.clear()
+            found = self._scopes[cache_key] = tuple(scopes)
+        return found
+
+    async def admit(
+        self, principal: Principal, model: str, estimate: int, max_output: int | None = None
+    ) -> Admission | None:
+        """Count a request against its key's limits and budget: `RateLimited` or `BudgetExceeded`
+        when over. None: nothing to limit, or Redis unreachable and limits fail open."""
+        scopes = self.scopes(principal, model)
+        if not scopes and principal.budget is None:
             return None
-        counted = estimate if principal.tpm is not None else 0
-        try:
-            ok, requests, tokens, r_reset, t_reset = await self._admit(
-                keys=self._keys(principal.name),
-                args=[int(time.time()), principal.rpm or 0, principal.tpm or 0, counted],
+        now = time.time()
+        hold = None
+        if principal.budget is not None:
+            period = budget_period(principal.budget_period, now)
+            reservation = self._prices.reservation(model, estimate, max_output or self._reserve_output)
+            base = f"{self._prefix}:{{{principal.name}}}"
+            hold = Hold(
+                f"{base}:budget:{period}",
+                f"{base}:holds:{period}",
+                f"{os.urandom(6).hex()}:{reservation!r}",
+                reservation,
+                f"{principal.budget_period} {period}" if period != "total" else "total",
             )
-        except (TimeoutError, RedisError, OSError) as exc:
-            self._failed(exc)
-            return None
-        if self._failing:
-            log.warning("rate limits in Redis reachable again")
-            self._failing = False
-        headers = limit_headers(principal.rpm, principal.tpm, requests, tokens, r_reset, t_reset)
-        if not ok:
+        counted = estimate if any(s.tpm is not None for s in scopes) else 0
+        if time.monotonic() < self._down_until:
+            return self._admit_offline(principal, scopes, counted, hold)
+        future = asyncio.get_running_loop().create_future()
+        self._queue(principal.name).admissions.append(
+            ((scopes, counted, hold, principal.budget, int(now) + HOLD_SECONDS), future)
+        )
+        self._kick()
+        result = await future
+        if result is None:  # Redis unreachable
+            return self._admit_offline(principal, scopes, counted, hold)
+        refused, counts, spent, held = result
+        headers = _headers(scopes, counts)
+        if hold is not None:
+            self._balances[(principal.name, hold.period)] = float(spent) + float(held)
+        if refused > 0:
+            scope = scopes[refused - 1]
+            requests, _, r_reset, t_reset = counts[refused - 1]
             metrics.RATE_LIMITED.labels(principal.name).inc()
-            by_requests = principal.rpm is not None and requests + 1 > principal.rpm
+            by_requests = scope.rpm is not None and requests + 1 > scope.rpm
             wait = r_reset if by_requests else t_reset
-            what = f"requests per minute ({principal.rpm})" if by_requests else f"tokens per minute ({principal.tpm})"
+            what = f"requests per minute ({scope.rpm})" if by_requests else f"tokens per minute ({scope.tpm})"
+            where = f" on models `{scope.label}`" if scope.label else ""
             raise RateLimited(
-                f"Rate limit reached for key `{principal.name}`: {what}. Try again in {duration(wait)}.",
+                f"Rate limit reached for key `{principal.name}`{where}: {what}. Try again in {duration(wait)}.",
                 type="requests" if by_requests else "tokens",
                 headers=[(b"retry-after", str(max(wait, 1)).encode()), *headers],
             )
-        return Admission(principal.name, principal.tpm, counted, headers)
+        if refused < 0:
+            assert hold is not None
+            raise self._over_budget(principal, hold, float(spent), headers)
+        return Admission(principal.name, _token_rings(scopes), counted, hold, headers)
 
-    def settle(self, admission: Admission, used: int) -> None:
-        """Replace a request's estimated tokens by what it used (in the background)."""
-        delta = used - admission.estimate
-        if admission.tpm is None or delta == 0:
+    def _admit_offline(
+        self, principal: Principal, scopes: tuple[Scope, ...], counted: int, hold: Hold | None
+    ) -> Admission | None:
+        """Redis is unreachable: rate limits fail open (or refuse), budgets use the last known balance."""
+        if not self._fail_open:
+            raise LimitsUnavailable("The gateway cannot check this key's limits now; try again shortly.")
+        if hold is not None and principal.budget is not None:
+            balance_key = (principal.name, hold.period)
+            known = self._balances.get(balance_key)
+            if known is not None:
+                if known >= principal.budget:
+                    raise self._over_budget(principal, hold, known, [])
+                self._balances[balance_key] = known + hold.reservation
+        return Admission(principal.name, _token_rings(scopes), counted, hold, [])
+
+    def _over_budget(self, principal: Principal, hold: Hold, spent: float, headers: Headers) -> BudgetExceeded:
+        metrics.BUDGET_REFUSED.labels(principal.name).inc()
+        return BudgetExceeded(
+            f"Key `{principal.name}` has used its budget ({principal.budget:g}) for {hold.period}: "
+            f"{spent:.6g} spent or held by requests in flight.",
+            headers=headers,
+        )
+
+    # --- settling ---
+
+    def settle(self, admission: Admission, tokens: int, cost: float) -> None:
+        """Replace a request's estimated tokens by what it used, and its hold by its cost (sent with
+        the next script call of its key)."""
+        if admission.hold is None and (not admission.token_rings or tokens == admission.estimate):
             return
-        task = asyncio.get_running_loop().create_task(self._settle_now(admission.key, delta))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        if admission.hold is not None:
+            balance_key = (admission.key, admission.hold.period)
+            if balance_key in self._balances:
+                self._balances[balance_key] += cost - admission.hold.reservation
+        self._queue(admission.key).settlements.append((admission, tokens, cost))
+        self._kick()
 
-    async def _settle_now(self, name: str, delta: int) -> None:
+    # --- the script calls ---
+
+    def _queue(self, name: str) -> _Pending:
+        pending = self._pending.get(name)
+        if pending is None:
+            pending = self._pending[name] = _Pending()
+        return pending
+
+    def _kick(self) -> None:
+        if self._running is None:
+            self._running = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        """Send what is pending, one call per key, one round at a time, until nothing is left."""
         try:
-            await self._settle(keys=self._keys(name)[1:], args=[int(time.time()), delta])
-        except (TimeoutError, RedisError, OSError) as exc:
+            while self._pending:
+                if time.monotonic() < self._down_until and not any(p.admissions for p in self._pending.values()):
+                    await asyncio.sleep(self._down_until - time.monotonic())
+                    continue
+                pending, self._pending = self._pending, {}
+                await asyncio.gather(*(self._call(name, p) for name, p in pending.items()))
+        finally:
+            self._running = None
+
+    async def _call(self, name: str, pending: _Pending) -> None:
+        keys: list[str] = []
+        index: dict[str, int] = {}
+
+        def at(key: str | None) -> int:
+            if key is None:
+                return 0
+            if key not in index:
+                keys.append(key)
+                index[key] = len(keys)
+            return index[key]
+
+        settlements = [
+            [
+                [at(ring) for ring in a.token_rings],
+                tokens - a.estimate if a.token_rings else 0,
+                at(a.hold.budget_key if a.hold else None),
+                at(a.hold.holds_key if a.hold and a.hold.reservation > 0 else None),
+                a.hold.member if a.hold else "",
+                repr(a.hold.reservation) if a.hold else "0",
+                repr(cost),
+            ]
+            for a, tokens, cost in pending.settlements
+        ]
+        admissions = []
+        for (scopes, counted, hold, budget, deadline), _ in pending.admissions:
+            admissions.append(
+                [
+                    [[at(s.requests_key), at(s.tokens_key), s.rpm or 0, s.tpm or 0] for s in scopes],
+                    counted,
+                    at(hold.budget_key if hold else None),
+                    at(hold.holds_key if hold else None),
+                    repr(float(budget)) if hold else "0",
+                    hold.member if hold else "",
+                    repr(hold.reservation) if hold else "0",
+                    deadline,
+                    _BUDGET_TTL[hold.period.split(" ")[0]] if hold else 0,
+                ]
+            )
+        payload = orjson.dumps({"s": settlements, "a": admissions})
+        # Lua's cjson reads an empty array as an empty object; `ipairs` walks both alike.
+        try:
+            answer = await self._sync(keys=keys, args=[int(time.time()), payload])
+        except Exception as exc:  # not only Redis errors: a request must never wait on a failed call
+            if not isinstance(exc, _REDIS_ERRORS):
+                log.exception("limits script call failed")
             self._failed(exc)
+            self._requeue(name, pending.settlements)
+            for _, future in pending.admissions:
+                if not future.done():
+                    future.set_result(None)
+            return
+        self._recovered()
+        results = orjson.loads(answer)
+        for (args, future), result in zip(pending.admissions, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+            elif result[0] == 0 and args[2] is not None:
+                # Its request was cancelled while waiting (the client left): release its hold.
+                self.settle(Admission(name, (), args[1], args[2], []), args[1], 0.0)
+
+    def _requeue(self, name: str, settlements: list[tuple[Admission, int, float]]) -> None:
+        queue = self._queue(name).settlements
+        queue[:0] = settlements
+        total = sum(len(p.settlements) for p in self._pending.values())
+        if total > MAX_SETTLEMENTS:
+            del queue[: min(len(queue), total - MAX_SETTLEMENTS)]
+            log.error("Redis unreachable: settlements over %d dropped (budgets undercount them)", MAX_SETTLEMENTS)
 
     def _failed(self, exc: BaseException) -> None:
         metrics.RATE_LIMIT_ERRORS.inc()
+        metrics.REDIS_DEGRADED.labels("limits").set(1)
+        self._down_until = time.monotonic() + RETRY_AFTER_FAILURE
         if not self._failing:
             log.warning("rate limits in Redis unreachable, serving without them: %s", type(exc).__name__)
             self._failing = True
 
+    def _recovered(self) -> None:
+        if self._failing:
+            log.warning("rate limits in Redis reachable again")
+            metrics.REDIS_DEGRADED.labels("limits").set(0)
+            self._failing = False
+
+    @property
+    def degraded(self) -> bool:
+        return self._failing
+
     async def aclose(self) -> None:
-        if self._pending:
-            await asyncio.wait(self._pending, timeout=2)
+        """Send the settlements still waiting (briefly)."""
+        if self._running is not None or self._pending:
+            self._down_until = 0.0
+            self._kick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._running), 2)  # type: ignore[arg-type]
+
+
+def _token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:
+    return tuple(s.tokens_key for s in scopes if s.tpm is not None)
+
+
+def _headers(scopes: tuple[Scope, ...], counts: list[list[int]]) -> Headers:
+    """The headers of the scope with the fewest requests left, and of the one with the fewest tokens left."""
+    requests = [(s.rpm - c[0], s, c) for s, c in zip(scopes, counts, strict=True) if s.rpm is not None]
+    tokens = [(s.tpm - c[1], s, c) for s, c in zip(scopes, counts, strict=True) if s.tpm is not None]
+    out: Headers = []
+    if requests:
+        _, s, c = min(requests, key=lambda item: item[0])
+        out += limit_headers(s.rpm, None, c[0], 0, c[2], 0)
+    if tokens:
+        _, s, c = min(tokens, key=lambda item: item[0])
+        out += limit_headers(None, s.tpm, 0, c[1], 0, c[3])
+    return out
 
 
 class LimitSettler(Observer):
-    """Settles a finished request's tokens against its key's per-minute limit."""
+    """Settles a finished request's tokens and cost against its key's limits and budget."""
 
     def __init__(self, limiter: Limiter) -> None:
         self._limiter = limiter
 
     def finished(self, exchange: Exchange) -> None:
         admission = exchange.admission
-        if admission is not None and admission.tpm is not None:
+        if admission is not None:
             used = exchange.usage.total_tokens if exchange.usage is not None and exchange.replied else 0
-            self._limiter.settle(admission, used)
+            self._limiter.settle(admission, used, exchange.cost)

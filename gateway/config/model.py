@@ -46,6 +46,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelLimit(_Strict):
+    """Requests and tokens per minute for one key on the models a pattern matches."""
+
+    model: str = Field(min_length=1, max_length=200, description="A model name or glob pattern.")
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> ModelLimit:
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("give `rpm`, `tpm` or both")
+        return self
+
+
+class Price(_Strict):
+    """What a model costs, in the currency budgets are in (USD for the billing endpoints)."""
+
+    model: str = Field(min_length=1, description="A model name or glob pattern; the first entry that matches wins.")
+    input: float = Field(default=0.0, ge=0, description="Per million prompt tokens (not cached).")
+    cached_input: float | None = Field(
+        default=None, ge=0, description="Per million cached prompt tokens; default: the input price."
+    )
+    output: float = Field(default=0.0, ge=0, description="Per million completion tokens (reasoning included).")
+    request: float = Field(default=0.0, ge=0, description="Per request.")
+    billed_unit: float = Field(default=0.0, ge=0, description="Per `billed_units` an upstream reports.")
+
+
 class KeyConfig(_Strict):
     name: str = Field(
         min_length=1, max_length=64, description="Letters, digits and `_.@-`: it becomes part of Redis keys."
@@ -60,6 +87,9 @@ class KeyConfig(_Strict):
     tpm: int | None = Field(default=None, ge=1, description="Tokens per minute, across every replica.")
     budget: float | None = Field(default=None, ge=0, description="Spending limit per budget period (cost units).")
     budget_period: BudgetPeriod = "month"
+    model_limits: list[ModelLimit] = Field(
+        default_factory=list, description="rpm/tpm on this key for the models a pattern matches, on top of rpm/tpm."
+    )
     expires: datetime | None = Field(default=None, description="When the key stops working (ISO 8601).")
     metadata: dict[str, str] = Field(default_factory=dict)
 
@@ -198,6 +228,7 @@ class GatewayConfig(_Strict):
     keys: list[KeyConfig] = Field(min_length=1)
     upstreams: list[UpstreamConfig] = Field(min_length=1)
     models: list[ModelConfig] = Field(min_length=1)
+    prices: list[Price] = Field(default_factory=list, description="Cost per model, for the ledger and budgets.")
 
     @field_validator("redis_url")
     @classmethod

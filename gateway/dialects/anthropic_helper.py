@@ -31,7 +31,7 @@ def openai_usage(usage: JSON) -> tuple[JSON, Usage]:
         "total_tokens": prompt + output,
         "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_write},
     }
-    return obj, Usage(prompt, output, prompt + output, cache_read, 0, None)
+    return obj, Usage(prompt, output, prompt + output, cache_read, cache_write_tokens=cache_write)
 
 
 def anthropic_error(obj: JSON) -> UpstreamStatusError:

@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.dialects.anthropic_helper import anthropic_error, finish_reason, openai_usage
 from gateway.dialects.base import Usage
+from gateway.dialects.normalize import text_length
 from gateway.dialects.openai import DONE_EVENT, json_object, sse_event
 from gateway.dialects.sse import SSEParser
 from gateway.errors import UpstreamProtocolError
@@ -40,6 +41,7 @@ class AnthropicStreamDecoder:
         self._usage: JSON = {}
         self._tools_called = False
         self._done = False
+        self.text_chars = 0
 
     @property
     def usage(self) -> Usage | None:
@@ -146,6 +148,7 @@ class AnthropicStreamDecoder:
         raise anthropic_error(obj)
 
     def _chunk(self, delta: JSON, finish: str | None = None) -> JSON:
+        self.text_chars += text_length(delta)
         return {
             "id": self._id,
             "object": "chat.completion.chunk",

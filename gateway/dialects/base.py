@@ -38,12 +38,23 @@ class UpstreamRequest:
 
 @dataclass(slots=True)
 class Usage:
+    """Every count an upstream reports. `prompt_tokens` includes cached and cache-written tokens;
+    the detail counts are parts of the prompt or the completion, not additions to them."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     billed_units: float | None = None
+    cache_write_tokens: int = 0
+    audio_tokens: int = 0  # prompt and completion audio
+    image_tokens: int = 0
+    video_tokens: int = 0
+    citation_tokens: int = 0
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
+    estimated: bool = False  # counted by the gateway (the upstream reported none), not the upstream
 
 
 @dataclass(slots=True)
@@ -59,6 +70,8 @@ class StreamDecoder(Protocol):
     def usage(self) -> Usage | None:
         """The usage the upstream reported so far."""
         ...
+
+    text_chars: int  # characters of generated text relayed so far
 
     def feed(self, data: bytes) -> list[bytes]: ...
 

@@ -78,14 +78,29 @@ def usage_of(usage: Any) -> Usage | None:
     prompt = token_count(usage.get("prompt_tokens"))
     completion_tokens = token_count(usage.get("completion_tokens"))
     total = token_count(usage.get("total_tokens")) or prompt + completion_tokens
-    prompt_details = usage.get("prompt_tokens_details")
-    completion_details = usage.get("completion_tokens_details")
-    cached = token_count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    p = usage.get("prompt_tokens_details")
+    c = usage.get("completion_tokens_details")
+    p = p if isinstance(p, dict) else {}
+    c = c if isinstance(c, dict) else {}
+    cached = token_count(p.get("cached_tokens"))
     cached = cached or token_count(usage.get("prompt_cache_hit_tokens")) or token_count(usage.get("cached_tokens"))
-    reasoning = token_count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
     billed = usage.get("billed_units")
     billed_units = float(billed) if isinstance(billed, int | float) and not isinstance(billed, bool) else None
-    return Usage(prompt, completion_tokens, total, cached, reasoning, billed_units)
+    return Usage(
+        prompt,
+        completion_tokens,
+        total,
+        cached,
+        token_count(c.get("reasoning_tokens")),
+        billed_units,
+        cache_write_tokens=token_count(p.get("cache_write_tokens")) or token_count(p.get("cache_creation_tokens")),
+        audio_tokens=token_count(p.get("audio_tokens")) + token_count(c.get("audio_tokens")),
+        image_tokens=token_count(p.get("image_tokens")) + token_count(c.get("image_tokens")),
+        video_tokens=token_count(p.get("video_tokens")) + token_count(c.get("video_tokens")),
+        citation_tokens=token_count(usage.get("citation_tokens")),
+        accepted_prediction_tokens=token_count(c.get("accepted_prediction_tokens")),
+        rejected_prediction_tokens=token_count(c.get("rejected_prediction_tokens")),
+    )
 
 
 def _choices(obj: JSON, inner: str) -> list[tuple[JSON, JSON]]:
@@ -146,6 +161,24 @@ def _usage(usage: JSON) -> Usage:
                 usage[details] = {}
             usage[details].setdefault(name, value)
     return counted
+
+
+def text_length(delta: JSON) -> int:
+    """Characters of generated text in a chunk's delta (content, reasoning, tool arguments): what a
+    stream's completion tokens are estimated from when the upstream never reported them."""
+    n = 0
+    for name in ("content", "reasoning_content"):
+        value = delta.get(name)
+        if type(value) is str:
+            n += len(value)
+    calls = delta.get("tool_calls")
+    if type(calls) is list:
+        for call in calls:
+            function = call.get("function") if type(call) is dict else None
+            arguments = function.get("arguments") if type(function) is dict else None
+            if type(arguments) is str:
+                n += len(arguments)
+    return n
 
 
 def token_count(value: Any) -> int:

@@ -82,7 +82,17 @@ class OpenAIDialect:
 class OpenAIStreamDecoder:
     """Relays an OpenAI event stream chunk by chunk, capturing usage and fixing what the spec requires."""
 
-    __slots__ = ("_created", "_finished", "_id", "_include_usage", "_model", "_parser", "_saw_done", "usage")
+    __slots__ = (
+        "_created",
+        "_finished",
+        "_id",
+        "_include_usage",
+        "_model",
+        "_parser",
+        "_saw_done",
+        "text_chars",
+        "usage",
+    )
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._parser = SSEParser()
@@ -93,6 +103,7 @@ class OpenAIStreamDecoder:
         self._saw_done = False
         self._finished = False
         self.usage: Usage | None = None
+        self.text_chars = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
@@ -110,8 +121,10 @@ class OpenAIStreamDecoder:
                 if not obj["choices"]:
                     continue  # the usage-only chunk the gateway asked for on its own behalf
                 del obj["usage"]
-            if any(c.get("finish_reason") for c in obj["choices"]):
-                self._finished = True
+            for choice in obj["choices"]:
+                self.text_chars += normalize.text_length(choice["delta"])
+                if choice.get("finish_reason"):
+                    self._finished = True
             out.append(sse_event(obj))
         return out
 

@@ -72,12 +72,17 @@ class ChatCompletions:
             principal = await self._keys.authenticate(
                 key_from_headers(_text(authorization), _text(api_key), _text(x_api_key))
             )
-            exchange.key_name = principal.name
+            exchange.key_name, exchange.team = principal.name, principal.team
             body = await read_body(scope, receive, self._limit, length)
             request = parse_chat_request(body)
             exchange.model, exchange.stream, exchange.sess_id = request.model, request.stream, request.ext.sess_id
+            exchange.prompt_estimate = estimate_tokens(len(body))
+            if request.ext.metadata:
+                exchange.metadata = request.ext.metadata
             if principal.limited and self._limiter is not None:
-                exchange.admission = await self._limiter.admit(principal, estimate_tokens(len(body)))
+                exchange.admission = await self._limiter.admit(
+                    principal, request.model, exchange.prompt_estimate, request.ext.max_output
+                )
             transcript = Transcript(exchange, request.body) if self._log_content else None
             # From here on, a client that goes away cancels the work done for it, upstream call included.
             watcher = _DisconnectWatcher(receive)

@@ -88,9 +88,20 @@ BILLED_UNITS = Counter(
 CLIENT_DISCONNECTS = Counter(
     "gateway_client_disconnects", "Streams the client left before their end.", ["endpoint", "model"]
 )
+SPEND = Counter(
+    "gateway_spend", "Cost of served requests (the config's price table), by model entry and key.", ["model", "key"]
+)
 RATE_LIMITED = Counter("gateway_rate_limited", "Requests refused by their key's rpm or tpm limit.", ["key"])
+BUDGET_REFUSED = Counter("gateway_budget_refused", "Requests refused because their key's budget is spent.", ["key"])
 RATE_LIMIT_ERRORS = Counter(
-    "gateway_rate_limit_errors", "Rate-limit checks that could not reach Redis (the request was served)."
+    "gateway_rate_limit_errors",
+    "Limit and budget checks or settlements that could not reach Redis (the request was served).",
+)
+REDIS_DEGRADED = Gauge(
+    "gateway_redis_degraded",
+    "1 while a part that uses Redis (ledger, limits) cannot reach it and the gateway runs degraded.",
+    ["part"],
+    multiprocess_mode="max",
 )
 CONNECTIONS_REFUSED = Counter(
     "gateway_http_refused",
@@ -110,6 +121,13 @@ LEDGER_QUEUE = Gauge(
 )
 LEDGER_WRITTEN = Counter("gateway_ledger_records_written", "Requests whose usage has been written to the store.")
 LEDGER_ERRORS = Counter("gateway_ledger_redis_errors", "Failed writes and reads of the usage store (Redis).")
+LEDGER_DROPPED = Counter(
+    "gateway_ledger_log_dropped",
+    "Request log entries dropped because the in-memory queue was full (their totals were kept).",
+)
+LEDGER_SPOOLED = Counter(
+    "gateway_ledger_spooled", "Requests whose usage went to the spool file at shutdown (Redis was unreachable)."
+)
 BUILD_INFO = Gauge(
     "gateway_build_info", "Always 1: the gateway's version and Python.", ["version", "python"], multiprocess_mode="max"
 )
@@ -165,7 +183,7 @@ class _Observations:
 class _Kind:
     """What one kind of request (same endpoint, model, upstream, status, stream, key) updates."""
 
-    __slots__ = ("billed", "disconnects", "duration", "errors", "labels", "requests", "tokens", "ttft")
+    __slots__ = ("billed", "disconnects", "duration", "errors", "labels", "requests", "spend", "tokens", "ttft")
 
     def __init__(self, observer: MetricsObserver, kind: tuple[str, str, str, int, bool, str | None]) -> None:
         endpoint, model, upstream, status, streamed, key = kind
@@ -178,6 +196,7 @@ class _Kind:
         self.disconnects = observer.count(CLIENT_DISCONNECTS, endpoint, model)
         self.tokens = tuple(observer.count(TOKENS, model, key, kind) for kind in _TOKEN_TYPES) if key else ()
         self.billed = observer.count(BILLED_UNITS, model, key) if key is not None else None
+        self.spend = observer.count(SPEND, model, key) if key is not None else None
         self.errors: dict[str, _Count] = {}  # error code -> count
 
 
@@ -256,6 +275,8 @@ class MetricsObserver(Observer):
             reasoning.pending += usage.reasoning_tokens
             if usage.billed_units and kind.billed is not None:
                 kind.billed.pending += usage.billed_units
+        if exchange.cost and kind.spend is not None:
+            kind.spend.pending += exchange.cost
 
     def _error(self, kind: _Kind, code: str) -> None:
         code = code if _CODE.match(code) else "other"

@@ -22,6 +22,7 @@ from gateway.errors import ClientDisconnected, GatewayError, UpstreamError
 
 if TYPE_CHECKING:
     from gateway.accounting.limits import Admission
+    from gateway.accounting.prices import PriceTable
 
 log = logging.getLogger("gateway.exchange")
 
@@ -83,12 +84,14 @@ class Exchange:
 
     __slots__ = (
         "_observers",
+        "_prices",
         "_token",
         "admission",
         "at",
         "attempts",
         "client_disconnected",
         "content",
+        "cost",
         "duration",
         "endpoint",
         "error_code",
@@ -96,7 +99,9 @@ class Exchange:
         "finished",
         "first_byte_after",
         "key_name",
+        "metadata",
         "model",
+        "prompt_estimate",
         "replied",
         "request_id",
         "route",
@@ -105,15 +110,24 @@ class Exchange:
         "started",
         "status",
         "stream",
+        "team",
         "usage",
     )
 
-    def __init__(self, request_id: str, endpoint: str, observers: Sequence[Observer] = ()) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        endpoint: str,
+        observers: Sequence[Observer] = (),
+        prices: PriceTable | None = None,
+    ) -> None:
         self.request_id = request_id
         self.endpoint = endpoint  # a fixed name such as `chat.completions`, never a raw path
         self.started = time.perf_counter()
         self.at = time.time()
         self.key_name: str | None = None  # the caller's key name, once authenticated
+        self.team: str | None = None  # the caller key's team
+        self.metadata: dict[str, object] | None = None  # the client's `metadata` field, as sent
         self.model: str | None = None  # the model the client asked for
         self.route: str | None = None  # the config entry that matched it (a name or a glob)
         self.served_model: str | None = None  # the model that answered: `model`, or a fallback
@@ -125,6 +139,8 @@ class Exchange:
         self.error_code: str | None = None  # set when the request ended in an error, even mid-stream
         self.error_type: str | None = None
         self.usage: Usage | None = None
+        self.prompt_estimate = 0  # the prompt's tokens as estimated from the body, before any upstream counted
+        self.cost = 0.0  # set at finish from the price table: what the reply cost
         self.client_disconnected = False
         self.first_byte_after: float | None = None  # streams: seconds until the first events went out
         self.duration: float | None = None
@@ -133,6 +149,7 @@ class Exchange:
         self.finished = False
         self._token: contextvars.Token[str | None] | None = None
         self._observers = observers
+        self._prices = prices
         for observer in observers:
             _notify(observer.started, self)
 
@@ -175,6 +192,9 @@ class Exchange:
                 request_id.reset(self._token)
         for attempt in self.attempts:
             attempt.end("cancelled")  # an attempt still open now was cut off (client gone, shutdown)
+        model = self.served_model or self.model
+        if self.replied and self._prices is not None and model is not None:
+            self.cost = self._prices.cost(model, self.usage)
         for observer in self._observers:
             _notify(observer.finished, self)
 
@@ -190,15 +210,16 @@ def _notify(hook: Callable[[Exchange], None], exchange: Exchange) -> None:
 class Exchanges:
     """Opens exchanges, each with the observers every request has, and knows how many are open."""
 
-    def __init__(self, observers: Sequence[Observer]) -> None:
+    def __init__(self, observers: Sequence[Observer], prices: PriceTable | None = None) -> None:
         self.observers = tuple(observers)
+        self.prices = prices
         self._open = _OpenCount()
         self._all = (self._open, *self.observers)
 
     def open(self, request_id_: str, endpoint: str) -> Exchange:
         """A new exchange; the running task's log lines carry its request id until it is finished."""
         token = request_id.set(request_id_)
-        exchange = Exchange(request_id_, endpoint, self._all)
+        exchange = Exchange(request_id_, endpoint, self._all, self.prices)
         exchange._token = token
         return exchange
 

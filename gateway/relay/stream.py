@@ -10,7 +10,7 @@ from typing import TypeVar
 import orjson
 
 from gateway.config import UpstreamConfig
-from gateway.dialects.base import StreamDecoder, redact
+from gateway.dialects.base import StreamDecoder, Usage, redact
 from gateway.dialects.openai import error_events
 from gateway.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout
 from gateway.relay.exchange import Attempt, Exchange
@@ -88,13 +88,23 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        self._exchange.usage = self._decoder.usage  # first: nothing below feeds the decoder, and it may raise
+        # First: nothing below feeds the decoder, and it may raise.
+        self._exchange.usage = self._decoder.usage or estimated_usage(self._exchange, self._decoder.text_chars)
         if self._events is not None:
             await self._events.aclose()  # type: ignore[attr-defined]
         if self._response is not None:
             self._response.close()
         if self._chunks is not None:
             await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
+def estimated_usage(exchange: Exchange, text_chars: int) -> Usage:
+    """What a stream used when the upstream never said (the client left before the usage chunk, or
+    the upstream sends none): the prompt estimated from the request body, the completion from the
+    text relayed, about four characters a token. Marked as estimated."""
+    completion = -(-text_chars // 4)
+    prompt = exchange.prompt_estimate
+    return Usage(prompt, completion, prompt + completion, estimated=True)
 
 
 D = TypeVar("D")

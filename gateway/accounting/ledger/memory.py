@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from gateway.accounting.ledger.base import Aggregate, Totals, UsageRecord, add_into
+from collections import deque
+
+from gateway.accounting.ledger.base import Aggregate, Totals, UsageQuery, UsageRecord, add_into, sort_rows, usage_row
 from gateway.observability.metrics import LEDGER_WRITTEN
+
+# The request log held in memory: the latest entries of every key together.
+LOG_ENTRIES = 10_000
 
 
 class MemoryLedger:
-    def __init__(self) -> None:
+    def __init__(self, log_entries: int = LOG_ENTRIES) -> None:
         self._totals: Aggregate = {}
+        self._teams: dict[tuple[str, str, str], str | None] = {}
+        self._log: deque[dict[str, object]] = deque(maxlen=log_entries)
 
     def record(self, record: UsageRecord) -> None:
         add_into(self._totals, record.key, record.counters())
+        self._teams[record.key] = record.team
+        self._log.append(record.entry())
         LEDGER_WRITTEN.inc()
 
     async def start(self) -> None:
@@ -23,9 +32,31 @@ class MemoryLedger:
     async def ready(self) -> bool:
         return True
 
+    @property
+    def backlog(self) -> int:
+        return 0
+
     async def usage(self, principal: str, day: str) -> dict[str, Totals]:
         return {
             model: dict(totals)
             for (who, when, model), totals in self._totals.items()
             if who == principal and when == day
         }
+
+    async def rows(self, query: UsageQuery) -> list[dict[str, object]]:
+        return sort_rows(
+            [
+                usage_row(key, day, model, self._teams.get((key, day, model)), totals)
+                for (key, day, model), totals in self._totals.items()
+                if query.wants(key, day, model, self._teams.get((key, day, model)))
+            ]
+        )
+
+    async def requests(self, principal: str, limit: int) -> list[dict[str, object]]:
+        out = []
+        for entry in reversed(self._log):
+            if entry["key"] == principal:
+                out.append(entry)
+                if len(out) >= limit:
+                    break
+        return out

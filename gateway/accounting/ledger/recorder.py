@@ -13,9 +13,30 @@ class LedgerRecorder(Observer):
 
     def finished(self, exchange: Exchange) -> None:
         # A reply that started counts, even if the upstream failed or the client left mid-stream:
-        # the upstream did (and bills) the work up to there.
-        # Under the model that served: the client's, or the fallback that answered for it.
+        # the upstream did (and bills) the work up to there. An exchange finishes once, whatever its
+        # attempts and retries were, so a request is recorded once.
         model = exchange.served_model or exchange.model
         if exchange.replied and exchange.key_name is not None and model is not None:
-            usage = exchange.usage or Usage()
-            self._ledger.record(UsageRecord(exchange.key_name, model, usage, sess_id=exchange.sess_id))
+            self._ledger.record(record_of(exchange, model))
+
+
+def record_of(exchange: Exchange, model: str) -> UsageRecord:
+    attempt = exchange.attempts[-1] if exchange.attempts else None
+    return UsageRecord(
+        exchange.key_name or "",
+        model,
+        exchange.usage or Usage(),
+        at=exchange.at,
+        sess_id=exchange.sess_id,
+        request_id=exchange.request_id,
+        team=exchange.team,
+        requested_model=exchange.model if exchange.model != model else None,
+        upstream=attempt.upstream if attempt is not None else None,
+        deployment=attempt.model if attempt is not None else None,
+        endpoint=exchange.endpoint,
+        cost=exchange.cost,
+        latency_ms=(exchange.duration or 0.0) * 1000,
+        status=exchange.status,
+        stream=exchange.stream,
+        metadata=exchange.metadata,
+    )

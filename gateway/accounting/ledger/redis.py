@@ -1,20 +1,26 @@
-"""Usage in Redis, written in batches off the hot path, exactly once, through outages.
+"""Usage in Redis, written in batches off the hot path, exactly once, through outages and restarts.
 
-Key layout (the `{principal}` hash tag keeps one key's data in one Redis Cluster slot):
+Key layout (the `{<key name>}` hash tag keeps one key's data in one Redis Cluster slot):
 
-    gw:{<key name>}:usage:<YYYY-MM-DD>:<model>   hash: requests, prompt_tokens, completion_tokens,
-                                                 total_tokens, cached_tokens, reasoning_tokens,
-                                                 billed_units (only when an upstream reported them)
+    gw:{<key name>}:usage:<YYYY-MM-DD>:<model>   hash: the counters of `COUNTERS` that are not zero,
+                                                 and `team` (the key's team when it was used)
     gw:{<key name>}:models:<YYYY-MM-DD>          set: the models with usage that day
-    gw:{<key name>}:session:<sess_id>            hash: the same counters for one client session
-                                                 (the `sess_id` extension), expiring 7 days after its last use
+    gw:{<key name>}:days                         set: the days with usage
+    gw:{<key name>}:log                          stream, capped (about `log_entries` per key): one
+                                                 entry per request, field `entry` = JSON (`UsageRecord.entry`)
+    gw:{<key name>}:session:<sess_id>            hash: the counters of one client session (the
+                                                 `sess_id` extension), expiring 7 days after its last use
     gw:{<key name>}:batch:<batch id>             marker of a written batch, kept one day
+    gw:{usage}:keys                              set: the key names that have usage
 
-Records are summed in memory per key, day and model. Every flush turns what is pending into batches
-(one per key name) with fresh ids; a Lua script applies a batch only if its marker is new, so a batch
-re-sent after a timeout whose write did land is not counted twice. While Redis is down the same
-batches are retried and new records keep summing in memory, so memory stays bounded by the number of
-(key, day, model) combinations and nothing is lost while the process lives.
+Records are summed in memory per key, day and model, and their log entries queued. Every flush
+turns what is pending into batches (one per key name) with fresh ids; one Lua script applies a
+batch only if its marker is new, so a batch re-sent after a timeout whose write did land is not
+counted twice. While Redis is down the batches wait and new records keep summing: the totals take
+memory per (key, day, model), the log entries one each, up to `queue_entries` (entries past that
+are dropped and counted; the totals never are). At shutdown what is still unwritten goes to a spool
+file in `spool_dir`; the next start (of any replica sharing the directory) replays it, and the
+batch ids make a replay that overlaps an earlier write harmless.
 """
 
 from __future__ import annotations
@@ -23,43 +29,73 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.accounting.ledger.base import Aggregate, Totals, UsageRecord, add_into
+from gateway.accounting.ledger.base import (
+    FLOAT_COUNTERS,
+    Aggregate,
+    Totals,
+    UsageQuery,
+    UsageRecord,
+    add_into,
+    sort_rows,
+    usage_row,
+)
 from gateway.accounting.redis_client import redis_client
-from gateway.observability.metrics import LEDGER_ERRORS, LEDGER_QUEUE, LEDGER_WRITTEN
+from gateway.observability.metrics import (
+    LEDGER_DROPPED,
+    LEDGER_ERRORS,
+    LEDGER_QUEUE,
+    LEDGER_SPOOLED,
+    LEDGER_WRITTEN,
+    REDIS_DEGRADED,
+)
 
 log = logging.getLogger("gateway.accounting.ledger")
 
 BATCH_MARKER_TTL = 86400
-
 SESSION_TTL = 7 * 86400
+LOG_ENTRIES = 10_000  # per key, approximately (`XADD MAXLEN ~`)
+QUEUE_ENTRIES = 200_000  # log entries held in memory while Redis is unreachable
+_REDIS_ERRORS = (TimeoutError, RedisError, OSError)
 
-# KEYS[1]: the batch marker. ARGV[1]: marker TTL; ARGV[2]: session TTL; ARGV[3]: JSON entries, each
-# [key index, counters, set key index or 0, set member]: counters go into KEYS[index]; with a set
-# index the member is added to that set, without one the hash is a session and gets the session TTL.
+# KEYS[1]: the batch marker; KEYS[2]: the key's days set; KEYS[3]: the key's log stream; then the
+# hashes and sets the entries name by index. ARGV: marker TTL, session TTL, log cap, JSON payload
+# {e: [[usage index, models index, model, day, team, counters]], s: [[session index, counters]],
+#  r: [log entry JSON]}.
 _APPLY_BATCH = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
-for _, entry in ipairs(cjson.decode(ARGV[3])) do
-  local hash = KEYS[entry[1]]
-  for name, value in pairs(entry[2]) do
-    if name == 'billed_units' then
+local batch = cjson.decode(ARGV[4])
+local function add(hash, counters)
+  for name, value in pairs(counters) do
+    if name == 'billed_units' or name == 'cost' then
       redis.call('HINCRBYFLOAT', hash, name, value)
     else
       redis.call('HINCRBY', hash, name, value)
     end
   end
-  if entry[3] > 0 then
-    redis.call('SADD', KEYS[entry[3]], entry[4])
-  else
-    redis.call('EXPIRE', hash, ARGV[2])
-  end
+end
+for _, e in ipairs(batch.e) do
+  add(KEYS[e[1]], e[6])
+  if e[5] ~= '' then redis.call('HSET', KEYS[e[1]], 'team', e[5]) end
+  redis.call('SADD', KEYS[e[2]], e[3])
+  redis.call('SADD', KEYS[2], e[4])
+end
+for _, s in ipairs(batch.s) do
+  add(KEYS[s[1]], s[2])
+  redis.call('EXPIRE', KEYS[s[1]], ARGV[2])
+end
+for _, entry in ipairs(batch.r) do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'entry', entry)
 end
 return 1
 """
@@ -77,16 +113,43 @@ def session_key(prefix: str, principal: str, sess_id: str) -> str:
     return f"{prefix}:{{{principal}}}:session:{sess_id}"
 
 
+def log_key(prefix: str, principal: str) -> str:
+    return f"{prefix}:{{{principal}}}:log"
+
+
 @dataclass(slots=True)
 class Batch:
     id: str
     principal: str
-    entries: list[tuple[str, str, Totals]]  # (day, model, counters)
+    entries: list[tuple[str, str, str, Totals]]  # (day, model, team or "", counters)
     sessions: list[tuple[str, Totals]]  # (sess_id, counters)
+    records: list[bytes]  # log entries, JSON
 
     def requests(self) -> int:
         """How many requests' usage the batch carries (sessions repeat some of them)."""
-        return sum(int(totals.get("requests", 0)) for _, _, totals in self.entries)
+        return sum(int(totals.get("requests", 0)) for _, _, _, totals in self.entries)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "principal": self.principal,
+                "entries": self.entries,
+                "sessions": self.sessions,
+                "records": [r.decode() for r in self.records],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, line: bytes) -> Batch:
+        data = orjson.loads(line)
+        return cls(
+            str(data["id"]),
+            str(data["principal"]),
+            [(str(d), str(m), str(t), dict(c)) for d, m, t, c in data["entries"]],
+            [(str(s), dict(c)) for s, c in data["sessions"]],
+            [str(r).encode() for r in data["records"]],
+        )
 
 
 class RedisLedger:
@@ -98,24 +161,50 @@ class RedisLedger:
         flush_interval: float = 0.5,
         timeout: float = 2.0,
         cluster: bool = False,
+        spool_dir: Path | None = None,
+        log_entries: int = LOG_ENTRIES,
+        queue_entries: int = QUEUE_ENTRIES,
     ) -> None:
         self._prefix = prefix
         self._interval = flush_interval
         self._redis: Any = redis_client(url, timeout=timeout, cluster=cluster)
         self._script = self._redis.register_script(_APPLY_BATCH)
+        self._spool_dir = spool_dir
+        self._log_entries = log_entries
+        self._queue_entries = queue_entries
         self._pending: Aggregate = {}
+        self._teams: dict[tuple[str, str, str], str] = {}
         self._sessions: dict[tuple[str, str], Totals] = {}  # (principal, sess_id) -> counters
+        self._records: dict[str, list[bytes]] = {}  # principal -> log entries
+        self._queued_entries = 0  # log entries pending or in unwritten batches
         self._unwritten: list[Batch] = []
+        self._replayed: list[Path] = []  # spool files whose batches are in `_unwritten`
+        self._registered: set[str] = set()  # key names known to be in the `gw:{usage}:keys` set
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
     def record(self, record: UsageRecord) -> None:
         counters = record.counters()
         add_into(self._pending, record.key, counters)
+        if record.team:
+            self._teams[record.key] = record.team
         if record.sess_id is not None:
             add_into(self._sessions, (record.principal, record.sess_id), counters)
+        if self._queued_entries >= self._queue_entries:
+            LEDGER_DROPPED.inc()  # the totals above still count it; only its log entry is lost
+            return
+        self._queued_entries += 1
+        entries = self._records.get(record.principal)
+        if entries is None:
+            entries = self._records[record.principal] = []
+        entries.append(orjson.dumps(record.entry()))
+
+    @property
+    def backlog(self) -> int:
+        return self.queued()
 
     async def start(self) -> None:
+        self._replay_spool()
         self._task = asyncio.create_task(self._run(), name="ledger-flush")
 
     async def _run(self) -> None:
@@ -125,26 +214,30 @@ class RedisLedger:
 
     async def flush(self) -> bool:
         """Write what is pending; True when nothing is left unwritten."""
-        if self._pending or self._sessions:
-            self._unwritten.extend(self._batches(self._pending, self._sessions))
-            self._pending, self._sessions = {}, {}
+        if self._pending or self._sessions or self._records:
+            self._unwritten.extend(self._batches())
         while self._unwritten:
             batch = self._unwritten[0]
             try:
                 await self._apply(batch)
-            except (TimeoutError, RedisError, OSError) as exc:
+                await self._register(batch.principal)
+            except _REDIS_ERRORS as exc:
                 LEDGER_ERRORS.inc()
                 LEDGER_QUEUE.set(self.queued())
                 if not self._failing:
                     log.warning("usage writes to Redis failing, keeping them queued: %s", type(exc).__name__)
                     self._failing = True
+                    REDIS_DEGRADED.labels("ledger").set(1)
                 return False
             self._unwritten.pop(0)
+            self._queued_entries -= len(batch.records)
             LEDGER_WRITTEN.inc(batch.requests())
         LEDGER_QUEUE.set(0)
+        self._forget_replayed()
         if self._failing:
             log.warning("usage writes to Redis recovered")
             self._failing = False
+            REDIS_DEGRADED.labels("ledger").set(0)
         return True
 
     def queued(self) -> int:
@@ -152,37 +245,84 @@ class RedisLedger:
         pending = sum(int(totals.get("requests", 0)) for totals in self._pending.values())
         return pending + sum(batch.requests() for batch in self._unwritten)
 
-    def _batches(self, pending: Aggregate, sessions: dict[tuple[str, str], Totals]) -> list[Batch]:
+    def _batches(self) -> list[Batch]:
+        """What is pending, as one batch per key name with a fresh id; pending is emptied."""
         by_principal: dict[str, Batch] = {}
 
         def batch_of(principal: str) -> Batch:
             if principal not in by_principal:
-                by_principal[principal] = Batch(os.urandom(12).hex(), principal, [], [])
+                by_principal[principal] = Batch(os.urandom(12).hex(), principal, [], [], [])
             return by_principal[principal]
 
-        for (principal, day, model), totals in pending.items():
-            batch_of(principal).entries.append((day, model, totals))
-        for (principal, sess_id), totals in sessions.items():
+        for key, totals in self._pending.items():
+            principal, day, model = key
+            batch_of(principal).entries.append((day, model, self._teams.get(key, ""), totals))
+        for (principal, sess_id), totals in self._sessions.items():
             batch_of(principal).sessions.append((sess_id, totals))
+        for principal, records in self._records.items():
+            batch_of(principal).records.extend(records)
+        self._pending, self._teams, self._sessions, self._records = {}, {}, {}, {}
         return list(by_principal.values())
 
     async def _apply(self, batch: Batch) -> None:
-        keys = [f"{self._prefix}:{{{batch.principal}}}:batch:{batch.id}"]
-        payload: list[list[object]] = []
-
-        def counters(totals: Totals) -> dict[str, str]:
-            return {name: _number(name, value) for name, value in totals.items()}
-
-        for day, model, totals in batch.entries:
-            keys += [
-                usage_key(self._prefix, batch.principal, day, model),
-                models_key(self._prefix, batch.principal, day),
-            ]
-            payload.append([len(keys) - 1, counters(totals), len(keys), model])
+        p, who = self._prefix, batch.principal
+        keys = [f"{p}:{{{who}}}:batch:{batch.id}", f"{p}:{{{who}}}:days", log_key(p, who)]
+        entries: list[list[object]] = []
+        sessions: list[list[object]] = []
+        for day, model, team, totals in batch.entries:
+            keys += [usage_key(p, who, day, model), models_key(p, who, day)]
+            entries.append([len(keys) - 1, len(keys), model, day, team, _counters(totals)])
         for sess_id, totals in batch.sessions:
-            keys.append(session_key(self._prefix, batch.principal, sess_id))
-            payload.append([len(keys), counters(totals), 0, ""])
-        await self._script(keys=keys, args=[BATCH_MARKER_TTL, SESSION_TTL, orjson.dumps(payload)])
+            keys.append(session_key(p, who, sess_id))
+            sessions.append([len(keys), _counters(totals)])
+        # Lua's cjson turns an empty array into an object; `ipairs` walks either the same way.
+        records = b"[" + b",".join(orjson.dumps(r.decode()) for r in batch.records) + b"]"
+        payload = b'{"e":%s,"s":%s,"r":%s}' % (orjson.dumps(entries), orjson.dumps(sessions), records)
+        await self._script(keys=keys, args=[BATCH_MARKER_TTL, SESSION_TTL, self._log_entries, payload])
+
+    async def _register(self, principal: str) -> None:
+        # Its own slot on a cluster, so not in the batch's script; adding twice changes nothing.
+        if principal not in self._registered:
+            await self._redis.sadd(f"{self._prefix}:{{usage}}:keys", principal)
+            self._registered.add(principal)
+
+    # --- the spool: what shutdown could not write, for the next start ---
+
+    def _replay_spool(self) -> None:
+        if self._spool_dir is None or not self._spool_dir.is_dir():
+            return
+        for path in sorted(self._spool_dir.glob("ledger-*.jsonl")):
+            try:
+                batches = [Batch.from_json(line) for line in path.read_bytes().splitlines() if line.strip()]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("spool file %s unreadable (%s): moved aside as .bad", path, exc)
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_suffix(".bad"))
+                continue
+            self._unwritten[:0] = batches
+            self._queued_entries += sum(len(b.records) for b in batches)
+            self._replayed.append(path)
+            log.warning("replaying %d usage batches spooled at a shutdown: %s", len(batches), path.name)
+
+    def _forget_replayed(self) -> None:
+        for path in self._replayed:
+            with contextlib.suppress(FileNotFoundError):  # another replica replayed it too
+                path.unlink()
+        self._replayed.clear()
+
+    def _spool(self) -> int:
+        """Write the unwritten batches to a new spool file; how many requests they carry."""
+        if self._spool_dir is None:
+            return 0
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        name = f"ledger-{int(time.time())}-{os.getpid()}-{os.urandom(4).hex()}.jsonl"
+        partial = self._spool_dir / f".{name}.partial"
+        partial.write_bytes(b"".join(batch.to_json() + b"\n" for batch in self._unwritten))
+        os.replace(partial, self._spool_dir / name)  # whole or not at all
+        self._forget_replayed()  # their batches are in the new file
+        requests = sum(batch.requests() for batch in self._unwritten)
+        LEDGER_SPOOLED.inc(requests)
+        return requests
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -191,27 +331,87 @@ class RedisLedger:
                 await self._task
             self._task = None
         if not await self.flush():
-            lost = sum(len(b.entries) + len(b.sessions) for b in self._unwritten)
-            log.error("Redis unreachable at shutdown: %d usage totals could not be written", lost)
+            try:
+                spooled = self._spool()
+            except OSError as exc:
+                log.error(
+                    "Redis unreachable at shutdown and the spool failed (%s): usage of %d requests lost",
+                    exc,
+                    self.queued(),
+                )
+            else:
+                if spooled or self._spool_dir is not None:
+                    log.warning(
+                        "Redis unreachable at shutdown: usage of %d requests spooled to %s", spooled, self._spool_dir
+                    )
+                else:
+                    log.error(
+                        "Redis unreachable at shutdown and no spool directory: usage of %d requests lost", self.queued()
+                    )
         await self._redis.aclose()
 
     async def ready(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except (TimeoutError, RedisError, OSError):
+            ok = bool(await self._redis.ping())
+        except _REDIS_ERRORS:
             LEDGER_ERRORS.inc()
-            return False
+            ok = False
+        REDIS_DEGRADED.labels("ledger").set(0 if ok and not self._failing else 1)
+        return ok
+
+    # --- reading ---
 
     async def usage(self, principal: str, day: str) -> dict[str, Totals]:
-        models = await self._redis.smembers(models_key(self._prefix, principal, day))
         out: dict[str, Totals] = {}
-        for raw in sorted(models):
-            model = raw.decode()
-            fields = await self._redis.hgetall(usage_key(self._prefix, principal, day, model))
-            out[model] = {k.decode(): float(v) for k, v in fields.items()}
+        for row in await self._key_rows(principal, UsageQuery(key=principal, since=day, until=day)):
+            out[str(row["model"])] = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and v}
         return out
 
+    async def rows(self, query: UsageQuery) -> list[dict[str, object]]:
+        if query.key is not None:
+            names: Iterable[str] = [query.key]
+        else:
+            names = sorted(m.decode() for m in await self._redis.smembers(f"{self._prefix}:{{usage}}:keys"))
+        rows: list[dict[str, object]] = []
+        for name in names:
+            rows += await self._key_rows(name, query)
+        return sort_rows(rows)
 
-def _number(name: str, value: float) -> str:
+    async def _key_rows(self, name: str, query: UsageQuery) -> list[dict[str, object]]:
+        p = self._prefix
+        days = sorted(d.decode() for d in await self._redis.smembers(f"{p}:{{{name}}}:days"))
+        days = [day for day in days if query.wants_day(day)]
+        if not days:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.smembers(models_key(p, name, day))
+            models_by_day = await pipe.execute()
+        wanted = [
+            (day, model)
+            for day, models in zip(days, models_by_day, strict=True)
+            for model in sorted(m.decode() for m in models)
+            if query.model is None or model == query.model
+        ]
+        if not wanted:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for day, model in wanted:
+                pipe.hgetall(usage_key(p, name, day, model))
+            hashes = await pipe.execute()
+        rows = []
+        for (day, model), fields in zip(wanted, hashes, strict=True):
+            values = {k.decode(): v.decode() for k, v in fields.items()}
+            team = values.pop("team", None)
+            if query.wants(name, day, model, team):
+                rows.append(usage_row(name, day, model, team, {k: float(v) for k, v in values.items()}))
+        return rows
+
+    async def requests(self, principal: str, limit: int) -> list[dict[str, object]]:
+        entries = await self._redis.xrevrange(log_key(self._prefix, principal), count=limit)
+        return [orjson.loads(fields[b"entry"]) for _, fields in entries]
+
+
+def _counters(totals: Totals) -> dict[str, str]:
     # Strings, so the script's Lua never formats a large count in exponent notation.
-    return repr(float(value)) if name == "billed_units" else str(int(value))
+    return {name: repr(float(v)) if name in FLOAT_COUNTERS else str(int(v)) for name, v in totals.items()}

@@ -112,7 +112,7 @@ async def test_a_batch_resent_after_it_landed_is_not_counted_twice(redis_url: st
     ledger.record(UsageRecord("alice", "m1", Usage(10, 5, 15, 2, 1, 0.25)))
     ledger.record(UsageRecord("alice", "m1", Usage(10, 5, 15, 2, 1, None)))
     ledger.record(UsageRecord("bob", "m2", Usage(1, 1, 2)))
-    batches = ledger._batches(ledger._pending, ledger._sessions)
+    batches = ledger._batches()
     for batch in batches:  # as if the reply to the first write was lost and it was sent again
         await ledger._apply(batch)
         await ledger._apply(batch)
@@ -129,6 +129,7 @@ async def test_a_batch_resent_after_it_landed_is_not_counted_twice(redis_url: st
         }
     }
     assert (await ledger.usage("bob", _today()))["m2"]["requests"] == 1.0
+    assert len(await ledger.requests("alice", 10)) == 2  # one log entry per request, however often sent
     await ledger.aclose()
 
 
