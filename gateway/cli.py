@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway import __version__, cli_keys
+from gateway import __version__, cli_keys, cli_usage
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.routing import Router
 from gateway.settings import Settings
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
 
     cli_keys.add_parser(commands)
+    cli_usage.add_parser(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "keys":
         return cli_keys.run(args, settings, config)
+    if args.command == "usage":
+        return cli_usage.run(args, settings, config)
     if args.command == "check-config":
         _print_summary(config)
         print("config OK")

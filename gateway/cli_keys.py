@@ -14,6 +14,7 @@ from gateway.accounting.keys import Principal
 from gateway.accounting.keyspec import KeyChanges, NewKey, key_view
 from gateway.accounting.keystore import KeyStore
 from gateway.accounting.redis_client import redis_client
+from gateway.cli_output import print_table
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.settings import Settings
@@ -139,11 +140,7 @@ def _show(rows: list[dict[str, Any]], form: str, one: bool = False) -> None:
     if form == "json":
         print(json.dumps(rows[0] if one else rows, indent=2))
         return
-    cells = [[_cell(row[c]) for c in _COLUMNS] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(_COLUMNS)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print_table(_COLUMNS, [[_cell(row[c]) for c in _COLUMNS] for row in rows])
 
 
 def _cell(value: Any) -> str:

@@ -25,9 +25,13 @@ LIMITED_KEY = "sk-test-limited-key"
 
 
 def config_yaml(
-    fake_url: str, redis_url: str | None = None, anthropic_url: str = "http://127.0.0.1:9", more_models: str = ""
+    fake_url: str,
+    redis_url: str | None = None,
+    anthropic_url: str = "http://127.0.0.1:9",
+    more_models: str = "",
+    more: str = "",
 ) -> str:
-    """The test config; `more_models` are YAML list items added to `models`."""
+    """The test config; `more_models` are YAML list items added to `models`, `more` is top-level YAML."""
     return f"""
 redis_url: {redis_url or ""}
 keys:
@@ -93,7 +97,8 @@ models:
     upstream: claude
   - name: nokey
     upstream: unconfigured
-{more_models}"""
+{more_models}
+{more}"""
 
 
 @pytest.fixture(scope="session")
@@ -157,6 +162,7 @@ def test_settings(**overrides: Any) -> Settings:
         "max_body_bytes": 64 * 1024,
         "retry_backoff": 0.01,
         "access_log": False,  # tests about the access log turn it on; others keep the output readable
+        "ledger_spool_dir": None,  # tests about the spool give one
         **overrides,
     }
     return Settings(**values)

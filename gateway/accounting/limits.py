@@ -266,6 +266,11 @@ def budget_period(period: str, now: float) -> str:
     return when.strftime("%Y-%m-%d") if period == "day" else when.strftime("%Y-%m")
 
 
+def _label(period: str, period_id: str) -> str:
+    """`month 2026-11`, `day 2026-11-23` or `total`: for messages and the last known balances."""
+    return f"{period} {period_id}" if period != "total" else "total"
+
+
 class Limiter:
     def __init__(
         self,
@@ -326,7 +331,7 @@ class Limiter:
                 f"{base}:holds:{period}",
                 f"{os.urandom(6).hex()}:{reservation!r}",
                 reservation,
-                f"{principal.budget_period} {period}" if period != "total" else "total",
+                _label(principal.budget_period, period),
             )
         counted = estimate if any(s.tpm is not None for s in scopes) else 0
         if time.monotonic() < self._down_until:
@@ -383,6 +388,21 @@ class Limiter:
             f"{spent:.6g} spent or held by requests in flight.",
             headers=headers,
         )
+
+    async def balance(self, principal: Principal) -> tuple[float, float] | None:
+        """(spent, held by requests in flight) in the key's current budget period; None without a budget.
+        While Redis is unreachable: the last balance this replica saw (as spent)."""
+        if principal.budget is None:
+            return None
+        period = budget_period(principal.budget_period, time.time())
+        label = _label(principal.budget_period, period)
+        try:
+            spent, held = await self._redis.hmget(
+                f"{self._prefix}:{{{principal.name}}}:budget:{period}", "spent", "held"
+            )
+        except _REDIS_ERRORS:
+            return self._balances.get((principal.name, label), 0.0), 0.0
+        return float(spent or 0), max(float(held or 0), 0.0)
 
     # --- settling ---
 

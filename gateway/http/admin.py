@@ -1,4 +1,4 @@
-"""The admin API under `/admin/`: managed keys. Guarded by `GATEWAY_ADMIN_TOKEN` (compared in
+"""The admin API under `/admin/`: managed keys and usage. Guarded by `GATEWAY_ADMIN_TOKEN` (compared in
 constant time), which is not a client key; without it the admin API answers 404."""
 
 from __future__ import annotations
@@ -7,13 +7,15 @@ import hashlib
 import hmac
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from gateway.accounting.keys import Principal
 from gateway.accounting.keyspec import KeyChanges, NewKey, key_view
 from gateway.accounting.keystore import KeyExists, KeyStore
+from gateway.accounting.ledger.base import UsageQuery
 from gateway.errors import AuthenticationFailed, GatewayError
+from gateway.http.usage import DayParam, parse_day
 from gateway.runtime import Runtime
 
 
@@ -83,3 +85,23 @@ async def update_key(request: Request, name: str, body: KeyChanges) -> dict[str,
 async def revoke_key(request: Request, name: str) -> dict[str, Any]:
     """Refuse the key from now on (within `GATEWAY_KEY_CACHE_SECONDS` on every replica); its record stays."""
     return key_view(await _store(request).revoke(name))
+
+
+@router.get("/usage")
+async def usage(
+    request: Request,
+    key: str | None = None,
+    team: str | None = None,
+    model: str | None = None,
+    since: DayParam = None,
+    until: DayParam = None,
+) -> dict[str, Any]:
+    """Usage per key, model and UTC day, from Redis, or from this process's memory without Redis."""
+    query = UsageQuery(key, team, model, parse_day(since, "since"), parse_day(until, "until"))
+    return {"object": "list", "data": await _runtime(request).ledger.rows(query)}
+
+
+@router.get("/usage/requests")
+async def request_log(request: Request, key: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    """The key's latest requests, newest first: one entry each, with every usage field and its cost."""
+    return {"object": "list", "data": await _runtime(request).ledger.requests(key, limit)}

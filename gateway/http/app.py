@@ -17,6 +17,7 @@ from gateway.http.asgi import RequestIds
 from gateway.http.chat import ChatCompletions
 from gateway.http.openapi import openapi_document
 from gateway.http.routes import exchange_of, router
+from gateway.http.usage import router as usage_router
 from gateway.relay import Exchanges
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -90,6 +91,7 @@ def _fastapi(runtime: Runtime) -> FastAPI:
     api = FastAPI(title="LLM gateway", version=__version__)
     api.state.runtime = runtime
     api.include_router(router)
+    api.include_router(usage_router)
     api.include_router(admin_router)
     api.openapi = lambda: openapi_document(api)  # type: ignore[method-assign]
 
@@ -126,6 +128,17 @@ def _error_response(request: Request, exc: GatewayError) -> Response:
     return Response(exc.to_json(), status_code=exc.status, media_type="application/json", headers=headers)
 
 
+def _endpoint(path: str) -> str:
+    """A fixed name for what a path is, for metrics and logs (never the raw path)."""
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        return "models"
+    if path.startswith("/admin/"):
+        return "admin"
+    if path == "/v1/usage" or "/dashboard/billing/" in path:
+        return "usage"
+    return "other"
+
+
 class ExchangeMiddleware:
     """Gives every FastAPI response an `x-request-id` (the hot route sets its own), and every API
     request an exchange, finished when the response has gone out."""
@@ -144,14 +157,7 @@ class ExchangeMiddleware:
         path: str = scope["path"]
         exchange = None
         if path not in _UNRECORDED:
-            endpoint = (
-                "models"
-                if path == "/v1/models" or path.startswith("/v1/models/")
-                else "admin"
-                if path.startswith("/admin/")
-                else "other"
-            )
-            exchange = scope["gateway.exchange"] = self._exchanges.open(rid.decode(), endpoint)
+            exchange = scope["gateway.exchange"] = self._exchanges.open(rid.decode(), _endpoint(path))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

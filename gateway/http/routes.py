@@ -31,7 +31,7 @@ def exchange_of(request: Request) -> Exchange | None:
     return exchange
 
 
-async def _principal(
+async def caller(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     api_key: Annotated[str | None, Header(alias="api-key")] = None,
@@ -50,7 +50,7 @@ def _model(model_id: str, route: Route, created: int) -> dict[str, Any]:
 
 
 @router.get("/v1/models")
-def list_models(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> dict[str, Any]:
+def list_models(request: Request, principal: Annotated[Principal, Depends(caller)]) -> dict[str, Any]:
     """The exact model names this key may use and that have a usable upstream.
 
     Glob entries are not listed (a pattern is not a model id); any name they match can be
@@ -67,9 +67,7 @@ def list_models(request: Request, principal: Annotated[Principal, Depends(_princ
 
 
 @router.get("/v1/models/{model_id:path}")
-def retrieve_model(
-    model_id: str, request: Request, principal: Annotated[Principal, Depends(_principal)]
-) -> dict[str, Any]:
+def retrieve_model(model_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> dict[str, Any]:
     runtime = _runtime(request)
     route = runtime.router.match(model_id)
     if route is None or not route.usable or not principal.may_use(model_id):

@@ -3,62 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
 from gateway.accounting.limits import duration, limit_headers
 from tests.conftest import config_yaml
+from tests.support.gateway_cli import make_key, spread, usage_json
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer
-
-ROOT = Path(__file__).resolve().parents[2]
-USER = [{"role": "user", "content": "hello"}]
-
-
-def _make_key(config: Path, *options: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    made = subprocess.run(
-        [sys.executable, "-m", "gateway", "keys", "create", "--config", str(config), *options],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=ROOT,
-    )
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip()
-
-
-async def _spread(urls: list[str], key: str, count: int, stream: bool = False) -> list[httpx.Response]:
-    async with httpx.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=30) as client:
-        return await asyncio.gather(
-            *(
-                client.post(
-                    f"{urls[i % len(urls)]}/v1/chat/completions",
-                    json={"model": "echo", "messages": USER, "stream": stream},
-                )
-                for i in range(count)
-            )
-        )
 
 
 def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake_url: str, redis_url: str) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(config_yaml(fake_url, redis_url))
-    key = _make_key(config, "--name", "sixty", "--rpm", "60")
+    key = make_key(config, "--name", "sixty", "--rpm", "60")
     env = {"GATEWAY_ACCESS_LOG": "false", "GATEWAY_LEDGER_FLUSH_INTERVAL": "0.1"}
     with (
         GatewayProcess(config, workdir=tmp_path, env=env) as one,
         GatewayProcess(config, workdir=tmp_path, env=env) as two,
     ):
-        replies = asyncio.run(_spread([one.url, two.url], key, 200))
+        replies = asyncio.run(spread([one.url, two.url], key, 200))
 
     ok = [r for r in replies if r.status_code == 200]
     refused = [r for r in replies if r.status_code == 429]
@@ -78,16 +45,19 @@ def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake_url: str, redis_u
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     day = time.strftime("%Y-%m-%d", time.gmtime())
     assert r.hget(f"gw:{{sixty}}:usage:{day}:echo", "requests") == "60"
+    assert r.xlen("gw:{sixty}:log") == 60  # one request log entry per served request
+    rows = usage_json(config, "--key", "sixty")
+    assert [(row["key"], row["model"], row["day"], row["requests"]) for row in rows] == [("sixty", "echo", day, 60)]
 
 
 def test_tpm_refuses_once_the_minute_s_tokens_are_used(tmp_path: Path, fake_url: str, redis_url: str) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(config_yaml(fake_url, redis_url))
-    key = _make_key(config, "--name", "tokens", "--tpm", "100")
+    key = make_key(config, "--name", "tokens", "--tpm", "100")
     with GatewayProcess(config, workdir=tmp_path, env={"GATEWAY_ACCESS_LOG": "false"}) as gateway:
         statuses = []
         for _ in range(20):
-            reply = asyncio.run(_spread([gateway.url], key, 1))[0]
+            reply = asyncio.run(spread([gateway.url], key, 1))[0]
             statuses.append(reply.status_code)
             if reply.status_code == 200:
                 assert reply.headers["x-ratelimit-limit-tokens"] == "100"
@@ -102,13 +72,13 @@ def test_limits_fail_open_while_redis_is_down(
 ) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(config_yaml(fake_url, redis_url))
-    key = _make_key(config, "--name", "open", "--rpm", "5")
+    key = make_key(config, "--name", "open", "--rpm", "5")
     env = {"GATEWAY_ACCESS_LOG": "false", "GATEWAY_REDIS_TIMEOUT": "0.3"}
     with GatewayProcess(config, workdir=tmp_path, env=env) as gateway:
-        assert [r.status_code for r in asyncio.run(_spread([gateway.url], key, 2))] == [200, 200]  # key cached
+        assert [r.status_code for r in asyncio.run(spread([gateway.url], key, 2))] == [200, 200]  # key cached
         redis_server.stop()
         try:
-            replies = asyncio.run(_spread([gateway.url], key, 10))
+            replies = asyncio.run(spread([gateway.url], key, 10))
         finally:
             redis_server.start()
         assert [r.status_code for r in replies] == [200] * 10
@@ -129,7 +99,7 @@ def test_headers_and_durations() -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_no_limit_headers_for_a_key_without_limits(gateway_url_and_key: tuple[str, str], stream: bool) -> None:
     url, key = gateway_url_and_key
-    reply = asyncio.run(_spread([url], key, 1, stream=stream))[0]
+    reply = asyncio.run(spread([url], key, 1, stream=stream))[0]
     assert reply.status_code == 200 and not any(h.startswith("x-ratelimit") for h in reply.headers)
 
 

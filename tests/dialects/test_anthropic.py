@@ -106,7 +106,8 @@ def test_usage_arithmetic_with_cache_reads_and_writes() -> None:
     assert decoded.usage == Usage(130, 30, 160, 100, 0, None, cache_write_tokens=20)
     decoder = DIALECT.stream_decoder(_request(stream=True))
     decoder.feed(STREAM)
-    assert decoder.usage == Usage(130, 30, 160, 100, 0, None, cache_write_tokens=20)  # output from message_delta, cumulative
+    # Output from message_delta, cumulative.
+    assert decoder.usage == Usage(130, 30, 160, 100, 0, None, cache_write_tokens=20)
 
 
 def test_stream_split_at_every_byte_boundary_decodes_identically() -> None:

@@ -21,7 +21,12 @@ class GatewayProcess:
         self.output_path = workdir / f"gateway-{self.port}.out"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_MULTIPROC"))}
         # A short drain unless the test is about the drain: every test stops its gateway.
-        self._env = {**base, "GATEWAY_DRAIN_SECONDS": "0.2", **(env or {})}
+        self._env = {
+            **base,
+            "GATEWAY_DRAIN_SECONDS": "0.2",
+            "GATEWAY_LEDGER_SPOOL_DIR": str(workdir / "spool"),
+            **(env or {}),
+        }
         self._cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.port), *args]
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.dialects.base import Usage
 
@@ -80,7 +80,7 @@ class UsageRecord:
             counts["estimated_requests"] = 1
         return counts
 
-    def entry(self) -> dict[str, object]:
+    def entry(self) -> dict[str, Any]:
         """The request log's entry: everything known about the request, zero counts left out."""
         usage = {name: value for name, value in self.counters().items() if name != "requests"}
         usage.pop("cost", None)
@@ -134,16 +134,16 @@ class UsageQuery:
         )
 
 
-def usage_row(key: str, day: str, model: str, team: str | None, totals: Mapping[str, float]) -> dict[str, object]:
+def usage_row(key: str, day: str, model: str, team: str | None, totals: Mapping[str, float]) -> dict[str, Any]:
     """One row of a usage answer: every counter present (0 when none), integers where they are counts."""
-    row: dict[str, object] = {"key": key, "team": team, "model": model, "day": day}
+    row: dict[str, Any] = {"key": key, "team": team, "model": model, "day": day}
     for name in COUNTERS:
         value = totals.get(name, 0)
         row[name] = float(value) if name in FLOAT_COUNTERS else int(value)
     return row
 
 
-def sort_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: (str(row["day"]), str(row["key"]), str(row["model"])))
 
 
@@ -180,11 +180,11 @@ class Ledger(Protocol):
         """Totals per model for one key and one UTC day (`YYYY-MM-DD`), as stored."""
         ...
 
-    async def rows(self, query: UsageQuery) -> list[dict[str, object]]:
+    async def rows(self, query: UsageQuery) -> list[dict[str, Any]]:
         """Usage per key, model and day (see `usage_row`), sorted by day, key and model."""
         ...
 
-    async def requests(self, principal: str, limit: int) -> list[dict[str, object]]:
+    async def requests(self, principal: str, limit: int) -> list[dict[str, Any]]:
         """The key's latest request log entries (see `UsageRecord.entry`), newest first."""
         ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from gateway.accounting.ledger.base import Aggregate, Totals, UsageQuery, UsageRecord, add_into, sort_rows, usage_row
 from gateway.observability.metrics import LEDGER_WRITTEN
@@ -15,7 +16,7 @@ class MemoryLedger:
     def __init__(self, log_entries: int = LOG_ENTRIES) -> None:
         self._totals: Aggregate = {}
         self._teams: dict[tuple[str, str, str], str | None] = {}
-        self._log: deque[dict[str, object]] = deque(maxlen=log_entries)
+        self._log: deque[dict[str, Any]] = deque(maxlen=log_entries)
 
     def record(self, record: UsageRecord) -> None:
         add_into(self._totals, record.key, record.counters())
@@ -43,7 +44,7 @@ class MemoryLedger:
             if who == principal and when == day
         }
 
-    async def rows(self, query: UsageQuery) -> list[dict[str, object]]:
+    async def rows(self, query: UsageQuery) -> list[dict[str, Any]]:
         return sort_rows(
             [
                 usage_row(key, day, model, self._teams.get((key, day, model)), totals)
@@ -52,7 +53,7 @@ class MemoryLedger:
             ]
         )
 
-    async def requests(self, principal: str, limit: int) -> list[dict[str, object]]:
+    async def requests(self, principal: str, limit: int) -> list[dict[str, Any]]:
         out = []
         for entry in reversed(self._log):
             if entry["key"] == principal:

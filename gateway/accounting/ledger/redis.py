@@ -367,17 +367,17 @@ class RedisLedger:
             out[str(row["model"])] = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and v}
         return out
 
-    async def rows(self, query: UsageQuery) -> list[dict[str, object]]:
+    async def rows(self, query: UsageQuery) -> list[dict[str, Any]]:
         if query.key is not None:
             names: Iterable[str] = [query.key]
         else:
             names = sorted(m.decode() for m in await self._redis.smembers(f"{self._prefix}:{{usage}}:keys"))
-        rows: list[dict[str, object]] = []
+        rows: list[dict[str, Any]] = []
         for name in names:
             rows += await self._key_rows(name, query)
         return sort_rows(rows)
 
-    async def _key_rows(self, name: str, query: UsageQuery) -> list[dict[str, object]]:
+    async def _key_rows(self, name: str, query: UsageQuery) -> list[dict[str, Any]]:
         p = self._prefix
         days = sorted(d.decode() for d in await self._redis.smembers(f"{p}:{{{name}}}:days"))
         days = [day for day in days if query.wants_day(day)]
@@ -407,7 +407,7 @@ class RedisLedger:
                 rows.append(usage_row(name, day, model, team, {k: float(v) for k, v in values.items()}))
         return rows
 
-    async def requests(self, principal: str, limit: int) -> list[dict[str, object]]:
+    async def requests(self, principal: str, limit: int) -> list[dict[str, Any]]:
         entries = await self._redis.xrevrange(log_key(self._prefix, principal), count=limit)
         return [orjson.loads(fields[b"entry"]) for _, fields in entries]
 
