@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from gateway.accounting.keys import Keys, KeyTable
 from gateway.accounting.keystore import KeyStore
@@ -24,7 +25,7 @@ from gateway.accounting.ledger.recorder import LedgerRecorder
 from gateway.accounting.ledger.redis import RedisLedger
 from gateway.accounting.limits import Limiter, LimitSettler
 from gateway.accounting.prices import PriceTable
-from gateway.accounting.redis_client import redis_client
+from gateway.accounting.redis_client import redis_client, warm_up
 from gateway.config import GatewayConfig, Timeouts
 from gateway.observability.logs import AccessLog
 from gateway.observability.metrics import MetricsObserver
@@ -54,6 +55,7 @@ class Runtime:
     relay: Relay
     exchanges: Exchanges
     limiter: Limiter | None = None
+    redis: Any = None  # the client the key store and the limiter share
     started_at: int = field(default_factory=lambda: int(time.time()))
     _flusher: asyncio.Task[None] | None = None
     draining: bool = False
@@ -124,7 +126,7 @@ class Runtime:
         if settings.access_log:
             observers.append(AccessLog(settings.log_format))
         exchanges = Exchanges(observers, prices)
-        return cls(settings, config, keys, router, ledger, transports, relay, exchanges, limiter)
+        return cls(settings, config, keys, router, ledger, transports, relay, exchanges, limiter, client)
 
     async def start(self) -> None:
         if self.config.redis_url:
@@ -139,6 +141,8 @@ class Runtime:
         for upstream in self.config.upstreams:
             if not upstream.enabled:
                 log.warning("upstream %s is disabled: its api_key is empty", upstream.name)
+        if self.redis is not None:
+            await warm_up(self.redis)
         await self.ledger.start()
         self._flusher = asyncio.create_task(self._flush_observers(), name="observer-flush")
         self._drain_on_sigterm()

@@ -16,7 +16,7 @@ from gateway.http.protocol import connection_limits
 from gateway.settings import Settings
 from tests.support.fake_anthropic import ANTHROPIC_KEY, FakeAnthropic
 from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisCluster, RedisServer
 from tests.support.spec import AsyncValidatingTransport, Checker, ValidatingTransport
 from tests.support.threads import AiohttpServer, UvicornServer
 
@@ -115,6 +115,71 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis.Redis.from_url(redis_server.url).flushall()
     return redis_server.url
+
+
+@dataclass
+class RedisBackend:
+    """A Redis the accounting suite runs against: one server, or a three-master Redis Cluster. Both
+    keep their data on disk, so a stop and a start in the middle of a test lose nothing."""
+
+    kind: str
+    server: RedisServer | RedisCluster
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def cluster(self) -> bool:
+        return self.kind == "cluster"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a gateway process needs to use it."""
+        return {"GATEWAY_REDIS_CLUSTER": "true"} if self.cluster else {}
+
+    def client(self, decode: bool = True) -> Any:
+        if self.cluster:
+            return redis.RedisCluster.from_url(self.url, decode_responses=decode)
+        return redis.Redis.from_url(self.url, decode_responses=decode)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+
+@pytest.fixture(scope="session")
+def _persistent_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis-aof"), persistent=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), persistent=True)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> RedisBackend:
+    """Each accounting test that takes it runs on one Redis and on a three-master cluster, empty."""
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("_redis_cluster")
+        if any(node.proc is None for node in cluster.nodes):
+            cluster.start()
+        cluster.flush()
+        return RedisBackend("cluster", cluster)
+    server: RedisServer = request.getfixturevalue("_persistent_redis")
+    if server.proc is None:
+        server.start()
+    redis.Redis.from_url(server.url).flushall()
+    return RedisBackend("single", server)
 
 
 Fake = TypeVar("Fake", FakeOpenAI, FakeAnthropic)

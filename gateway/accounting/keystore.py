@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from gateway.accounting.keys import KeyStoreUnavailable, Principal, digest_of
+from gateway.accounting.redis_client import REDIS_ERRORS
 from gateway.errors import GatewayError
 
 KEY_PREFIX = "sk-gw-"
@@ -110,5 +110,5 @@ class KeyStore:
     async def _call(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyStoreUnavailable(f"The key store (Redis) is unreachable: {type(exc).__name__}.") from None

@@ -48,10 +48,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from gateway.accounting.keys import Principal
 from gateway.accounting.prices import PriceTable
+from gateway.accounting.redis_client import REDIS_ERRORS
 from gateway.errors import GatewayError
 from gateway.observability import metrics
 from gateway.relay.exchange import Exchange, Observer
@@ -67,7 +67,6 @@ MAX_SETTLEMENTS = 100_000
 # After a failed call, how long admissions skip Redis (so an outage costs no timeout per request).
 RETRY_AFTER_FAILURE = 1.0
 _BUDGET_TTL = {"day": 3 * 86400, "month": 62 * 86400, "total": 0}
-_REDIS_ERRORS = (TimeoutError, RedisError, OSError)
 
 # KEYS: every Redis key the batch names. ARGV[1]: now (s); ARGV[2]: JSON
 #   {s: settlements [[token ring indices], token delta, budget index, holds index, hold, reservation, cost],
@@ -400,7 +399,7 @@ class Limiter:
             spent, held = await self._redis.hmget(
                 f"{self._prefix}:{{{principal.name}}}:budget:{period}", "spent", "held"
             )
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             return self._balances.get((principal.name, label), 0.0), 0.0
         return float(spent or 0), max(float(held or 0), 0.0)
 
@@ -486,7 +485,7 @@ class Limiter:
         try:
             answer = await self._sync(keys=keys, args=[int(time.time()), payload])
         except Exception as exc:  # not only Redis errors: a request must never wait on a failed call
-            if not isinstance(exc, _REDIS_ERRORS):
+            if not isinstance(exc, REDIS_ERRORS):
                 log.exception("limits script call failed")
             self._failed(exc)
             self._requeue(name, pending.settlements)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException, RedisError
+
+log = logging.getLogger("gateway.redis")
+
+# What a Redis call can fail with when Redis is unreachable or the connection breaks. redis-py's
+# cluster client raises RedisClusterException (not a RedisError) when no node answers, and surfaces
+# a connection closed under a command (uvloop) as RuntimeError or AttributeError.
+REDIS_ERRORS = (TimeoutError, RedisError, RedisClusterException, OSError, RuntimeError, AttributeError)
 
 
 def redis_client(url: str, *, timeout: float, cluster: bool = False) -> Any:
@@ -12,3 +21,13 @@ def redis_client(url: str, *, timeout: float, cluster: bool = False) -> Any:
     if cluster:
         return aioredis.RedisCluster.from_url(url, **kwargs)
     return aioredis.Redis.from_url(url, **kwargs)
+
+
+async def warm_up(client: Any) -> None:
+    """Learn a cluster's slots before the first requests: commands that race the client's own first
+    discovery can fail on connections it replaces. Unreachable now is not fatal: the client retries."""
+    if isinstance(client, aioredis.RedisCluster):
+        try:
+            await client.initialize()
+        except REDIS_ERRORS as exc:
+            log.warning("Redis Cluster unreachable at start-up (%s): serving, and retrying on use", type(exc).__name__)

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.conftest import config_yaml
+from tests.conftest import RedisBackend, config_yaml
 from tests.support.gateway_cli import make_key, spread, usage_json
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer
@@ -37,18 +36,21 @@ def _config(tmp_path: Path, fake_url: str, redis_url: str, prices: str) -> Path:
     return config
 
 
-def _budget(redis_url: str, name: str) -> dict[str, float]:
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+def _budget(backend: RedisBackend, name: str) -> dict[str, float]:
+    r = backend.client()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     return {k: float(v) for k, v in r.hgetall(f"gw:{{{name}}}:budget:{day}").items()}
 
 
-def test_fifty_concurrent_requests_against_a_budget_for_ten(tmp_path: Path, fake_url: str, redis_url: str) -> None:
-    config = _config(tmp_path, fake_url, redis_url, PER_REQUEST)
-    key = make_key(config, "--name", "ten", "--budget", "10", "--budget-period", "day")
+def test_fifty_concurrent_requests_against_a_budget_for_ten(
+    tmp_path: Path, fake_url: str, redis_backend: RedisBackend
+) -> None:
+    config = _config(tmp_path, fake_url, redis_backend.url, PER_REQUEST)
+    key = make_key(config, "--name", "ten", "--budget", "10", "--budget-period", "day", env=redis_backend.env)
+    env = {**ENV, **redis_backend.env}
     with (
-        GatewayProcess(config, workdir=tmp_path, env=ENV) as one,
-        GatewayProcess(config, workdir=tmp_path, env=ENV) as two,
+        GatewayProcess(config, workdir=tmp_path, env=env) as one,
+        GatewayProcess(config, workdir=tmp_path, env=env) as two,
     ):
         replies = asyncio.run(spread([one.url, two.url], key, 50))
         later = asyncio.run(spread([one.url], key, 1))[0]
@@ -63,21 +65,23 @@ def test_fifty_concurrent_requests_against_a_budget_for_ten(tmp_path: Path, fake
         assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
         assert "ten" in error["message"] and key not in error["message"]
         assert "retry-after" not in reply.headers  # waiting does not help until the period ends
-    assert _budget(redis_url, "ten") == {"spent": 10.0, "held": 0.0}
-    rows = usage_json(config, "--key", "ten")
+    assert _budget(redis_backend, "ten") == {"spent": 10.0, "held": 0.0}
+    rows = usage_json(config, "--key", "ten", env=redis_backend.env)
     assert [(row["requests"], row["cost"]) for row in rows] == [(10, 10.0)]
 
 
-def test_token_prices_overshoot_by_at_most_one_reservation(tmp_path: Path, fake_url: str, redis_url: str) -> None:
-    config = _config(tmp_path, fake_url, redis_url, PER_TOKEN)
-    key = make_key(config, "--name", "tokens", "--budget", "0.1", "--budget-period", "day")
-    with GatewayProcess(config, workdir=tmp_path, env=ENV) as gateway:
+def test_token_prices_overshoot_by_at_most_one_reservation(
+    tmp_path: Path, fake_url: str, redis_backend: RedisBackend
+) -> None:
+    config = _config(tmp_path, fake_url, redis_backend.url, PER_TOKEN)
+    key = make_key(config, "--name", "tokens", "--budget", "0.1", "--budget-period", "day", env=redis_backend.env)
+    with GatewayProcess(config, workdir=tmp_path, env={**ENV, **redis_backend.env}) as gateway:
         served = 0
         for _ in range(6):  # waves of concurrent requests until the budget refuses everything
             replies = asyncio.run(spread([gateway.url], key, 10, max_tokens=1))
             assert {r.status_code for r in replies} <= {200, 429}
             served += sum(r.status_code == 200 for r in replies)
-    spent = _budget(redis_url, "tokens")
+    spent = _budget(redis_backend, "tokens")
     body = b'{"model":"echo","messages":[{"role":"user","content":"hello"}],"stream":false,"max_tokens":1}'
     reservation = (len(body) // 4 + 1) / 1000
     assert spent["held"] == pytest.approx(0.0, abs=1e-9)

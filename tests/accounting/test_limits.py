@@ -7,20 +7,19 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from gateway.accounting.limits import duration, limit_headers
-from tests.conftest import config_yaml
+from tests.conftest import RedisBackend, config_yaml
 from tests.support.gateway_cli import make_key, spread, usage_json
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer
 
 
-def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake_url: str, redis_url: str) -> None:
+def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake_url: str, redis_backend: RedisBackend) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text(config_yaml(fake_url, redis_url))
-    key = make_key(config, "--name", "sixty", "--rpm", "60")
-    env = {"GATEWAY_ACCESS_LOG": "false", "GATEWAY_LEDGER_FLUSH_INTERVAL": "0.1"}
+    config.write_text(config_yaml(fake_url, redis_backend.url))
+    key = make_key(config, "--name", "sixty", "--rpm", "60", env=redis_backend.env)
+    env = {"GATEWAY_ACCESS_LOG": "false", "GATEWAY_LEDGER_FLUSH_INTERVAL": "0.1", **redis_backend.env}
     with (
         GatewayProcess(config, workdir=tmp_path, env=env) as one,
         GatewayProcess(config, workdir=tmp_path, env=env) as two,
@@ -42,11 +41,11 @@ def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake_url: str, redis_u
     remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in ok)
     assert remaining == list(range(60))  # each admitted request saw the count after it, once
     # The ledger holds exactly the served requests.
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_backend.client()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     assert r.hget(f"gw:{{sixty}}:usage:{day}:echo", "requests") == "60"
     assert r.xlen("gw:{sixty}:log") == 60  # one request log entry per served request
-    rows = usage_json(config, "--key", "sixty")
+    rows = usage_json(config, "--key", "sixty", env=redis_backend.env)
     assert [(row["key"], row["model"], row["day"], row["requests"]) for row in rows] == [("sixty", "echo", day, 60)]
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +13,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import redis
 
 from gateway.config import parse_config
-from tests.conftest import CLIENT_KEY, RunningGateway, config_yaml
+from tests.conftest import CLIENT_KEY, RedisBackend, RunningGateway, config_yaml
 from tests.conftest import sdk as make_sdk
+from tests.support.gateway_cli import gateway_cli
 from tests.support.spec import Checker
 
 ADMIN = "admin-token-for-tests"
@@ -29,9 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def replicas(start_gateway: Callable[..., RunningGateway], fake_url: str, redis_url: str) -> list[RunningGateway]:
-    config = parse_config(config_yaml(fake_url, redis_url))
-    return [start_gateway(config, admin_token=ADMIN, key_cache_seconds=CACHE_SECONDS) for _ in range(2)]
+def replicas(
+    start_gateway: Callable[..., RunningGateway], fake_url: str, redis_backend: RedisBackend
+) -> list[RunningGateway]:
+    config = parse_config(config_yaml(fake_url, redis_backend.url))
+    settings = {"admin_token": ADMIN, "key_cache_seconds": CACHE_SECONDS, "redis_cluster": redis_backend.cluster}
+    return [start_gateway(config, **settings) for _ in range(2)]
 
 
 def _admin(gateway: RunningGateway, token: str = ADMIN) -> httpx.Client:
@@ -49,7 +50,7 @@ def _until(check: Callable[[], bool], seconds: float) -> float:
 
 
 def test_a_key_made_by_the_admin_api_works_on_every_replica_until_revoked(
-    replicas: list[RunningGateway], redis_url: str, checker: Checker
+    replicas: list[RunningGateway], redis_backend: RedisBackend, checker: Checker
 ) -> None:
     one, two = replicas
     made = _admin(one).post("/admin/keys", json={"name": "team-a-bot", "team": "team-a", "models": ["echo"]})
@@ -58,7 +59,7 @@ def test_a_key_made_by_the_admin_api_works_on_every_replica_until_revoked(
     assert key.startswith("sk-gw-") and made.json()["team"] == "team-a"
 
     # Stored hashed: the key itself is nowhere in Redis.
-    r = redis.Redis.from_url(redis_url)
+    r = redis_backend.client(decode=False)
     everything = b"".join(r.dump(k) or b"" for k in r.keys("*"))
     assert key.encode() not in everything
     assert r.exists(f"gw:{{keys}}:digest:{hashlib.sha256(key.encode()).hexdigest()}")
@@ -133,39 +134,33 @@ def test_admin_api_is_in_the_openapi_document(replicas: list[RunningGateway]) ->
     assert {"/admin/keys", "/admin/keys/{name}", "/admin/keys/{name}/revoke"} <= set(paths)
 
 
-def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "keys", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=ROOT,
-    )
+def _cli(*args: str, config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return gateway_cli("keys", *args, "--config", str(config), env=env)
 
 
 def test_the_cli_has_the_same_powers(
-    tmp_path: Path, fake_url: str, redis_url: str, replicas: list[RunningGateway]
+    tmp_path: Path, fake_url: str, redis_backend: RedisBackend, replicas: list[RunningGateway]
 ) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text(config_yaml(fake_url, redis_url))
+    config.write_text(config_yaml(fake_url, redis_backend.url))
+    env = redis_backend.env
     made = _cli(
         "create", "--name", "cli-key", "--team", "t", "--models", "echo,gpt-*", "--rpm", "60", "--tpm", "1000",
         "--budget", "5", "--budget-period", "day", "--expires", "2099-01-01T00:00:00", "--metadata", "owner=ana",
         config=config,
+        env=env,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert made.stdout == key + "\n" and key.startswith("sk-gw-")  # the key alone
 
-    shown = json.loads(_cli("show", "cli-key", "--format", "json", config=config).stdout)
+    shown = json.loads(_cli("show", "cli-key", "--format", "json", config=config, env=env).stdout)
     assert shown["models"] == ["echo", "gpt-*"] and shown["rpm"] == 60 and shown["budget_period"] == "day"
     assert shown["expires"] == "2099-01-01T00:00:00+00:00" and shown["metadata"] == {"owner": "ana"}
-    table = _cli("list", config=config).stdout
+    table = _cli("list", config=config, env=env).stdout
     assert table.splitlines()[0].startswith("NAME") and "cli-key" in table and key not in table
 
-    updated = json.loads(_cli("update", "cli-key", "--rpm", "120", "--format", "json", config=config).stdout)
+    updated = json.loads(_cli("update", "cli-key", "--rpm", "120", "--format", "json", config=config, env=env).stdout)
     assert updated["rpm"] == 120 and updated["tpm"] == 1000
     reply = httpx.post(
         f"{replicas[0].url}/v1/chat/completions",
@@ -173,7 +168,7 @@ def test_the_cli_has_the_same_powers(
         json={"model": "echo", "messages": USER},
     )
     assert reply.status_code == 200
-    assert _cli("revoke", "cli-key", config=config).returncode == 0
+    assert _cli("revoke", "cli-key", config=config, env=env).returncode == 0
     time.sleep(CACHE_SECONDS + 0.1)
     assert (
         httpx.post(
@@ -182,8 +177,8 @@ def test_the_cli_has_the_same_powers(
         == 401
     )
 
-    again = _cli("create", "--name", "cli-key", config=config)
+    again = _cli("create", "--name", "cli-key", config=config, env=env)
     assert again.returncode == 1 and "exists" in again.stderr
-    bad = _cli("create", "--name", "x", "--rpm", "0", config=config)
+    bad = _cli("create", "--name", "x", "--rpm", "0", config=config, env=env)
     assert bad.returncode == 2 and "--rpm" in bad.stderr
-    assert _cli("show", "missing", config=config).returncode == 1
+    assert _cli("show", "missing", config=config, env=env).returncode == 1

@@ -17,13 +17,19 @@ MISSING = (
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    """`persistent`: an append-only file, synced on every write, so a stop and a start keep the data.
+    `cluster`: a Redis Cluster node (its cluster state file in `workdir`)."""
+
+    def __init__(self, workdir: Path, *, persistent: bool = False, cluster: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(MISSING)
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
+        self.persistent = persistent
+        self.cluster = cluster
+        self.bus_port = free_port() if cluster else 0  # given: the default (port + 10000) may pass 65535
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +47,14 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
+                "--cluster-enabled",
+                "yes" if self.cluster else "no",
+                "--cluster-config-file",
+                f"nodes-{self.port}.conf",
+                *(["--cluster-port", str(self.bus_port)] if self.cluster else []),
                 "--dir",
                 str(self.workdir),
                 "--daemonize",
@@ -74,3 +87,85 @@ class RedisServer:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+class RedisCluster:
+    """Three masters on loopback, joined with `redis-cli --cluster create`, slots spread over them."""
+
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+        self.nodes = []
+        for i in range(3):
+            (workdir / f"node{i}").mkdir(parents=True, exist_ok=True)
+            self.nodes.append(RedisServer(workdir / f"node{i}", persistent=persistent, cluster=True))
+        self._created = False
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        if self._created:  # restarted: the nodes remember their cluster from their state files
+            self.wait_ok()
+            return
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError(MISSING)
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self._created = True
+        self.wait_ok()
+
+    def wait_ok(self, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while self._state() != "ok":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster is not ok after {seconds} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            _command(node.port, b"FLUSHALL")
+
+    def _state(self) -> str:
+        """Every node's view must be ok (each node answers for its own slots)."""
+        states = set()
+        for node in self.nodes:
+            info = _command(node.port, b"CLUSTER INFO")
+            state = next((line.split(":", 1)[1] for line in info.splitlines() if line.startswith("cluster_state:")), "")
+            states.add(state.strip())
+        return "ok" if states == {"ok"} else "down"
+
+
+def _command(port: int, command: bytes) -> str:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(command + b"\r\n")
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                data += chunk
+                if not chunk or (data.startswith(b"+") and data.endswith(b"\r\n")) or _complete_bulk(data):
+                    break
+            return data.decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _complete_bulk(data: bytes) -> bool:
+    if not data.startswith(b"$") or b"\r\n" not in data:
+        return data.startswith((b"-", b":")) and data.endswith(b"\r\n")
+    header, _, rest = data.partition(b"\r\n")
+    return len(rest) >= int(header[1:]) + 2

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from gateway.accounting.ledger.base import (
     FLOAT_COUNTERS,
@@ -48,7 +47,7 @@ from gateway.accounting.ledger.base import (
     sort_rows,
     usage_row,
 )
-from gateway.accounting.redis_client import redis_client
+from gateway.accounting.redis_client import REDIS_ERRORS, redis_client, warm_up
 from gateway.observability.metrics import (
     LEDGER_DROPPED,
     LEDGER_ERRORS,
@@ -64,7 +63,6 @@ BATCH_MARKER_TTL = 86400
 SESSION_TTL = 7 * 86400
 LOG_ENTRIES = 10_000  # per key, approximately (`XADD MAXLEN ~`)
 QUEUE_ENTRIES = 200_000  # log entries held in memory while Redis is unreachable
-_REDIS_ERRORS = (TimeoutError, RedisError, OSError)
 
 # KEYS[1]: the batch marker; KEYS[2]: the key's days set; KEYS[3]: the key's log stream; then the
 # hashes and sets the entries name by index. ARGV: marker TTL, session TTL, log cap, JSON payload
@@ -204,13 +202,17 @@ class RedisLedger:
         return self.queued()
 
     async def start(self) -> None:
+        await warm_up(self._redis)
         self._replay_spool()
         self._task = asyncio.create_task(self._run(), name="ledger-flush")
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # a bug must not stop every later write
+                log.exception("usage flush failed")
 
     async def flush(self) -> bool:
         """Write what is pending; True when nothing is left unwritten."""
@@ -221,7 +223,7 @@ class RedisLedger:
             try:
                 await self._apply(batch)
                 await self._register(batch.principal)
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 LEDGER_ERRORS.inc()
                 LEDGER_QUEUE.set(self.queued())
                 if not self._failing:
@@ -353,7 +355,7 @@ class RedisLedger:
     async def ready(self) -> bool:
         try:
             ok = bool(await self._redis.ping())
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             LEDGER_ERRORS.inc()
             ok = False
         REDIS_DEGRADED.labels("ledger").set(0 if ok and not self._failing else 1)
