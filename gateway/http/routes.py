@@ -95,13 +95,13 @@ async def readyz(request: Request) -> JSONResponse:
         error = GatewayError("Not ready: the gateway is shutting down.", status=503, code="draining")
         return JSONResponse({**error.body(), "status": "draining"}, status_code=503)
     ledger_ok = await runtime.ledger.ready()
-    checks: dict[str, object] = {"config": "ok", "ledger": "ok" if ledger_ok else "unreachable"}
+    checks = {"config": "ok", "ledger": "ok" if ledger_ok else "unreachable"}
     degraded = not ledger_ok
     if runtime.limiter is not None:
         checks["limits"] = "unreachable" if runtime.limiter.degraded else "ok"
         degraded = degraded or runtime.limiter.degraded
-    checks["ledger_backlog"] = runtime.ledger.backlog
-    return JSONResponse({"status": "degraded" if degraded else "ok", "checks": checks})
+    status = "degraded" if degraded else "ok"
+    return JSONResponse({"status": status, "checks": checks, "ledger_backlog": runtime.ledger.backlog})
 
 
 @router.get("/metrics")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.accounting.limits import duration, limit_headers
-from tests.conftest import RedisBackend, config_yaml
-from tests.support.gateway_cli import make_key, spread, usage_json
+from gateway.config import ConfigError, parse_config
+from tests.conftest import RedisBackend, RunningGateway, config_yaml
+from tests.support.gateway_cli import gateway_cli, make_key, spread, usage_json
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer
 
@@ -108,3 +110,32 @@ def gateway_url_and_key(gateway: object) -> tuple[str, str]:
 
     assert isinstance(gateway, RunningGateway)
     return gateway.url, CLIENT_KEY
+
+
+def test_a_model_limit_applies_to_its_models_only(
+    tmp_path: Path, fake_url: str, redis_url: str, start_gateway: Callable[..., RunningGateway]
+) -> None:
+    text = config_yaml(fake_url, redis_url)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text)
+    key = make_key(config, "--name", "mixed", "--rpm", "100", "--model-limit", "gpt-*:rpm=2")
+    gateway = start_gateway(parse_config(text))
+    gpt = [asyncio.run(spread([gateway.url], key, 1, model="gpt-test"))[0] for _ in range(3)]
+    assert [r.status_code for r in gpt] == [200, 200, 429]
+    assert "on models `gpt-*`" in gpt[2].json()["error"]["message"]
+    assert gpt[1].headers["x-ratelimit-limit-requests"] == "2"  # the tighter limit is the one shown
+    assert gpt[1].headers["x-ratelimit-remaining-requests"] == "0"
+    echo = asyncio.run(spread([gateway.url], key, 3))
+    assert [r.status_code for r in echo] == [200] * 3
+    assert echo[2].headers["x-ratelimit-limit-requests"] == "100"
+    assert echo[2].headers["x-ratelimit-remaining-requests"] == "95"  # 5 served on the key; a refusal is not counted
+
+
+def test_model_limits_are_checked_where_they_are_given(tmp_path: Path, fake_url: str, redis_url: str) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(fake_url, redis_url))
+    bad = gateway_cli("keys", "create", "--config", str(config), "--name", "x", "--model-limit", "gpt-*:rpm=0")
+    assert bad.returncode == 2 and "model-limits" in bad.stderr
+    with pytest.raises(ConfigError, match=r"keys\[1\].model_limits\[0\]: give `rpm`, `tpm` or both"):
+        limited = "    models: [echo]\n"
+        parse_config(config_yaml(fake_url, redis_url).replace(limited, limited + "    model_limits: [{model: echo}]\n"))

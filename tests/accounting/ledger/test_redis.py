@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
 
 from gateway.accounting.ledger import UsageRecord
+from gateway.accounting.ledger.base import UsageQuery
 from gateway.accounting.ledger.redis import RedisLedger, usage_key
 from gateway.config import parse_config
 from gateway.dialects.base import Usage
@@ -152,3 +154,61 @@ async def test_records_queued_while_down_are_written_on_close(redis_server: Redi
     await ledger.aclose()  # the final flush writes both
     assert (await ledger2.usage("carol", _today()))["m"]["requests"] == 2.0
     await ledger2.aclose()
+
+
+async def test_what_shutdown_could_not_write_is_spooled_and_replayed_once(
+    redis_server: RedisServer, redis_url: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    ledger = RedisLedger(redis_url, flush_interval=60, timeout=0.2, spool_dir=spool)
+    ledger.record(UsageRecord("dora", "m", Usage(3, 4, 7), request_id="r2", sess_id="s"))
+    ledger.record(UsageRecord("dora", "m", Usage(3, 4, 7), request_id="r3"))
+    redis_server.stop()
+    try:
+        await ledger.aclose()  # Redis unreachable: the two records go to a spool file
+    finally:
+        redis_server.start()
+    files = list(spool.glob("ledger-*.jsonl"))
+    assert len(files) == 1 and not list(spool.glob(".*partial"))
+    copy = files[0].read_bytes()
+
+    # The next start replays it, and deletes it once written.
+    replay = RedisLedger(redis_url, flush_interval=60, spool_dir=spool)
+    await replay.start()
+    assert await replay.flush()
+    assert not list(spool.glob("ledger-*.jsonl"))
+    # A replica that replayed the same file (shared directory) adds nothing: the batch ids are kept.
+    (spool / "ledger-copy.jsonl").write_bytes(copy)
+    again = RedisLedger(redis_url, flush_interval=60, spool_dir=spool)
+    await again.start()
+    assert await again.flush()
+    usage = await replay.usage("dora", _today())
+    assert usage["m"]["requests"] == 2.0
+    assert [e["request_id"] for e in await replay.requests("dora", 10)] == ["r3", "r2"]
+    assert (await replay.rows(UsageQuery(key="dora")))[0]["requests"] == 2
+    await replay.aclose()
+    await again.aclose()
+
+
+async def test_an_unreadable_spool_file_is_moved_aside(redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / "ledger-bad.jsonl").write_bytes(b"not json\n")
+    ledger = RedisLedger(redis_url, flush_interval=60, spool_dir=tmp_path)
+    await ledger.start()
+    assert (tmp_path / "ledger-bad.bad").exists() and await ledger.flush()
+    await ledger.aclose()
+
+
+async def test_the_log_queue_is_bounded_and_the_totals_are_not(redis_server: RedisServer, redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, flush_interval=60, timeout=0.2, queue_entries=2)
+    redis_server.stop()
+    try:
+        for i in range(5):
+            ledger.record(UsageRecord("erin", "m", Usage(1, 1, 2), request_id=f"r{i}"))
+        assert await ledger.flush() is False
+        assert ledger.backlog == 5
+    finally:
+        redis_server.start()
+    assert await ledger.flush()
+    assert (await ledger.usage("erin", _today()))["m"]["requests"] == 5.0  # every request counted
+    assert len(await ledger.requests("erin", 10)) == 2  # log entries past the bound were dropped
+    await ledger.aclose()
