@@ -146,13 +146,13 @@ def _on_cpu(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
-def _wrk(url: str, body: dict[str, object], connections: int, seconds: int, workdir: Path) -> Result:
+def _wrk(url: str, body: dict[str, object], connections: int, seconds: int, workdir: Path, key: str = KEY) -> Result:
     script = workdir / f"post{connections}.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(json.dumps(body))}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
     )
     out = subprocess.run(
         [*_on_cpu(1), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
@@ -178,11 +178,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument(
-        "--part", choices=("all", "relay", "observability"), default="all", help="which measurements to run"
+        "--part",
+        choices=("all", "relay", "observability", "limits"),
+        default="all",
+        help="which measurements to run",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="off/on rounds for the observability cost")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds for the observability and limits cost"
+    )
     args = parser.parse_args()
-    for tool in ("wrk", "nginx"):
+    for tool in ("wrk", "nginx", *(("redis-server",) if args.part in ("all", "limits") else ())):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (python3 dev.py bench installs it)")
 
@@ -249,6 +254,7 @@ models:
         rows: list[tuple[str, Result, Result, Result, Result]] = []
         translation: list[tuple[str, Result]] = []
         observability: list[tuple[str, Result]] = []
+        limits: list[tuple[str, Result]] = []
         try:
             _wait_port(up_port)
             if args.part in ("all", "relay"):
@@ -256,6 +262,8 @@ models:
                     rows, translation = _relay_runs(work, up_port, gw_port, args.seconds)
             if args.part in ("all", "observability"):
                 observability = _observability_runs(work, gw_port, args.seconds, args.rounds)
+            if args.part in ("all", "limits"):
+                limits = _limits_runs(work, up_port, gw_port, args.seconds, args.rounds)
         finally:
             nginx.terminate()
             nginx.wait(10)
@@ -265,6 +273,8 @@ models:
         _print_relay(rows, translation)
     if observability:
         _print_observability(observability, args.rounds)
+    if limits:
+        _print_limits(limits, args.rounds)
     return 0
 
 
@@ -346,6 +356,60 @@ def _observability_runs(work: Path, gw_port: int, seconds: int, rounds: int) -> 
                 raise SystemExit(f"the access log has {lines} lines for at least {result.requests} requests")
             results.append((name, result))
     return results
+
+
+LIMITED_KEY = "sk-bench-limited"
+
+
+def _limits_runs(work: Path, up_port: int, gw_port: int, seconds: int, rounds: int) -> list[tuple[str, Result]]:
+    """Buffered requests/s at c=32 with a key without limits and a key with rpm, tpm and a budget
+    (set high enough never to refuse), alternating, on one gateway whose ledger and limits use a
+    local redis-server (on the load generator's CPU)."""
+    redis_port = _free_port()
+    redis = subprocess.Popen(
+        [*_on_cpu(1), "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(work), "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    config = work / "gateway.yaml"
+    config.write_text(f"""
+redis_url: redis://127.0.0.1:{redis_port}/0
+keys:
+  - {{name: bench, key: {KEY}}}
+  - {{name: bench-limited, key: {LIMITED_KEY}, rpm: 1000000000, tpm: 1000000000000, budget: 1000000000}}
+upstreams:
+  - {{name: buffered, dialect: openai, base_url: "http://127.0.0.1:{up_port}/buffered/v1", api_key: sk-up}}
+models:
+  - {{name: bench-buffered, upstream: buffered}}
+prices:
+  - {{model: bench-buffered, input: 0.15, output: 0.6}}
+""")
+    body = {"model": "bench-buffered", "messages": [{"role": "user", "content": "Hi"}]}
+    url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+    results = []
+    try:
+        _wait_port(redis_port)
+        with _gateway(work, gw_port, {"GATEWAY_ACCESS_LOG": "false"}):
+            for key in (KEY, LIMITED_KEY):
+                _wrk(url, body, 32, 2, work, key)  # warm-up
+            for _ in range(rounds):
+                for name, key in (("none", KEY), ("rpm+tpm+budget", LIMITED_KEY)):
+                    results.append((name, _wrk(url, body, 32, seconds, work, key)))
+    finally:
+        redis.terminate()
+        redis.wait(10)
+    return results
+
+
+def _print_limits(results: list[tuple[str, Result]], rounds: int) -> None:
+    none = [r.rps for name, r in results if name == "none"]
+    limited = [r.rps for name, r in results if name != "none"]
+    print(f"\nlimits and budget on the key: buffered, c=32, {rounds} alternating rounds, Redis ledger for both\n")
+    print("| key | req/s per run | median req/s |")
+    print("|---|---|---|")
+    for name, values in (("no limits", none), ("rpm + tpm + budget", limited)):
+        print(f"| {name} | {', '.join(f'{v:,.0f}' for v in values)} | {statistics.median(values):,.0f} |")
+    print(f"\nlimited / none (medians): {statistics.median(limited) / statistics.median(none):.3f}")
 
 
 def _print_observability(results: list[tuple[str, Result]], rounds: int) -> None:

@@ -38,13 +38,13 @@ Redis is back. With `fail_open` off such requests get 503 instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -66,6 +66,8 @@ HOLD_SECONDS = 4 * 3600
 MAX_SETTLEMENTS = 100_000
 # After a failed call, how long admissions skip Redis (so an outage costs no timeout per request).
 RETRY_AFTER_FAILURE = 1.0
+# Seconds settlements wait for a call they can share with admissions.
+SETTLE_DELAY = 0.005
 _BUDGET_TTL = {"day": 3 * 86400, "month": 62 * 86400, "total": 0}
 
 # KEYS: every Redis key the batch names. ARGV[1]: now (s); ARGV[2]: JSON
@@ -261,8 +263,13 @@ def budget_period(period: str, now: float) -> str:
     """The current period's id: `2026-11-23` (day), `2026-11` (month) or `total`, UTC."""
     if period == "total":
         return "total"
-    when = datetime.fromtimestamp(now, UTC)
-    return when.strftime("%Y-%m-%d") if period == "day" else when.strftime("%Y-%m")
+    day = _utc_day(int(now // 86400))
+    return day if period == "day" else day[:7]
+
+
+@lru_cache(maxsize=4)
+def _utc_day(days_since_epoch: int) -> str:
+    return datetime.fromtimestamp(days_since_epoch * 86400, UTC).strftime("%Y-%m-%d")
 
 
 def _label(period: str, period_id: str) -> str:
@@ -287,7 +294,9 @@ class Limiter:
         self._fail_open = fail_open
         self._sync = redis.register_script(_SYNC)
         self._pending: dict[str, _Pending] = {}
-        self._running: asyncio.Task[None] | None = None
+        self._scheduled: asyncio.Handle | None = None
+        self._due = 0.0  # the loop time `_scheduled` runs at
+        self._calls: set[asyncio.Task[None]] = set()
         self._scopes: dict[tuple[object, ...], tuple[Scope, ...]] = {}
         self._balances: dict[tuple[str, str], float] = {}  # (key, period) -> spent + held, as last seen
         self._down_until = 0.0
@@ -415,7 +424,7 @@ class Limiter:
             if balance_key in self._balances:
                 self._balances[balance_key] += cost - admission.hold.reservation
         self._queue(admission.key).settlements.append((admission, tokens, cost))
-        self._kick()
+        self._kick(settle_only=True)
 
     # --- the script calls ---
 
@@ -425,21 +434,32 @@ class Limiter:
             pending = self._pending[name] = _Pending()
         return pending
 
-    def _kick(self) -> None:
-        if self._running is None:
-            self._running = asyncio.get_running_loop().create_task(self._run())
+    def _kick(self, settle_only: bool = False) -> None:
+        """Send what is pending once this loop turn is over: the requests that arrived in it share
+        one call per key. Settlements alone wait a little longer, to share calls too."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + (SETTLE_DELAY if settle_only else 0.0)
+        if self._scheduled is not None:
+            if self._due <= due:
+                return
+            self._scheduled.cancel()
+        self._due = due
+        self._scheduled = loop.call_at(due, self._send_pending)
 
-    async def _run(self) -> None:
-        """Send what is pending, one call per key, one round at a time, until nothing is left."""
-        try:
-            while self._pending:
-                if time.monotonic() < self._down_until and not any(p.admissions for p in self._pending.values()):
-                    await asyncio.sleep(self._down_until - time.monotonic())
-                    continue
-                pending, self._pending = self._pending, {}
-                await asyncio.gather(*(self._call(name, p) for name, p in pending.items()))
-        finally:
-            self._running = None
+    def _send_pending(self) -> None:
+        self._scheduled = None
+        wait = self._down_until - time.monotonic()
+        if wait > 0 and not any(p.admissions for p in self._pending.values()):
+            # Redis is failing: settlements wait for the next try rather than fail again now.
+            loop = asyncio.get_running_loop()
+            self._due = loop.time() + wait
+            self._scheduled = loop.call_at(self._due, self._send_pending)
+            return
+        pending, self._pending = self._pending, {}
+        for name, waiting in pending.items():
+            task = asyncio.get_running_loop().create_task(self._call(name, waiting))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
 
     async def _call(self, name: str, pending: _Pending) -> None:
         keys: list[str] = []
@@ -530,11 +550,12 @@ class Limiter:
 
     async def aclose(self) -> None:
         """Send the settlements still waiting (briefly)."""
-        if self._running is not None or self._pending:
-            self._down_until = 0.0
-            self._kick()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._running), 2)  # type: ignore[arg-type]
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+        self._down_until = 0.0
+        self._send_pending()
+        if self._calls:
+            await asyncio.wait(self._calls, timeout=2)
 
 
 def _token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:
@@ -543,6 +564,9 @@ def _token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:
 
 def _headers(scopes: tuple[Scope, ...], counts: list[list[int]]) -> Headers:
     """The headers of the scope with the fewest requests left, and of the one with the fewest tokens left."""
+    if len(scopes) == 1:  # the usual case
+        s, c = scopes[0], counts[0]
+        return limit_headers(s.rpm, s.tpm, c[0], c[1], c[2], c[3])
     requests = [(s.rpm - c[0], s, c) for s, c in zip(scopes, counts, strict=True) if s.rpm is not None]
     tokens = [(s.tpm - c[1], s, c) for s, c in zip(scopes, counts, strict=True) if s.tpm is not None]
     out: Headers = []

@@ -80,9 +80,11 @@ class UsageRecord:
             counts["estimated_requests"] = 1
         return counts
 
-    def entry(self) -> dict[str, Any]:
-        """The request log's entry: everything known about the request, zero counts left out."""
-        usage = {name: value for name, value in self.counters().items() if name != "requests"}
+    def entry(self, counters: Totals | None = None) -> dict[str, Any]:
+        """The request log's entry: everything known about the request, zero counts left out.
+        `counters`: this record's `counters()`, when already made."""
+        usage = dict(counters if counters is not None else self.counters())
+        del usage["requests"]
         usage.pop("cost", None)
         usage.pop("estimated_requests", None)
         out: dict[str, object] = {

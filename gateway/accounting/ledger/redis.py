@@ -195,7 +195,7 @@ class RedisLedger:
         entries = self._records.get(record.principal)
         if entries is None:
             entries = self._records[record.principal] = []
-        entries.append(orjson.dumps(record.entry()))
+        entries.append(orjson.dumps(record.entry(counters)))
 
     @property
     def backlog(self) -> int:
