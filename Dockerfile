@@ -12,7 +12,8 @@ COPY gateway ./gateway
 RUN /opt/venv/bin/pip install --no-cache-dir .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin gateway
+RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin gateway \
+    && mkdir -p /var/lib/gateway/spool && chown 10001:10001 /var/lib/gateway/spool
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -20,7 +21,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8080 \
     GATEWAY_WORKERS=2 \
-    GATEWAY_CONFIG=/etc/gateway/gateway.yaml
+    GATEWAY_CONFIG=/etc/gateway/gateway.yaml \
+    GATEWAY_LEDGER_SPOOL_DIR=/var/lib/gateway/spool
+# Usage that Redis could not take at shutdown is written here and replayed at the next start: mount
+# a volume to keep it across containers.
+VOLUME ["/var/lib/gateway/spool"]
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8080

@@ -23,6 +23,7 @@ import yaml
 from tests.conftest import CLIENT_KEY, LIMITED_KEY, checked_http, config_yaml, sdk
 from tests.support.fake_anthropic import ANTHROPIC_KEY
 from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
+from tests.support.gateway_cli import make_key
 from tests.support.process import GatewayProcess, cleanly_stopped
 from tests.support.prometheus_server import PrometheusServer
 from tests.support.redis_server import RedisServer
@@ -41,12 +42,20 @@ ACCESS_FIELDS = {
 }  # fmt: skip
 
 
+PRICES = """
+prices:
+  - {model: echo, request: 0.001}
+  - {model: gpt-test, input: 1.0, output: 4.0}
+"""
+
+
 @dataclass
 class Stack:
     gateway: GatewayProcess
     prometheus: PrometheusServer
     redis: RedisServer
     checker: Checker
+    limited_keys: tuple[str, str]  # one request per minute; a budget of less than one request
     sent: int = 0  # API requests sent to the gateway (not probes or scrapes)
     request_ids: list[str] = field(default_factory=list)
 
@@ -80,6 +89,17 @@ class Stack:
         assert http.get("/v1/models").status_code == 200
         assert httpx.post(f"{self.gateway.url}/v1/chat/completions", json={}).status_code == 401
         self.sent += 4
+        for key in self.limited_keys:  # the second request is over the key's rpm, or its budget
+            replies = [
+                httpx.post(
+                    f"{self.gateway.url}/v1/chat/completions",
+                    headers={"authorization": f"Bearer {key}"},
+                    json={"model": "echo", "messages": USER},
+                )
+                for _ in range(2)
+            ]
+            assert replies[1].status_code == 429, replies[1].text
+            self.sent += 2
 
     def redis_outage(self) -> None:
         self.redis.stop()
@@ -105,11 +125,15 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, fake_server: tuple[FakeOpenAI, AiohttpServer]) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("live")
-    redis = RedisServer(workdir)
+    redis = RedisServer(workdir, persistent=True)  # as in production: the managed keys outlive the outage
     redis.start()
     config = workdir / "gateway.yaml"
     fallback = "  - {name: needs-fallback, upstream: dead, fallbacks: [gpt-test]}\n"
-    config.write_text(config_yaml(fake_server[1].url, redis.url, more_models=fallback))
+    config.write_text(config_yaml(fake_server[1].url, redis.url, more_models=fallback, more=PRICES))
+    limited_keys = (
+        make_key(config, "--name", "one-rpm", "--rpm", "1"),
+        make_key(config, "--name", "tiny-budget", "--budget", "0.0001"),
+    )
     env = {"GATEWAY_LEDGER_FLUSH_INTERVAL": "0.2", "GATEWAY_REDIS_TIMEOUT": "0.3", "GATEWAY_LOG_FORMAT": "json"}
     gateway = GatewayProcess(config, "--workers", "2", env=env, workdir=workdir).start()
     prometheus = PrometheusServer(
@@ -122,7 +146,7 @@ scrape_configs:
     static_configs: [{{targets: ["127.0.0.1:{gateway.port}"]}}]
 """,
     ).start()
-    stack = Stack(gateway, prometheus, redis, Checker())
+    stack = Stack(gateway, prometheus, redis, Checker(), limited_keys)
     try:
         stack.scraped_after(time.time(), scrapes=1)  # series exist before traffic, so rates see it
         stack.traffic()
