@@ -34,7 +34,16 @@ def main() -> int:
     if task == "test":
         _venv("[test]")
         # A real Prometheus scrapes a live gateway in tests/observability; promtool checks deploy/prometheus.
-        _need({"redis-server": "redis-server", "prometheus": "prometheus", "promtool": "prometheus"})
+        # redis-cli makes the test suite's Redis Cluster; openssl the certificate of its TLS Redis.
+        _need(
+            {
+                "redis-server": "redis-server",
+                "redis-cli": "redis-tools",
+                "openssl": "openssl",
+                "prometheus": "prometheus",
+                "promtool": "prometheus",
+            }
+        )
         spec = ROOT.parent / "shared" / "openai-openapi" / "openapi.normalized.json"
         if not spec.exists():
             return _fail(f"the OpenAI spec the tests validate against is missing: {spec}")

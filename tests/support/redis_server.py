@@ -20,7 +20,15 @@ class RedisServer:
     """`persistent`: an append-only file, synced on every write, so a stop and a start keep the data.
     `cluster`: a Redis Cluster node (its cluster state file in `workdir`)."""
 
-    def __init__(self, workdir: Path, *, persistent: bool = False, cluster: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        persistent: bool = False,
+        cluster: bool = False,
+        password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(MISSING)
@@ -29,19 +37,41 @@ class RedisServer:
         self.port = free_port()
         self.persistent = persistent
         self.cluster = cluster
+        self.password = password
+        self.tls = tls  # (certificate, key): TLS only, on `port`
         self.bus_port = free_port() if cluster else 0  # given: the default (port + 10000) may pass 65535
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[0]}"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
                 self.binary,
-                "--port",
-                str(self.port),
+                *(
+                    [
+                        "--port",
+                        "0",
+                        "--tls-port",
+                        str(self.port),
+                        "--tls-cert-file",
+                        str(self.tls[0]),
+                        "--tls-key-file",
+                        str(self.tls[1]),
+                        "--tls-ca-cert-file",
+                        str(self.tls[0]),
+                        "--tls-auth-clients",
+                        "no",
+                    ]
+                    if self.tls is not None
+                    else ["--port", str(self.port)]
+                ),
+                *(["--requirepass", self.password] if self.password else []),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -81,12 +111,22 @@ class RedisServer:
             self.proc = None
 
     def _answers(self) -> bool:
+        if self.tls is not None or self.password:
+            return self.proc is not None and self.proc.poll() is None and _listening(self.port)
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 class RedisCluster:
