@@ -19,7 +19,7 @@ from gateway.accounting.ledger.base import COUNTERS, UsageQuery
 from gateway.accounting.ledger.redis import RedisLedger
 from gateway.cli_output import print_table
 from gateway.config import GatewayConfig
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.http.usage import parse_day
 from gateway.settings import Settings
 
@@ -63,6 +63,9 @@ def run(args: argparse.Namespace, settings: Settings, config: GatewayConfig) -> 
                 file=sys.stderr,
             )
             return 2
+    except GatewayError as exc:
+        print(f"gateway: cannot read usage: {exc.message}", file=sys.stderr)
+        return 1
     except (RedisError, OSError, RuntimeError, ValueError) as exc:
         print(f"gateway: cannot read usage: {exc}", file=sys.stderr)
         return 1

@@ -21,7 +21,9 @@ class KeyChanges(BaseModel):
     models: list[str] | None = Field(default=None, description="Model names or glob patterns; all when absent.")
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute, across every replica.")
     tpm: int | None = Field(default=None, ge=1, description="Tokens per minute, across every replica.")
-    budget: float | None = Field(default=None, ge=0, description="Spending limit per budget period.")
+    budget: float | None = Field(
+        default=None, ge=0, le=1e15, allow_inf_nan=False, description="Spending limit per budget period."
+    )
     budget_period: BudgetPeriod | None = None
     model_limits: list[ModelLimit] | None = Field(
         default=None, description="rpm/tpm on this key for the models a pattern matches, on top of rpm/tpm."

@@ -22,7 +22,8 @@ A request is admitted only while spent + held < budget; it then holds its reserv
 request, its estimated prompt, and its output cap priced; see `PriceTable.reservation`), released when
 it ends and its real cost is added to `spent`. So concurrent requests can pass a budget by at most
 one request's reservation (the last one admitted) plus what requests cost beyond their reservation
-(nothing when the output cap is set and the prompt estimate holds, or with a price per request only).
+(nothing when the output cap, times `n`, is set and the prompt estimate holds, or with a price per
+request only; a fallback to a dearer model can cost more than the first model's reservation).
 A hold whose process died is dropped after its deadline.
 
 Everything of one key is read and written by one Lua script, atomically, in one slot. The requests
@@ -51,7 +52,7 @@ import orjson
 
 from gateway.accounting.keys import Principal
 from gateway.accounting.prices import PriceTable
-from gateway.accounting.redis_client import REDIS_ERRORS
+from gateway.accounting.redis_client import REDIS_ERRORS, rejected
 from gateway.errors import GatewayError
 from gateway.observability import metrics
 from gateway.relay.exchange import Exchange, Observer
@@ -71,7 +72,8 @@ SETTLE_DELAY = 0.005
 _BUDGET_TTL = {"day": 3 * 86400, "month": 62 * 86400, "total": 0}
 
 # KEYS: every Redis key the batch names. ARGV[1]: now (s); ARGV[2]: JSON
-#   {s: settlements [[token ring indices], token delta, budget index, holds index, hold, reservation, cost],
+#   {s: settlements [[token ring indices], token delta, budget index, holds index, hold, reservation, cost,
+#                    confirmed (1: the hold is known to be in Redis), second of admission],
 #    a: admissions  [[[requests index, tokens index, rpm, tpm], ...], estimate,
 #                     budget index, holds index, budget, hold, reservation, deadline, budget TTL]}
 # (index 0: none). Returns JSON: per admission [refused (0; i: scope i; -1: budget), per scope
@@ -107,6 +109,22 @@ local function add(key, n)
   redis.call('HSET', key, slot, now .. ':' .. count)
   redis.call('EXPIRE', key, 120)
 end
+local function add_at(key, sec, n)
+  -- A correction goes to the second its estimate was counted in, while that is in the window.
+  if sec == now then return add(key, n) end
+  if sec <= now - 60 then return end
+  local r = ring(key)
+  local slot = tostring(sec % 60)
+  local cur = redis.call('HGET', key, slot)
+  local before = 0
+  if cur then
+    local s, c = string.match(cur, '(%d+):(%d+)')
+    if tonumber(s) == sec then before = tonumber(c) end
+  end
+  local count = math.max(before + n, 0)
+  r.total = r.total + count - before
+  redis.call('HSET', key, slot, sec .. ':' .. count)
+end
 local function release_stale(budget, holds)
   local stale = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
   if #stale > 0 then
@@ -117,15 +135,16 @@ local function release_stale(budget, holds)
   end
 end
 for _, s in ipairs(batch.s) do
-  local settled = true
+  local apply = true
   if s[4] > 0 and s[5] ~= '' then
-    -- A settlement sent again (its first answer was lost) finds its hold gone: it changes nothing.
-    settled = redis.call('ZREM', KEYS[s[4]], s[5]) == 1
-    if settled then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'held', -tonumber(s[6])) end
+    local removed = redis.call('ZREM', KEYS[s[4]], s[5]) == 1
+    if removed then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'held', -tonumber(s[6])) end
+    -- A confirmed hold found gone: this settlement was applied before (its first answer was lost).
+    if s[8] == 1 then apply = removed end
   end
-  if settled then
+  if apply then
     if s[3] > 0 and tonumber(s[7]) > 0 then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'spent', s[7]) end
-    if s[2] ~= 0 then for _, t in ipairs(s[1]) do add(KEYS[t], s[2]) end end
+    if s[2] ~= 0 then for _, t in ipairs(s[1]) do add_at(KEYS[t], s[9], s[2]) end end
   end
 end
 local out = {}
@@ -217,13 +236,15 @@ class Admission:
     estimate: int
     hold: Hold | None
     headers: Headers
+    second: int  # when it was counted (Unix seconds): where its token correction goes
+    confirmed: bool = True  # counted by Redis (else admitted while Redis was unreachable)
 
 
 @dataclass(slots=True)
 class _Pending:
     """What waits for a key's next script call."""
 
-    # ((scopes, counted tokens, hold, budget, hold deadline), the waiting request's future)
+    # ((scopes, counted tokens, hold, budget, hold deadline, second), the waiting request's future)
     admissions: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = field(default_factory=list)
     settlements: list[tuple[Admission, int, float]] = field(default_factory=list)  # (admission, tokens, cost)
 
@@ -321,10 +342,10 @@ class Limiter:
         return found
 
     async def admit(
-        self, principal: Principal, model: str, estimate: int, max_output: int | None = None
+        self, principal: Principal, model: str, estimate: int, max_output: int | None = None, choices: int = 1
     ) -> Admission | None:
         """Count a request against its key's limits and budget: `RateLimited` or `BudgetExceeded`
-        when over. None: nothing to limit, or Redis unreachable and limits fail open."""
+        when over. None: nothing to limit. `choices`: the request's `n` (each may use `max_output`)."""
         scopes = self.scopes(principal, model)
         if not scopes and principal.budget is None:
             return None
@@ -332,7 +353,8 @@ class Limiter:
         hold = None
         if principal.budget is not None:
             period = budget_period(principal.budget_period, now)
-            reservation = self._prices.reservation(model, estimate, max_output or self._reserve_output)
+            output = (max_output or self._reserve_output) * max(choices, 1)
+            reservation = self._prices.reservation(model, estimate, output)
             base = f"{self._prefix}:{{{principal.name}}}"
             hold = Hold(
                 f"{base}:budget:{period}",
@@ -342,16 +364,22 @@ class Limiter:
                 _label(principal.budget_period, period),
             )
         counted = estimate if any(s.tpm is not None for s in scopes) else 0
+        second = int(now)
         if time.monotonic() < self._down_until:
-            return self._admit_offline(principal, scopes, counted, hold)
+            return self._admit_offline(principal, scopes, counted, hold, second)
         future = asyncio.get_running_loop().create_future()
         self._queue(principal.name).admissions.append(
-            ((scopes, counted, hold, principal.budget, int(now) + HOLD_SECONDS), future)
+            ((scopes, counted, hold, principal.budget, second + HOLD_SECONDS, second), future)
         )
         self._kick()
-        result = await future
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # admitted, then cancelled before it resumed
+                self._release(principal.name, counted, hold, second, future.result())
+            raise
         if result is None:  # Redis unreachable
-            return self._admit_offline(principal, scopes, counted, hold)
+            return self._admit_offline(principal, scopes, counted, hold, second)
         refused, counts, spent, held = result
         headers = _headers(scopes, counts)
         if hold is not None:
@@ -372,13 +400,16 @@ class Limiter:
         if refused < 0:
             assert hold is not None
             raise self._over_budget(principal, hold, float(spent), headers)
-        return Admission(principal.name, _token_rings(scopes), counted, hold, headers)
+        return Admission(principal.name, _token_rings(scopes), counted, hold, headers, second)
 
     def _admit_offline(
-        self, principal: Principal, scopes: tuple[Scope, ...], counted: int, hold: Hold | None
+        self, principal: Principal, scopes: tuple[Scope, ...], counted: int, hold: Hold | None, second: int
     ) -> Admission | None:
-        """Redis is unreachable: rate limits fail open (or refuse), budgets use the last known balance."""
+        """Redis is unreachable: rate limits fail open (or refuse), budgets use the last known balance.
+        The admission is unconfirmed: its settlement adds its cost whether or not its hold is found."""
         if not self._fail_open:
+            # The script may have run before its answer was lost: release a hold it may have made.
+            self._release(principal.name, counted, hold, second, None)
             raise LimitsUnavailable("The gateway cannot check this key's limits now; try again shortly.")
         if hold is not None and principal.budget is not None:
             balance_key = (principal.name, hold.period)
@@ -387,7 +418,14 @@ class Limiter:
                 if known >= principal.budget:
                     raise self._over_budget(principal, hold, known, [])
                 self._balances[balance_key] = known + hold.reservation
-        return Admission(principal.name, _token_rings(scopes), counted, hold, [])
+        return Admission(principal.name, _token_rings(scopes), counted, hold, [], second, confirmed=False)
+
+    def _release(self, name: str, counted: int, hold: Hold | None, second: int, result: list[Any] | None) -> None:
+        """Give back what an admission took for a request that will not run. `result`: the script's
+        answer (None: unknown, the hold may or may not exist)."""
+        if hold is None or (result is not None and result[0] != 0):
+            return
+        self.settle(Admission(name, (), counted, hold, [], second, confirmed=result is not None), 0, 0.0)
 
     def _over_budget(self, principal: Principal, hold: Hold, spent: float, headers: Headers) -> BudgetExceeded:
         metrics.BUDGET_REFUSED.labels(principal.name).inc()
@@ -462,73 +500,44 @@ class Limiter:
             task.add_done_callback(self._calls.discard)
 
     async def _call(self, name: str, pending: _Pending) -> None:
-        keys: list[str] = []
-        index: dict[str, int] = {}
-
-        def at(key: str | None) -> int:
-            if key is None:
-                return 0
-            if key not in index:
-                keys.append(key)
-                index[key] = len(keys)
-            return index[key]
-
-        settlements = [
-            [
-                [at(ring) for ring in a.token_rings],
-                tokens - a.estimate if a.token_rings else 0,
-                at(a.hold.budget_key if a.hold else None),
-                at(a.hold.holds_key if a.hold and a.hold.reservation > 0 else None),
-                a.hold.member if a.hold else "",
-                repr(a.hold.reservation) if a.hold else "0",
-                repr(cost),
-            ]
-            for a, tokens, cost in pending.settlements
-        ]
-        admissions = []
-        for (scopes, counted, hold, budget, deadline), _ in pending.admissions:
-            admissions.append(
-                [
-                    [[at(s.requests_key), at(s.tokens_key), s.rpm or 0, s.tpm or 0] for s in scopes],
-                    counted,
-                    at(hold.budget_key if hold else None),
-                    at(hold.holds_key if hold else None),
-                    repr(float(budget)) if hold else "0",
-                    hold.member if hold else "",
-                    repr(hold.reservation) if hold else "0",
-                    deadline,
-                    _BUDGET_TTL[hold.period.split(" ")[0]] if hold else 0,
-                ]
-            )
-        payload = orjson.dumps({"s": settlements, "a": admissions})
-        # Lua's cjson reads an empty array as an empty object; `ipairs` walks both alike.
+        """One script call for one key; every waiting admission gets an answer (None: unreachable),
+        whatever happens."""
+        results = None
         try:
-            answer = await self._sync(keys=keys, args=[int(time.time()), payload])
-        except Exception as exc:  # not only Redis errors: a request must never wait on a failed call
-            if not isinstance(exc, REDIS_ERRORS):
-                log.exception("limits script call failed")
-            self._failed(exc)
-            self._requeue(name, pending.settlements)
+            answer = await self._sync(keys=(call := _Call(pending)).keys, args=[int(time.time()), call.payload])
+            results = orjson.loads(answer)
+        except REDIS_ERRORS as exc:
+            if rejected(exc):  # the same call would fail again: not an outage
+                log.error("limits script refused a call for key %s (%s): its settlements are dropped", name, exc)
+            else:
+                self._failed(exc)
+                self._requeue(name, pending.settlements)
+        except Exception:
+            log.exception("limits script call for key %s failed", name)
+        else:
+            self._recovered()
+        finally:
             for _, future in pending.admissions:
-                if not future.done():
+                if not future.done() and results is None:
                     future.set_result(None)
+        if results is None:
             return
-        self._recovered()
-        results = orjson.loads(answer)
         for (args, future), result in zip(pending.admissions, results, strict=True):
             if not future.done():
                 future.set_result(result)
-            elif result[0] == 0 and args[2] is not None:
-                # Its request was cancelled while waiting (the client left): release its hold.
-                self.settle(Admission(name, (), args[1], args[2], []), args[1], 0.0)
+            else:  # its request was cancelled while waiting (the client left)
+                self._release(name, args[1], args[2], args[5], result)
 
     def _requeue(self, name: str, settlements: list[tuple[Admission, int, float]]) -> None:
+        if not settlements:
+            return
         queue = self._queue(name).settlements
         queue[:0] = settlements
         total = sum(len(p.settlements) for p in self._pending.values())
         if total > MAX_SETTLEMENTS:
             del queue[: min(len(queue), total - MAX_SETTLEMENTS)]
             log.error("Redis unreachable: settlements over %d dropped (budgets undercount them)", MAX_SETTLEMENTS)
+        self._kick(settle_only=True)  # tried again once Redis may be back, even if no request comes
 
     def _failed(self, exc: BaseException) -> None:
         metrics.RATE_LIMIT_ERRORS.inc()
@@ -556,6 +565,53 @@ class Limiter:
         self._send_pending()
         if self._calls:
             await asyncio.wait(self._calls, timeout=2)
+
+
+class _Call:
+    """The keys and the JSON payload of one script call (see `_SYNC`)."""
+
+    def __init__(self, pending: _Pending) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        settlements = [
+            [
+                [self._at(ring) for ring in a.token_rings],
+                (tokens - a.estimate if a.confirmed else tokens) if a.token_rings else 0,
+                self._at(a.hold.budget_key if a.hold else None),
+                self._at(a.hold.holds_key if a.hold and a.hold.reservation > 0 else None),
+                a.hold.member if a.hold else "",
+                repr(a.hold.reservation) if a.hold else "0",
+                repr(cost),
+                1 if a.confirmed else 0,
+                a.second,
+            ]
+            for a, tokens, cost in pending.settlements
+        ]
+        admissions = [
+            [
+                [[self._at(s.requests_key), self._at(s.tokens_key), s.rpm or 0, s.tpm or 0] for s in scopes],
+                counted,
+                self._at(hold.budget_key if hold else None),
+                self._at(hold.holds_key if hold else None),
+                repr(float(budget)) if hold else "0",
+                hold.member if hold else "",
+                repr(hold.reservation) if hold else "0",
+                deadline,
+                _BUDGET_TTL[hold.period.split(" ")[0]] if hold else 0,
+            ]
+            for (scopes, counted, hold, budget, deadline, _), _ in pending.admissions
+        ]
+        # Lua's cjson reads an empty array as an empty object; `ipairs` walks both alike.
+        self.payload = orjson.dumps({"s": settlements, "a": admissions})
+
+    def _at(self, key: str | None) -> int:
+        """The key's 1-based index in KEYS (0: none)."""
+        if key is None:
+            return 0
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys)
+        return self._index[key]
 
 
 def _token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ClusterCrossSlotError, RedisClusterException, RedisError, ResponseError
 
 log = logging.getLogger("gateway.redis")
 
@@ -14,6 +14,12 @@ log = logging.getLogger("gateway.redis")
 # cluster client raises RedisClusterException (not a RedisError) when no node answers, and surfaces
 # a connection closed under a command (uvloop) as RuntimeError or AttributeError.
 REDIS_ERRORS = (TimeoutError, RedisError, RedisClusterException, OSError, RuntimeError, AttributeError)
+
+
+def rejected(exc: BaseException) -> bool:
+    """Redis answered, and would answer the same again: the command itself is wrong (a script error,
+    a wrong type, a cross-slot call), not an outage. Retrying it cannot help."""
+    return type(exc) in (ResponseError, ClusterCrossSlotError)
 
 
 def redis_client(url: str, *, timeout: float, cluster: bool = False) -> Any:

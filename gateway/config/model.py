@@ -6,7 +6,7 @@ import hashlib
 import re
 from datetime import datetime
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -60,17 +60,19 @@ class ModelLimit(_Strict):
         return self
 
 
+def _price(description: str, default: float | None = 0.0) -> Any:
+    return Field(default=default, ge=0, le=1e9, allow_inf_nan=False, description=description)
+
+
 class Price(_Strict):
     """What a model costs, in the currency budgets are in (USD for the billing endpoints)."""
 
     model: str = Field(min_length=1, description="A model name or glob pattern; the first entry that matches wins.")
-    input: float = Field(default=0.0, ge=0, description="Per million prompt tokens (not cached).")
-    cached_input: float | None = Field(
-        default=None, ge=0, description="Per million cached prompt tokens; default: the input price."
-    )
-    output: float = Field(default=0.0, ge=0, description="Per million completion tokens (reasoning included).")
-    request: float = Field(default=0.0, ge=0, description="Per request.")
-    billed_unit: float = Field(default=0.0, ge=0, description="Per `billed_units` an upstream reports.")
+    input: float = _price("Per million prompt tokens (not cached).")
+    cached_input: float | None = _price("Per million cached prompt tokens; default: the input price.", None)
+    output: float = _price("Per million completion tokens (reasoning included).")
+    request: float = _price("Per request.")
+    billed_unit: float = _price("Per `billed_units` an upstream reports.")
 
 
 class KeyConfig(_Strict):
@@ -85,7 +87,9 @@ class KeyConfig(_Strict):
     team: str | None = Field(default=None, max_length=64)
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute, across every replica.")
     tpm: int | None = Field(default=None, ge=1, description="Tokens per minute, across every replica.")
-    budget: float | None = Field(default=None, ge=0, description="Spending limit per budget period (cost units).")
+    budget: float | None = Field(
+        default=None, ge=0, le=1e15, allow_inf_nan=False, description="Spending limit per budget period (cost units)."
+    )
     budget_period: BudgetPeriod = "month"
     model_limits: list[ModelLimit] = Field(
         default_factory=list, description="rpm/tpm on this key for the models a pattern matches, on top of rpm/tpm."

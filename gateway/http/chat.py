@@ -80,8 +80,13 @@ class ChatCompletions:
             if request.ext.metadata:
                 exchange.metadata = request.ext.metadata
             if principal.limited and self._limiter is not None:
+                choices = request.body.get("n")
                 exchange.admission = await self._limiter.admit(
-                    principal, request.model, exchange.prompt_estimate, request.ext.max_output
+                    principal,
+                    request.model,
+                    exchange.prompt_estimate,
+                    request.ext.max_output,
+                    choices if isinstance(choices, int) else 1,
                 )
             transcript = Transcript(exchange, request.body) if self._log_content else None
             # From here on, a client that goes away cancels the work done for it, upstream call included.

@@ -118,7 +118,10 @@ async def billing_usage(
     if end is None:
         last = calendar.monthrange(today.year, today.month)[1]
         end = (today.replace(day=last) + timedelta(days=1)).isoformat()
-    until = (date.fromisoformat(end) - timedelta(days=1)).isoformat()
+    try:
+        until = (date.fromisoformat(end) - timedelta(days=1)).isoformat()
+    except OverflowError:
+        raise InvalidRequest("`end_date` must be after 0001-01-01.", param="end_date") from None
     rows = await _runtime(request).ledger.rows(UsageQuery(key=principal.name, since=start, until=until))
     daily: dict[str, list[dict[str, Any]]] = {}
     for row in rows:

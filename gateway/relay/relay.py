@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.relay.attempts import pause
 from gateway.relay.exchange import Attempt, Exchange
-from gateway.relay.stream import Stream, decoding
+from gateway.relay.stream import Stream, decoding, estimated_usage, reply_text_length
 from gateway.request import MAX_DEPTH, ChatRequest, deepest_field
 from gateway.routing import Deployment, DeploymentHealth, Route, Router
 from gateway.types import Headers
@@ -241,7 +241,7 @@ class Relay:
             raise
         attempt.end("ok")
         exchange.replied = True
-        exchange.usage = reply.usage
+        exchange.usage = reply.usage or estimated_usage(exchange, reply_text_length(reply.body))
         return Reply(reply.body, _reply_headers(built, request, model))
 
     async def _stream_once(

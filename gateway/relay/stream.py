@@ -11,6 +11,7 @@ import orjson
 
 from gateway.config import UpstreamConfig
 from gateway.dialects.base import StreamDecoder, Usage, redact
+from gateway.dialects.normalize import text_length
 from gateway.dialects.openai import error_events
 from gateway.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout
 from gateway.relay.exchange import Attempt, Exchange
@@ -105,6 +106,15 @@ def estimated_usage(exchange: Exchange, text_chars: int) -> Usage:
     completion = -(-text_chars // 4)
     prompt = exchange.prompt_estimate
     return Usage(prompt, completion, prompt + completion, estimated=True)
+
+
+def reply_text_length(body: bytes) -> int:
+    """Characters of generated text in a chat.completion the gateway is about to send (valid JSON)."""
+    try:
+        choices = orjson.loads(body).get("choices") or []
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0
+    return sum(text_length(c["message"]) for c in choices if type(c) is dict and type(c.get("message")) is dict)
 
 
 D = TypeVar("D")

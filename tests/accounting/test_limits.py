@@ -8,9 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
-from gateway.accounting.limits import duration, limit_headers
-from gateway.config import ConfigError, parse_config
+from gateway.accounting.keys import Principal
+from gateway.accounting.limits import Limiter, duration, limit_headers
+from gateway.accounting.prices import PriceTable
+from gateway.accounting.redis_client import redis_client
+from gateway.config import ConfigError, Price, parse_config
 from tests.conftest import RedisBackend, RunningGateway, config_yaml
 from tests.support.gateway_cli import gateway_cli, make_key, spread, usage_json
 from tests.support.process import GatewayProcess
@@ -139,3 +143,42 @@ def test_model_limits_are_checked_where_they_are_given(tmp_path: Path, fake_url:
     with pytest.raises(ConfigError, match=r"keys\[1\].model_limits\[0\]: give `rpm`, `tpm` or both"):
         limited = "    models: [echo]\n"
         parse_config(config_yaml(fake_url, redis_url).replace(limited, limited + "    model_limits: [{model: echo}]\n"))
+
+
+async def test_spending_admitted_while_redis_was_down_reaches_the_budget(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    limiter = Limiter(redis_client(redis_url, timeout=0.2), PriceTable([Price(model="m", request=1.0)]))
+    principal = Principal("offline", budget=10, budget_period="total")
+    redis_server.stop()
+    try:
+        admission = await limiter.admit(principal, "m", 10)
+    finally:
+        redis_server.start()
+    assert admission is not None and not admission.confirmed
+    limiter._down_until = 0.0  # as if the second of waiting after the failure were over
+    limiter.settle(admission, 20, 1.0)
+    await limiter.aclose()
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert r.hgetall("gw:{offline}:budget:total") == {"spent": "1"}  # its cost counted, no hold left
+
+
+async def test_a_call_that_cannot_be_built_fails_open_instead_of_hanging(redis_url: str) -> None:
+    limiter = Limiter(redis_client(redis_url, timeout=0.5), PriceTable([Price(model="m", request=1.0)]))
+    broken = Principal("broken", budget=5, budget_period="week")  # not a period: as a corrupt record
+    admission = await asyncio.wait_for(limiter.admit(broken, "m", 10), 5)
+    assert admission is not None and not admission.confirmed
+    await limiter.aclose()
+
+
+async def test_a_request_cancelled_while_waiting_gives_its_hold_back(redis_url: str) -> None:
+    limiter = Limiter(redis_client(redis_url, timeout=0.5), PriceTable([Price(model="m", request=1.0)]))
+    principal = Principal("leaver", budget=5, budget_period="total")
+    waiting = asyncio.ensure_future(limiter.admit(principal, "m", 10))
+    await asyncio.sleep(0)  # queued; the call goes out on the next loop turn
+    waiting.cancel()
+    await asyncio.sleep(0.2)
+    await limiter.aclose()
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert float(r.hget("gw:{leaver}:budget:total", "held") or 0) == 0
+    assert r.zcard("gw:{leaver}:holds:total") == 0

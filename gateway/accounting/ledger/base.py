@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
+import orjson
+
 from gateway.dialects.base import Usage
 
 # Token counts kept per key, model and day, as the upstreams report them (see `Usage`).
@@ -33,6 +35,25 @@ FLOAT_COUNTERS = frozenset({"billed_units", "cost"})
 
 Totals = dict[str, float]  # counter name -> value
 
+# OpenAI's bounds on `metadata`: what of it the request log keeps, so a client cannot make it large.
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+
+
+def bounded_metadata(metadata: Mapping[str, object] | None) -> dict[str, str] | None:
+    """The client's `metadata` within OpenAI's bounds (16 pairs, keys of 64 characters, values of
+    512); a value that is not a string is kept as its JSON."""
+    if not metadata:
+        return None
+    out: dict[str, str] = {}
+    for key, value in list(metadata.items())[:METADATA_PAIRS]:
+        if not isinstance(value, str):
+            try:
+                value = orjson.dumps(value).decode()
+            except orjson.JSONEncodeError:
+                value = "?"
+        out[str(key)[:METADATA_KEY_CHARS]] = value[:METADATA_VALUE_CHARS]
+    return out
+
 
 @dataclass(slots=True)
 class UsageRecord:
@@ -53,7 +74,7 @@ class UsageRecord:
     latency_ms: float = 0.0
     status: int = 200
     stream: bool = False
-    metadata: dict[str, object] | None = None  # the client's `metadata` field
+    metadata: dict[str, str] | None = None  # the client's `metadata` field, bounded (`bounded_metadata`)
 
     @property
     def day(self) -> str:

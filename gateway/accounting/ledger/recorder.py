@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.accounting.ledger.base import Ledger, UsageRecord
+from gateway.accounting.ledger.base import Ledger, UsageRecord, bounded_metadata
 from gateway.dialects.base import Usage
 from gateway.relay.exchange import Exchange, Observer
 
@@ -38,5 +38,5 @@ def record_of(exchange: Exchange, model: str) -> UsageRecord:
         latency_ms=(exchange.duration or 0.0) * 1000,
         status=exchange.status,
         stream=exchange.stream,
-        metadata=exchange.metadata,
+        metadata=bounded_metadata(exchange.metadata),
     )

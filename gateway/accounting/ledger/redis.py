@@ -10,13 +10,15 @@ Key layout (the `{<key name>}` hash tag keeps one key's data in one Redis Cluste
                                                  entry per request, field `entry` = JSON (`UsageRecord.entry`)
     gw:{<key name>}:session:<sess_id>            hash: the counters of one client session (the
                                                  `sess_id` extension), expiring 7 days after its last use
-    gw:{<key name>}:batch:<batch id>             marker of a written batch, kept one day
+    gw:{<key name>}:writer:<writer id>           the sequence number of the last batch applied from
+                                                 one ledger (one process), kept one day
     gw:{usage}:keys                              set: the key names that have usage
 
-Records are summed in memory per key, day and model, and their log entries queued. Every flush
-turns what is pending into batches (one per key name) with fresh ids; one Lua script applies a
-batch only if its marker is new, so a batch re-sent after a timeout whose write did land is not
-counted twice. While Redis is down the batches wait and new records keep summing: the totals take
+Records are summed in memory per key, day and model, and their log entries queued. A flush turns
+what is pending into batches (one per key name), each numbered by this ledger's writer id and a
+sequence number, once the batches before are written; one Lua script applies a batch only if its
+number is above the last one applied from that writer, so a batch re-sent after a timeout whose
+write did land is not counted twice. While Redis is down the batches wait and new records keep summing: the totals take
 memory per (key, day, model), the log entries one each, up to `queue_entries` (entries past that
 are dropped and counted; the totals never are). At shutdown what is still unwritten goes to a spool
 file in `spool_dir`; the next start (of any replica sharing the directory) replays it, and the
@@ -30,6 +32,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +50,8 @@ from gateway.accounting.ledger.base import (
     sort_rows,
     usage_row,
 )
-from gateway.accounting.redis_client import REDIS_ERRORS, redis_client, warm_up
+from gateway.accounting.redis_client import REDIS_ERRORS, redis_client, rejected, warm_up
+from gateway.errors import GatewayError
 from gateway.observability.metrics import (
     LEDGER_DROPPED,
     LEDGER_ERRORS,
@@ -64,14 +68,16 @@ SESSION_TTL = 7 * 86400
 LOG_ENTRIES = 10_000  # per key, approximately (`XADD MAXLEN ~`)
 QUEUE_ENTRIES = 200_000  # log entries held in memory while Redis is unreachable
 
-# KEYS[1]: the batch marker; KEYS[2]: the key's days set; KEYS[3]: the key's log stream; then the
+# KEYS[1]: the writer's marker; KEYS[2]: the key's days set; KEYS[3]: the key's log stream; then the
 # hashes and sets the entries name by index. ARGV: marker TTL, session TTL, log cap, JSON payload
 # {e: [[usage index, models index, model, day, team, counters]], s: [[session index, counters]],
-#  r: [log entry JSON]}.
+#  r: [log entry JSON]}, the batch's sequence number.
 _APPLY_BATCH = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+local seq = tonumber(ARGV[5])
+if seq <= tonumber(redis.call('GET', KEYS[1]) or '0') then
   return 0
 end
+redis.call('SET', KEYS[1], ARGV[5], 'EX', ARGV[1])
 local batch = cjson.decode(ARGV[4])
 local function add(hash, counters)
   for name, value in pairs(counters) do
@@ -117,7 +123,8 @@ def log_key(prefix: str, principal: str) -> str:
 
 @dataclass(slots=True)
 class Batch:
-    id: str
+    writer: str  # the ledger (process) that made it
+    seq: int  # its number among that writer's batches: applied in order, each once
     principal: str
     entries: list[tuple[str, str, str, Totals]]  # (day, model, team or "", counters)
     sessions: list[tuple[str, Totals]]  # (sess_id, counters)
@@ -130,7 +137,8 @@ class Batch:
     def to_json(self) -> bytes:
         return orjson.dumps(
             {
-                "id": self.id,
+                "writer": self.writer,
+                "seq": self.seq,
                 "principal": self.principal,
                 "entries": self.entries,
                 "sessions": self.sessions,
@@ -142,7 +150,8 @@ class Batch:
     def from_json(cls, line: bytes) -> Batch:
         data = orjson.loads(line)
         return cls(
-            str(data["id"]),
+            str(data["writer"]),
+            int(data["seq"]),
             str(data["principal"]),
             [(str(d), str(m), str(t), dict(c)) for d, m, t, c in data["entries"]],
             [(str(s), dict(c)) for s, c in data["sessions"]],
@@ -175,7 +184,9 @@ class RedisLedger:
         self._sessions: dict[tuple[str, str], Totals] = {}  # (principal, sess_id) -> counters
         self._records: dict[str, list[bytes]] = {}  # principal -> log entries
         self._queued_entries = 0  # log entries pending or in unwritten batches
-        self._unwritten: list[Batch] = []
+        self._unwritten: deque[Batch] = deque()
+        self._writer = os.urandom(8).hex()
+        self._seq = 0
         self._replayed: list[Path] = []  # spool files whose batches are in `_unwritten`
         self._registered: set[str] = set()  # key names known to be in the `gw:{usage}:keys` set
         self._task: asyncio.Task[None] | None = None
@@ -216,14 +227,21 @@ class RedisLedger:
 
     async def flush(self) -> bool:
         """Write what is pending; True when nothing is left unwritten."""
-        if self._pending or self._sessions or self._records:
-            self._unwritten.extend(self._batches())
-        while self._unwritten:
+        while True:
+            if not self._unwritten:
+                # Batched only once the batches before are written: while Redis is down, what comes
+                # in keeps summing in `_pending` (bounded), and one writer's batches stay in order.
+                if not (self._pending or self._sessions or self._records):
+                    break
+                self._unwritten.extend(self._batches())
             batch = self._unwritten[0]
             try:
                 await self._apply(batch)
                 await self._register(batch.principal)
             except REDIS_ERRORS as exc:
+                if rejected(exc):
+                    self._dead_letter(self._unwritten.popleft(), exc)
+                    continue
                 LEDGER_ERRORS.inc()
                 LEDGER_QUEUE.set(self.queued())
                 if not self._failing:
@@ -231,7 +249,7 @@ class RedisLedger:
                     self._failing = True
                     REDIS_DEGRADED.labels("ledger").set(1)
                 return False
-            self._unwritten.pop(0)
+            self._unwritten.popleft()
             self._queued_entries -= len(batch.records)
             LEDGER_WRITTEN.inc(batch.requests())
         LEDGER_QUEUE.set(0)
@@ -253,7 +271,8 @@ class RedisLedger:
 
         def batch_of(principal: str) -> Batch:
             if principal not in by_principal:
-                by_principal[principal] = Batch(os.urandom(12).hex(), principal, [], [], [])
+                self._seq += 1
+                by_principal[principal] = Batch(self._writer, self._seq, principal, [], [], [])
             return by_principal[principal]
 
         for key, totals in self._pending.items():
@@ -268,7 +287,7 @@ class RedisLedger:
 
     async def _apply(self, batch: Batch) -> None:
         p, who = self._prefix, batch.principal
-        keys = [f"{p}:{{{who}}}:batch:{batch.id}", f"{p}:{{{who}}}:days", log_key(p, who)]
+        keys = [f"{p}:{{{who}}}:writer:{batch.writer}", f"{p}:{{{who}}}:days", log_key(p, who)]
         entries: list[list[object]] = []
         sessions: list[list[object]] = []
         for day, model, team, totals in batch.entries:
@@ -280,7 +299,7 @@ class RedisLedger:
         # Lua's cjson turns an empty array into an object; `ipairs` walks either the same way.
         records = b"[" + b",".join(orjson.dumps(r.decode()) for r in batch.records) + b"]"
         payload = b'{"e":%s,"s":%s,"r":%s}' % (orjson.dumps(entries), orjson.dumps(sessions), records)
-        await self._script(keys=keys, args=[BATCH_MARKER_TTL, SESSION_TTL, self._log_entries, payload])
+        await self._script(keys=keys, args=[BATCH_MARKER_TTL, SESSION_TTL, self._log_entries, payload, batch.seq])
 
     async def _register(self, principal: str) -> None:
         # Its own slot on a cluster, so not in the batch's script; adding twice changes nothing.
@@ -301,7 +320,7 @@ class RedisLedger:
                 with contextlib.suppress(OSError):
                     path.rename(path.with_suffix(".bad"))
                 continue
-            self._unwritten[:0] = batches
+            self._unwritten.extendleft(reversed(batches))
             self._queued_entries += sum(len(b.records) for b in batches)
             self._replayed.append(path)
             log.warning("replaying %d usage batches spooled at a shutdown: %s", len(batches), path.name)
@@ -312,10 +331,28 @@ class RedisLedger:
                 path.unlink()
         self._replayed.clear()
 
+    def _dead_letter(self, batch: Batch, exc: BaseException) -> None:
+        """A batch Redis refuses (and would refuse again) must not block the ones after it: it goes
+        to a file beside the spool (not replayed), or to the log."""
+        LEDGER_ERRORS.inc()
+        self._queued_entries -= len(batch.records)
+        log.error("Redis refused a usage batch of key %s (%s): set aside", batch.principal, exc)
+        if self._spool_dir is None:
+            log.error("usage batch set aside: %s", batch.to_json().decode())
+            return
+        try:
+            self._spool_dir.mkdir(parents=True, exist_ok=True)
+            with open(self._spool_dir / "refused.jsonl", "ab") as out:
+                out.write(batch.to_json() + b"\n")
+        except OSError as error:
+            log.error("could not set the batch aside (%s): %s", error, batch.to_json().decode())
+
     def _spool(self) -> int:
         """Write the unwritten batches to a new spool file; how many requests they carry."""
         if self._spool_dir is None:
             return 0
+        if self._pending or self._sessions or self._records:
+            self._unwritten.extend(self._batches())  # what came in while earlier batches waited
         self._spool_dir.mkdir(parents=True, exist_ok=True)
         name = f"ledger-{int(time.time())}-{os.getpid()}-{os.urandom(4).hex()}.jsonl"
         partial = self._spool_dir / f".{name}.partial"
@@ -365,11 +402,17 @@ class RedisLedger:
 
     async def usage(self, principal: str, day: str) -> dict[str, Totals]:
         out: dict[str, Totals] = {}
-        for row in await self._key_rows(principal, UsageQuery(key=principal, since=day, until=day)):
+        for row in await self.rows(UsageQuery(key=principal, since=day, until=day)):
             out[str(row["model"])] = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and v}
         return out
 
     async def rows(self, query: UsageQuery) -> list[dict[str, Any]]:
+        try:
+            return await self._rows(query)
+        except REDIS_ERRORS as exc:
+            raise UsageStoreUnavailable(f"The usage store (Redis) is unreachable: {type(exc).__name__}.") from None
+
+    async def _rows(self, query: UsageQuery) -> list[dict[str, Any]]:
         if query.key is not None:
             names: Iterable[str] = [query.key]
         else:
@@ -410,8 +453,17 @@ class RedisLedger:
         return rows
 
     async def requests(self, principal: str, limit: int) -> list[dict[str, Any]]:
-        entries = await self._redis.xrevrange(log_key(self._prefix, principal), count=limit)
+        try:
+            entries = await self._redis.xrevrange(log_key(self._prefix, principal), count=limit)
+        except REDIS_ERRORS as exc:
+            raise UsageStoreUnavailable(f"The usage store (Redis) is unreachable: {type(exc).__name__}.") from None
         return [orjson.loads(fields[b"entry"]) for _, fields in entries]
+
+
+class UsageStoreUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "usage_store_unavailable"
 
 
 def _counters(totals: Totals) -> dict[str, str]:

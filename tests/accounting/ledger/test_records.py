@@ -135,5 +135,9 @@ def test_a_key_reads_its_own_usage_and_balance(team_gateway: tuple[RunningGatewa
         )
         assert old.json()["total_usage"] == 0
     assert http.get("/v1/usage", params={"until": "2026-13-01"}).status_code == 400
+    first = http.get("/dashboard/billing/usage", params={"end_date": "0001-01-01"})
+    assert first.status_code == 400 and first.json()["error"]["param"] == "end_date"
+    infinite = _admin(gateway).patch("/admin/keys/ana", json={"budget": "inf"})
+    assert infinite.status_code == 400 and infinite.json()["error"]["param"] == "budget"
     anon = httpx.get(f"{gateway.url}/dashboard/billing/subscription")
     assert anon.status_code == 401

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from gateway.accounting.ledger import UsageRecord
-from gateway.accounting.ledger.base import UsageQuery
+from gateway.accounting.ledger.base import UsageQuery, bounded_metadata
 from gateway.accounting.ledger.redis import RedisLedger, usage_key
 from gateway.config import parse_config
 from gateway.dialects.base import Usage
@@ -212,3 +212,23 @@ async def test_the_log_queue_is_bounded_and_the_totals_are_not(redis_server: Red
     assert (await ledger.usage("erin", _today()))["m"]["requests"] == 5.0  # every request counted
     assert len(await ledger.requests("erin", 10)) == 2  # log entries past the bound were dropped
     await ledger.aclose()
+
+
+async def test_a_batch_redis_refuses_is_set_aside_and_the_rest_written(redis_url: str, tmp_path: Path) -> None:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.set("gw:{zed}:days", "not a set")  # the batch's script fails on it, and would every time
+    ledger = RedisLedger(redis_url, flush_interval=60, spool_dir=tmp_path)
+    ledger.record(UsageRecord("zed", "m", Usage(1, 1, 2)))
+    ledger.record(UsageRecord("amy", "m", Usage(1, 1, 2)))
+    assert await ledger.flush()
+    assert (await ledger.usage("amy", _today()))["m"]["requests"] == 1.0
+    refused = (tmp_path / "refused.jsonl").read_text().splitlines()
+    assert len(refused) == 1 and '"principal":"zed"' in refused[0]
+    await ledger.aclose()
+
+
+def test_the_request_log_keeps_metadata_within_openai_s_bounds() -> None:
+    big = {f"k{i}": "v" * 1000 for i in range(40)} | {"x" * 100: {"nested": [1, 2]}}
+    kept = bounded_metadata(big)
+    assert kept is not None and len(kept) == 16 and all(len(v) == 512 for v in kept.values())
+    assert bounded_metadata({"n": {"a": 1}}) == {"n": '{"a":1}'} and bounded_metadata({}) is None
