@@ -27,13 +27,14 @@ request only; a fallback to a dearer model can cost more than the first model's 
 A hold whose process died is dropped after its deadline.
 
 Everything of one key is read and written by one Lua script, atomically, in one slot. The requests
-of one event-loop turn (and the settlements of finished requests) go in one script call per key, and
-one call is in flight at a time: under load, many requests share a round trip.
+that arrive in one event-loop turn go in one script call per key, with the settlements of finished
+requests (which wait up to `SETTLE_DELAY` to share a call); several calls may be in flight.
 
 When Redis cannot be reached, limits fail open by default (the request is served, a warning is logged
 once, `gateway_rate_limit_errors_total` counts it, `/readyz` says degraded) and budgets use the last
 balance this replica saw, plus what it served since; settlements wait in memory (bounded) until
-Redis is back. With `fail_open` off such requests get 503 instead.
+Redis is back, and an admission Redis never confirmed adds its cost whether or not its hold is
+found. With `fail_open` off such requests get 503 instead.
 """
 
 from __future__ import annotations
