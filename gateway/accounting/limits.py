@@ -40,6 +40,7 @@ found. With `fail_open` off such requests get 503 instead.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -217,7 +218,8 @@ class Scope:
     label: str  # for messages: "" (the key) or the model pattern
 
 
-@dataclass(frozen=True, slots=True)
+# Hold and Admission are made per request: plain slotted dataclasses (frozen ones cost more to make).
+@dataclass(slots=True)
 class Hold:
     """A request's reservation against its key's budget for one period."""
 
@@ -228,7 +230,7 @@ class Hold:
     period: str  # e.g. `month 2026-11`, for messages and the last known balance
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admission:
     """What admission counted for a request, and the headers its reply carries."""
 
@@ -323,6 +325,8 @@ class Limiter:
         self._balances: dict[tuple[str, str], float] = {}  # (key, period) -> spent + held, as last seen
         self._down_until = 0.0
         self._failing = False
+        self._hold_prefix = os.urandom(6).hex()  # hold ids: unique per process, then a counter
+        self._hold_ids = itertools.count()
 
     # --- admission ---
 
@@ -360,7 +364,7 @@ class Limiter:
             hold = Hold(
                 f"{base}:budget:{period}",
                 f"{base}:holds:{period}",
-                f"{os.urandom(6).hex()}:{reservation!r}",
+                f"{self._hold_prefix}{next(self._hold_ids)}:{reservation!r}",
                 reservation,
                 _label(principal.budget_period, period),
             )
