@@ -73,16 +73,17 @@ RETRY_AFTER_FAILURE = 1.0
 SETTLE_DELAY = 0.005
 _BUDGET_TTL = {"day": 3 * 86400, "month": 62 * 86400, "total": 0}
 
-# KEYS: every Redis key the batch names. ARGV[1]: now (s); ARGV[2]: JSON
+# KEYS: every Redis key the batch names. ARGV[1]: JSON
 #   {s: settlements [[token ring indices], token delta, budget index, holds index, hold, reservation, cost,
 #                    confirmed (1: the hold is known to be in Redis), second of admission],
 #    a: admissions  [[[requests index, tokens index, rpm, tpm], ...], estimate,
 #                     budget index, holds index, budget, hold, reservation, deadline, budget TTL]}
 # (index 0: none). Returns JSON: per admission [refused (0; i: scope i; -1: budget), per scope
-# [requests, tokens, requests reset, tokens reset] as counted after it, spent, held].
+# [requests, tokens, requests reset, tokens reset] as counted after it, spent, held, the second].
 _SYNC = """
-local now = tonumber(ARGV[1])
-local batch = cjson.decode(ARGV[2])
+-- Redis's clock, not the replicas': their skew cannot move a request to another second.
+local now = tonumber(redis.call('TIME')[1])
+local batch = cjson.decode(ARGV[1])
 local rings = {}
 local function ring(key)
   local r = rings[key]
@@ -183,7 +184,7 @@ for _, a in ipairs(batch.a) do
     local r, t = ring(KEYS[scope[1]]), ring(KEYS[scope[2]])
     counts[#counts + 1] = {r.total, t.total, r.oldest + 60 - now, t.oldest + 60 - now}
   end
-  out[#out + 1] = {refused, counts, tostring(spent), tostring(held)}
+  out[#out + 1] = {refused, counts, tostring(spent), tostring(held), now}
 end
 return cjson.encode(out)
 """
@@ -385,7 +386,7 @@ class Limiter:
             raise
         if result is None:  # Redis unreachable
             return self._admit_offline(principal, scopes, counted, hold, second)
-        refused, counts, spent, held = result
+        refused, counts, spent, held, second = result
         headers = _headers(scopes, counts)
         if hold is not None:
             self._balances[(principal.name, hold.period)] = float(spent) + float(held)
@@ -509,7 +510,7 @@ class Limiter:
         whatever happens."""
         results = None
         try:
-            answer = await self._sync(keys=(call := _Call(pending)).keys, args=[int(time.time()), call.payload])
+            answer = await self._sync(keys=(call := _Call(pending)).keys, args=[call.payload])
             results = orjson.loads(answer)
         except REDIS_ERRORS as exc:
             if rejected(exc):  # the same call would fail again: not an outage

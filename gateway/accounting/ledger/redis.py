@@ -11,7 +11,7 @@ Key layout (the `{<key name>}` hash tag keeps one key's data in one Redis Cluste
     gw:{<key name>}:session:<sess_id>            hash: the counters of one client session (the
                                                  `sess_id` extension), expiring 7 days after its last use
     gw:{<key name>}:writer:<writer id>           the sequence number of the last batch applied from
-                                                 one ledger (one process), kept one day
+                                                 one ledger (one process), kept 7 days
     gw:{usage}:keys                              set: the key names that have usage
 
 Records are summed in memory per key, day and model, and their log entries queued. A flush turns
@@ -63,7 +63,7 @@ from gateway.observability.metrics import (
 
 log = logging.getLogger("gateway.accounting.ledger")
 
-BATCH_MARKER_TTL = 86400
+BATCH_MARKER_TTL = 7 * 86400  # a spool replayed within it cannot count a written batch twice
 SESSION_TTL = 7 * 86400
 LOG_ENTRIES = 10_000  # per key, approximately (`XADD MAXLEN ~`)
 QUEUE_ENTRIES = 200_000  # log entries held in memory while Redis is unreachable
