@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RedisBackend, config_yaml
-from tests.support.gateway_cli import USER, make_key, usage_json
+from tests.conftest import CLIENT_KEY, RedisBackend, config_yaml
+from tests.support.gateway_cli import USER, make_key, spread, usage_json
 from tests.support.process import GatewayProcess
 
 PRICES = """
@@ -95,3 +95,30 @@ def test_redis_stopped_mid_load_loses_and_doubles_nothing(
     assert len({e["request_id"] for e in entries}) == served
     assert sum(e["stream"] for e in entries) == streamed
     assert all(not e["estimated"] and e["usage"]["total_tokens"] > 0 for e in entries)
+
+
+def test_usage_queued_at_shutdown_is_spooled_and_replayed_by_the_next_start(
+    tmp_path: Path, fake_url: str, redis_backend: RedisBackend
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(fake_url, redis_backend.url, more=PRICES))
+    env = {**redis_backend.env, "GATEWAY_ACCESS_LOG": "false", "GATEWAY_REDIS_TIMEOUT": "0.3"}
+    spool = tmp_path / "spool"  # GatewayProcess's GATEWAY_LEDGER_SPOOL_DIR
+    with GatewayProcess(config, workdir=tmp_path, env=env) as gateway:
+        redis_backend.stop()
+        try:
+            replies = asyncio.run(spread([gateway.url], CLIENT_KEY, 5))
+            assert [r.status_code for r in replies] == [200] * 5
+        finally:
+            gateway.stop()  # Redis still down: the usage goes to the spool
+            redis_backend.start()
+    assert "spooled" in gateway.output() and len(list(spool.glob("ledger-*.jsonl"))) == 1
+
+    with GatewayProcess(config, workdir=tmp_path, env=env) as again:
+        deadline = time.monotonic() + 20
+        while list(spool.glob("ledger-*.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not list(spool.glob("ledger-*.jsonl")), again.output()  # replayed, then deleted
+    rows = usage_json(config, "--key", "tester", env=redis_backend.env)
+    assert [(row["model"], row["requests"], row["cost"]) for row in rows] == [("echo", 5, pytest.approx(0.005))]
+    assert len(redis_backend.client().xrange("gw:{tester}:log")) == 5
