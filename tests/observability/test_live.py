@@ -35,10 +35,10 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "llm-gateway.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 USER = [{"role": "user", "content": "Hello there"}]
 ACCESS_FIELDS = {
-    "ts", "level", "logger", "msg", "request_id", "endpoint", "key", "model", "route", "served_model", "upstream",
-    "deployment", "status", "error_code", "stream", "latency_s", "ttft_s", "prompt_tokens", "completion_tokens",
-    "total_tokens", "cached_tokens", "reasoning_tokens", "billed_units", "attempts", "attempt_outcomes",
-    "cooldowns", "client_disconnected",
+    "ts", "level", "logger", "msg", "request_id", "endpoint", "key", "team", "model", "route", "served_model",
+    "upstream", "deployment", "status", "error_code", "stream", "latency_s", "ttft_s", "prompt_tokens",
+    "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "billed_units", "usage_estimated",
+    "cost", "attempts", "attempt_outcomes", "cooldowns", "client_disconnected",
 }  # fmt: skip
 
 
