@@ -9,6 +9,7 @@ how long a revoke or an update takes to reach every replica.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -160,6 +161,7 @@ class Keys:
         self.store = store
         self.cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[Principal | None, float]] = {}  # digest -> (found, fetched at)
+        self._finding: dict[bytes, asyncio.Future[Principal | None]] = {}  # lookups in flight
 
     async def authenticate(self, presented: str | None) -> Principal:
         if not presented:
@@ -180,7 +182,7 @@ class Keys:
         if cached is not None and now - cached[1] < self.cache_seconds:
             return cached[0]
         try:
-            found = await self.store.find(digest)
+            found = await self._find(digest)
         except KeyStoreUnavailable:
             if cached is not None:  # the last known record beats refusing a known caller
                 return cached[0]
@@ -189,6 +191,22 @@ class Keys:
             self._cache.pop(next(iter(self._cache)))
         self._cache[digest] = (found, now)
         return found
+
+
+    async def _find(self, digest: bytes) -> Principal | None:
+        """One store lookup per digest at a time: a burst of requests with a key this replica has
+        not seen yet shares one Redis read."""
+        assert self.store is not None
+        running = self._finding.get(digest)
+        if running is None:
+            running = self._finding[digest] = asyncio.ensure_future(self.store.find(digest))
+            running.add_done_callback(lambda done: self._found(digest, done))
+        return await asyncio.shield(running)
+
+    def _found(self, digest: bytes, done: asyncio.Future[Principal | None]) -> None:
+        self._finding.pop(digest, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too, in case every request waiting for it has gone
 
 
 def key_from_headers(authorization: str | None, api_key: str | None, x_api_key: str | None) -> str | None:

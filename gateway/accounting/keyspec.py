@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.accounting.keys import unix_time
-from gateway.config.model import BudgetPeriod, ModelLimit, check_key_name
+from gateway.config.model import MAX_LIMIT, BudgetPeriod, ModelLimit, check_key_name
 
 
 class KeyChanges(BaseModel):
@@ -19,8 +19,8 @@ class KeyChanges(BaseModel):
 
     team: str | None = Field(default=None, max_length=64)
     models: list[str] | None = Field(default=None, description="Model names or glob patterns; all when absent.")
-    rpm: int | None = Field(default=None, ge=1, description="Requests per minute, across every replica.")
-    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute, across every replica.")
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="Requests per minute, across every replica.")
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="Tokens per minute, across every replica.")
     budget: float | None = Field(
         default=None, ge=0, le=1e15, allow_inf_nan=False, description="Spending limit per budget period."
     )

@@ -262,13 +262,13 @@ def limit_headers(
         out += [
             (b"x-ratelimit-limit-requests", str(rpm).encode()),
             (b"x-ratelimit-remaining-requests", str(max(rpm - requests, 0)).encode()),
-            (b"x-ratelimit-reset-requests", duration(request_reset if requests >= rpm else 0).encode()),
+            (b"x-ratelimit-reset-requests", duration(request_reset if requests else 0).encode()),
         ]
     if tpm is not None:
         out += [
             (b"x-ratelimit-limit-tokens", str(tpm).encode()),
             (b"x-ratelimit-remaining-tokens", str(max(tpm - tokens, 0)).encode()),
-            (b"x-ratelimit-reset-tokens", duration(token_reset if tokens >= tpm else 0).encode()),
+            (b"x-ratelimit-reset-tokens", duration(token_reset if tokens else 0).encode()),
         ]
     return out
 
@@ -405,7 +405,7 @@ class Limiter:
             )
         if refused < 0:
             assert hold is not None
-            raise self._over_budget(principal, hold, float(spent), headers)
+            raise self._over_budget(principal, hold, float(spent) + float(held), headers)
         return Admission(principal.name, _token_rings(scopes), counted, hold, headers, second)
 
     def _admit_offline(
@@ -418,12 +418,13 @@ class Limiter:
             self._release(principal.name, counted, hold, second, None)
             raise LimitsUnavailable("The gateway cannot check this key's limits now; try again shortly.")
         if hold is not None and principal.budget is not None:
+            # A replica that never saw the key's balance counts from zero: what it serves during the
+            # outage is still bounded by one budget.
             balance_key = (principal.name, hold.period)
-            known = self._balances.get(balance_key)
-            if known is not None:
-                if known >= principal.budget:
-                    raise self._over_budget(principal, hold, known, [])
-                self._balances[balance_key] = known + hold.reservation
+            known = self._balances.get(balance_key, 0.0)
+            if known >= principal.budget:
+                raise self._over_budget(principal, hold, known, [])
+            self._balances[balance_key] = known + hold.reservation
         return Admission(principal.name, _token_rings(scopes), counted, hold, [], second, confirmed=False)
 
     def _release(self, name: str, counted: int, hold: Hold | None, second: int, result: list[Any] | None) -> None:

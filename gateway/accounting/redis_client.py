@@ -6,7 +6,9 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ClusterCrossSlotError, RedisClusterException, RedisError, ResponseError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ClusterCrossSlotError, ConnectionError, RedisClusterException, RedisError, ResponseError
 
 log = logging.getLogger("gateway.redis")
 
@@ -22,11 +24,23 @@ def rejected(exc: BaseException) -> bool:
     return type(exc) in (ResponseError, ClusterCrossSlotError)
 
 
+# Connections per process to one Redis. A request that finds them all busy waits for one (up to the
+# timeout) rather than failing at once, as redis-py's default pool would.
+MAX_CONNECTIONS = 256
+
+
 def redis_client(url: str, *, timeout: float, cluster: bool = False) -> Any:
-    kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    kwargs: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # A pooled connection Redis closed (it restarted) fails once, then a fresh one is tried.
+        "retry": Retry(NoBackoff(), 1),
+        "retry_on_error": [ConnectionError],
+    }
     if cluster:
-        return aioredis.RedisCluster.from_url(url, **kwargs)
-    return aioredis.Redis.from_url(url, **kwargs)
+        return aioredis.RedisCluster.from_url(url, max_connections=MAX_CONNECTIONS, **kwargs)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=timeout, **kwargs)
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def warm_up(client: Any) -> None:

@@ -17,6 +17,8 @@ Vendor = Literal[
 BudgetPeriod = Literal["day", "month", "total"]
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+# The largest rpm or tpm: counts stay exact in Lua's numbers (doubles) far beyond it.
+MAX_LIMIT = 10**12
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 # Set per connection by the HTTP client itself; configuring them would break or smuggle requests.
 HOP_BY_HOP = frozenset(
@@ -50,8 +52,8 @@ class ModelLimit(_Strict):
     """Requests and tokens per minute for one key on the models a pattern matches."""
 
     model: str = Field(min_length=1, max_length=200, description="A model name or glob pattern.")
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
 
     @model_validator(mode="after")
     def _some_limit(self) -> ModelLimit:
@@ -85,8 +87,8 @@ class KeyConfig(_Strict):
         default=None, description="Model names or glob patterns this key may use; all when absent."
     )
     team: str | None = Field(default=None, max_length=64)
-    rpm: int | None = Field(default=None, ge=1, description="Requests per minute, across every replica.")
-    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute, across every replica.")
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="Requests per minute, across every replica.")
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="Tokens per minute, across every replica.")
     budget: float | None = Field(
         default=None, ge=0, le=1e15, allow_inf_nan=False, description="Spending limit per budget period (cost units)."
     )

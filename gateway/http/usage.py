@@ -5,6 +5,7 @@ with and without `/v1`). A key sees only its own usage."""
 from __future__ import annotations
 
 import calendar
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ router = APIRouter(tags=["usage"])
 # OpenAI-compatible gateways do): front-ends then show a large balance rather than none.
 UNLIMITED_USD = 100_000_000.0
 
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 DayParam = Annotated[str | None, Query(description="A UTC day, `YYYY-MM-DD`.")]
 
 
@@ -35,6 +37,8 @@ def parse_day(value: str | None, param: str) -> str | None:
     if value is None:
         return None
     try:
+        if not _DAY.fullmatch(value):
+            raise ValueError(value)
         return date.fromisoformat(value).isoformat()
     except ValueError:
         raise InvalidRequest(f"`{param}` must be a day written YYYY-MM-DD; got {value[:40]!r}.", param=param) from None
@@ -45,12 +49,12 @@ async def _budget(runtime: Runtime, principal: Principal) -> dict[str, Any] | No
         return None
     balance = await runtime.limiter.balance(principal) if runtime.limiter is not None else None
     spent, held = balance if balance is not None else (0.0, 0.0)
-    return {
+    return {  # rounded: sums of float prices leave digits no one paid for
         "amount": principal.budget,
         "period": principal.budget_period,
-        "spent": spent,
-        "held": held,
-        "remaining": max(principal.budget - spent - held, 0.0),
+        "spent": round(spent, 9),
+        "held": round(held, 9),
+        "remaining": round(max(principal.budget - spent - held, 0.0), 9),
         "enforced": runtime.limiter is not None,
     }
 

@@ -3,6 +3,7 @@ real redis-server, used by clients (the openai SDK) on two gateway replicas."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
@@ -182,3 +183,37 @@ def test_the_cli_has_the_same_powers(
     bad = _cli("create", "--name", "x", "--rpm", "0", config=config, env=env)
     assert bad.returncode == 2 and "--rpm" in bad.stderr
     assert _cli("show", "missing", config=config, env=env).returncode == 1
+
+
+def test_a_burst_over_many_new_keys_is_served(replicas: list[RunningGateway]) -> None:
+    """Each request of a key the replica has not seen reads the store: 200 at once over 100 new keys
+    must neither exhaust the Redis connections nor read one key twice at the same time."""
+    admin = _admin(replicas[0])
+    keys = [admin.post("/admin/keys", json={"name": f"burst-{i}", "rpm": 10}).json()["key"] for i in range(100)]
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{replicas[1].url}/v1/chat/completions",
+                        headers={"authorization": f"Bearer {key}"},
+                        json={"model": "echo", "messages": USER},
+                    )
+                    for key in keys * 2
+                )
+            )
+        return [reply.status_code for reply in replies]
+
+    assert asyncio.run(burst()) == [200] * 200
+
+
+def test_absurd_limits_are_refused_by_name(replicas: list[RunningGateway]) -> None:
+    admin = _admin(replicas[0])
+    for body, param in (
+        ({"name": "huge", "rpm": 2**64}, "rpm"),
+        ({"name": "huge", "model_limits": [{"model": "m", "tpm": 10**13}]}, "model_limits.0.tpm"),
+        ({"name": "huge", "budget": "inf"}, "budget"),
+    ):
+        reply = admin.post("/admin/keys", json=body)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text

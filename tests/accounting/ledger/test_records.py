@@ -134,7 +134,8 @@ def test_a_key_reads_its_own_usage_and_balance(team_gateway: tuple[RunningGatewa
             f"{prefix}/dashboard/billing/usage", params={"start_date": "2001-01-01", "end_date": "2001-02-01"}
         )
         assert old.json()["total_usage"] == 0
-    assert http.get("/v1/usage", params={"until": "2026-13-01"}).status_code == 400
+    for day in ("2026-13-01", "2026-W47", "20261123"):
+        assert http.get("/v1/usage", params={"until": day}).status_code == 400
     first = http.get("/dashboard/billing/usage", params={"end_date": "0001-01-01"})
     assert first.status_code == 400 and first.json()["error"]["param"] == "end_date"
     infinite = _admin(gateway).patch("/admin/keys/ana", json={"budget": "inf"})
