@@ -84,7 +84,7 @@ def extract(body: JSON) -> Extensions:
         if "max_tokens" in body and "max_completion_tokens" not in body
         else "max_completion_tokens",
         retries=optional_int(body, "retries", 0, 10),
-        sess_id=_sess_id(body.get("sess_id")),
+        sess_id=sess_id_of(body.get("sess_id")),
         search=_search(body),
         metadata=body.get("metadata"),
     )
@@ -153,7 +153,7 @@ def _search(body: JSON) -> Search | None:
     return Search(engine, bool(config.get("deepable")), bool(config.get("return_result")))
 
 
-def _sess_id(value: Any) -> str | None:
+def sess_id_of(value: Any) -> str | None:
     # "" is what aggregator clients send when there is no session (their own example bodies do).
     if value is None or value == "":
         return None

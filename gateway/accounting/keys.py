@@ -192,7 +192,6 @@ class Keys:
         self._cache[digest] = (found, now)
         return found
 
-
     async def _find(self, digest: bytes) -> Principal | None:
         """One store lookup per digest at a time: a burst of requests with a key this replica has
         not seen yet shares one Redis read."""

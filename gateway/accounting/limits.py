@@ -359,7 +359,7 @@ class Limiter:
         hold = None
         if principal.budget is not None:
             period = budget_period(principal.budget_period, now)
-            output = (max_output or self._reserve_output) * max(choices, 1)
+            output = (self._reserve_output if max_output is None else max_output) * max(choices, 1)
             reservation = self._prices.reservation(model, estimate, output)
             base = f"{self._prefix}:{{{principal.name}}}"
             hold = Hold(

@@ -15,6 +15,7 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.http.admin import router as admin_router
 from gateway.http.asgi import RequestIds
 from gateway.http.chat import ChatCompletions
+from gateway.http.embeddings import router as embeddings_router
 from gateway.http.openapi import openapi_document
 from gateway.http.routes import exchange_of, router
 from gateway.http.usage import router as usage_router
@@ -91,6 +92,7 @@ def _fastapi(runtime: Runtime) -> FastAPI:
     api = FastAPI(title="LLM gateway", version=__version__)
     api.state.runtime = runtime
     api.include_router(router)
+    api.include_router(embeddings_router)
     api.include_router(usage_router)
     api.include_router(admin_router)
     api.openapi = lambda: openapi_document(api)  # type: ignore[method-assign]
@@ -136,6 +138,8 @@ def _endpoint(path: str) -> str:
         return "admin"
     if path == "/v1/usage" or "/dashboard/billing/" in path:
         return "usage"
+    if path == "/v1/embeddings":
+        return "embeddings"
     return "other"
 
 

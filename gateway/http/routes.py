@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from gateway.accounting.keys import Principal, key_from_headers
+from gateway.dialects.registry import APIS, translator_for
 from gateway.errors import AuthenticationFailed, GatewayError, ModelNotFound
 from gateway.observability.metrics import multiprocess_dir, render
 from gateway.relay import Exchange
@@ -46,7 +47,9 @@ async def caller(
 
 def _model(model_id: str, route: Route, created: int) -> dict[str, Any]:
     owners = sorted({d.upstream.name for d in route.usable})
-    return {"id": model_id, "object": "model", "created": created, "owned_by": ",".join(owners)}
+    # Which client APIs the model serves: those some usable deployment's upstream has a translator for.
+    endpoints = [api for api in APIS if any(translator_for(api, d.upstream) for d in route.usable)]
+    return {"id": model_id, "object": "model", "created": created, "owned_by": ",".join(owners), "endpoints": endpoints}
 
 
 @router.get("/v1/models")

@@ -1,4 +1,8 @@
-"""One chat completion through the gateway: route, build, send, decode; each attempt on the exchange.
+"""One request through the gateway: route, build, send, decode; each attempt on the exchange.
+
+The relay knows attempts, not APIs: what a request means for an upstream is its translator's, found
+by (client API, upstream kind) in `dialects/registry.py`. A deployment whose upstream has no
+translator for the request's API is not tried.
 
 Retries across deployments happen only before the first byte has gone to the client. Once a
 stream has started, an error becomes an SSE `error` event followed by `[DONE]`. The relay records
@@ -13,16 +17,16 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 
 from gateway.accounting.keys import Principal
 from gateway.config import Timeouts, UpstreamConfig
-from gateway.dialects import dialect_for
-from gateway.dialects.base import ENDPOINT_NOT_FOUND, Dialect, Target, UpstreamRequest, redact
+from gateway.dialects.base import ENDPOINT_NOT_FOUND, Target, UpstreamRequest, redact
 from gateway.dialects.openai import DONE_EVENT
+from gateway.dialects.registry import CHAT, Translator, translator_for
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -36,7 +40,7 @@ from gateway.relay.exchange import Attempt, Exchange
 from gateway.relay.stream import Stream, decoding, estimated_usage, reply_text_length
 from gateway.request import MAX_DEPTH, ChatRequest, deepest_field
 from gateway.routing import Deployment, DeploymentHealth, Route, Router
-from gateway.types import Headers
+from gateway.types import JSON, Headers
 from gateway.upstream.base import Transport, UpstreamResponse
 
 log = logging.getLogger("gateway.relay")
@@ -47,6 +51,27 @@ class NoUsableDeployment(GatewayError):
     status = 503
     type = "upstream_error"
     code = "upstream_not_configured"
+
+
+class _Hints(Protocol):
+    @property
+    def sess_id(self) -> str | None: ...
+
+    @property
+    def retries(self) -> int | None: ...
+
+
+class RelayedRequest(Protocol):
+    """What the relay reads of any client request; the rest is its translator's."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def body(self) -> JSON: ...
+
+    @property
+    def ext(self) -> _Hints: ...
 
 
 class Reply:
@@ -81,19 +106,26 @@ class Relay:
         self._timeouts = timeouts or Timeouts()  # the defaults under every deployment's own
         self._resolved: dict[int, Timeouts] = {}  # id(deployment) -> its timeouts, resolved once
 
-    async def complete(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Reply:
-        """A buffered reply: the OpenAI chat.completion body."""
-        return await self._run(exchange, principal, request, lambda d, m: self._complete_once(exchange, request, d, m))
+    async def complete(
+        self, exchange: Exchange, principal: Principal, request: RelayedRequest, api: str = CHAT
+    ) -> Reply:
+        """A buffered reply: the client API's reply body (for chat, the OpenAI chat.completion)."""
+        return await self._run(
+            exchange, principal, request, api, lambda d, m: self._complete_once(exchange, request, api, d, m)
+        )
 
     async def stream(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Stream:
         """Open a stream on the first deployment that produces output; raises `GatewayError` before that."""
-        return await self._run(exchange, principal, request, lambda d, m: self._stream_once(exchange, request, d, m))
+        return await self._run(
+            exchange, principal, request, CHAT, lambda d, m: self._stream_once(exchange, request, d, m)
+        )
 
     async def _run(
         self,
         exchange: Exchange,
         principal: Principal,
-        request: ChatRequest,
+        request: RelayedRequest,
+        api: str,
         once: Callable[[Deployment, str], Awaitable[T]],
     ) -> T:
         """The model's deployments; when they all fail, its fallback models' (a context-length error
@@ -102,7 +134,13 @@ class Relay:
         if route is None or not principal.may_use(request.model):
             raise ModelNotFound(request.model)
         exchange.route = route.name
-        attempts = self._attempts(route, request)
+        if api != CHAT and not any(translator_for(api, d.upstream) for d in route.deployments):
+            raise InvalidRequest(
+                f"The model `{request.model}` does not serve {api}: its upstreams do not have that API.",
+                param="model",
+                code="unsupported_endpoint",
+            )
+        attempts = self._attempts(route, request, api)
         error: UpstreamError | None = None
         if attempts:
             try:
@@ -118,7 +156,7 @@ class Relay:
             fallback = self._router.match(name)
             if fallback is None or not principal.may_use(name):
                 continue
-            deployments = self._health.order(self._router.order(fallback), name, time.monotonic())
+            deployments = self._serving(api, self._health.order(self._router.order(fallback), name, time.monotonic()))
             if not deployments:
                 continue
             log.warning("model %s failed, falling back to %s", request.model, name)
@@ -135,10 +173,16 @@ class Relay:
             )
         raise error
 
-    def _attempts(self, route: Route, request: ChatRequest) -> list[Deployment]:
+    @staticmethod
+    def _serving(api: str, deployments: list[Deployment]) -> list[Deployment]:
+        if api == CHAT:  # every upstream serves chat
+            return deployments
+        return [d for d in deployments if translator_for(api, d.upstream) is not None]
+
+    def _attempts(self, route: Route, request: RelayedRequest, api: str) -> list[Deployment]:
         """The deployments to try, in order: healthy first; as many as allowed, or as the client asked."""
         ordered = self._router.order(route, sticky=request.ext.sess_id)
-        deployments = self._health.order(ordered, request.model, time.monotonic())
+        deployments = self._serving(api, self._health.order(ordered, request.model, time.monotonic()))
         if not deployments:
             return []
         retries = request.ext.retries
@@ -205,10 +249,10 @@ class Relay:
         return timeouts
 
     async def _open(
-        self, exchange: Exchange, request: ChatRequest, deployment: Deployment, model: str
-    ) -> tuple[Dialect, UpstreamRequest, Attempt, UpstreamResponse]:
+        self, exchange: Exchange, request: RelayedRequest, api: str, deployment: Deployment, model: str
+    ) -> tuple[Translator, UpstreamRequest, Attempt, UpstreamResponse]:
         upstream = deployment.upstream
-        dialect, built = _build(request, deployment, model)
+        dialect, built = _build(request, api, deployment, model)
         timeouts = self._timeouts_of(deployment)
         built.connect_timeout, built.read_timeout = timeouts.connect, timeouts.idle
         attempt = exchange.attempt(upstream.name, deployment.model_for(model))
@@ -226,10 +270,10 @@ class Relay:
         return dialect, built, attempt, response
 
     async def _complete_once(
-        self, exchange: Exchange, request: ChatRequest, deployment: Deployment, model: str
+        self, exchange: Exchange, request: RelayedRequest, api: str, deployment: Deployment, model: str
     ) -> Reply:
         upstream = deployment.upstream
-        dialect, built, attempt, response = await self._open(exchange, request, deployment, model)
+        dialect, built, attempt, response = await self._open(exchange, request, api, deployment, model)
         total = self._timeouts_of(deployment).total
         try:
             body = await _read_or_close(response, None if total is None else attempt.started + total, upstream.name)
@@ -248,7 +292,7 @@ class Relay:
         self, exchange: Exchange, request: ChatRequest, deployment: Deployment, model: str
     ) -> Stream:
         upstream = deployment.upstream
-        dialect, built, attempt, response = await self._open(exchange, request, deployment, model)
+        dialect, built, attempt, response = await self._open(exchange, request, CHAT, deployment, model)
         if response.status >= 300:
             raise _status_error(dialect, response, await response.read(), built, upstream)
         decoder = dialect.stream_decoder(request)
@@ -310,7 +354,7 @@ async def _read_or_close(response: UpstreamResponse, deadline: float | None, ups
 
 
 def _status_error(
-    dialect: Dialect, response: UpstreamResponse, body: bytes, built: UpstreamRequest, upstream: UpstreamConfig
+    dialect: Translator, response: UpstreamResponse, body: bytes, built: UpstreamRequest, upstream: UpstreamConfig
 ) -> UpstreamStatusError:
     error = dialect.decode_error(response.status, body, response.headers, upstream)
     if error.code == ENDPOINT_NOT_FOUND:
@@ -319,7 +363,7 @@ def _status_error(
     return error
 
 
-def _reply_headers(built: UpstreamRequest, request: ChatRequest, model: str) -> Headers:
+def _reply_headers(built: UpstreamRequest, request: RelayedRequest, model: str) -> Headers:
     headers: Headers = []
     if built.dropped:
         headers.append((b"x-gateway-dropped-params", ",".join(built.dropped).encode()))
@@ -328,11 +372,12 @@ def _reply_headers(built: UpstreamRequest, request: ChatRequest, model: str) -> 
     return headers
 
 
-def _build(request: ChatRequest, deployment: Deployment, model: str) -> tuple[Dialect, UpstreamRequest]:
-    """The dialect and the upstream request for `model` (the client's, or a fallback); applies the
+def _build(request: RelayedRequest, api: str, deployment: Deployment, model: str) -> tuple[Translator, UpstreamRequest]:
+    """The translator and the upstream request for `model` (the client's, or a fallback); applies the
     upstream's policy on parameters it cannot take."""
     upstream = deployment.upstream
-    dialect = dialect_for(upstream)
+    dialect = translator_for(api, upstream)
+    assert dialect is not None  # deployments without one are not tried
     target = Target(upstream, deployment.model_for(model), deployment.options)
     try:
         built = dialect.build_request(request, target)

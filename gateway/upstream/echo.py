@@ -6,8 +6,11 @@ pauses, usage numbers, `max_tokens` truncation), so the quickstart and the HTTP-
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import re
+import struct
 import time
 from typing import Any
 
@@ -97,6 +100,37 @@ class EchoReply:
         return events
 
 
+class EchoEmbeddings:
+    """What the echo upstream answers to an embeddings body: a unit vector per input, the same for
+    the same text (from its SHA-256), `dimensions` long (default 8), floats or base64 float32."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        raw = body.get("input")
+        items = [raw] if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int)) else raw
+        self.inputs = [str(item) for item in items or []]
+        self.dimensions = int(body.get("dimensions") or 8)
+        self.base64 = body.get("encoding_format") == "base64"
+        self.model = str(body.get("model") or "echo")
+
+    def _vector(self, text: str) -> list[float]:
+        seed = hashlib.sha256(text.encode()).digest()
+        values = [seed[i % 32] / 127.5 - 1.0 + i * 1e-3 for i in range(self.dimensions)]
+        norm = math.sqrt(sum(v * v for v in values)) or 1.0
+        return [v / norm for v in values]
+
+    def reply(self) -> bytes:
+        data = []
+        for i, text in enumerate(self.inputs):
+            vector = self._vector(text)
+            embedding: Any = (
+                base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if self.base64 else vector
+            )
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        tokens = sum(_tokens(text) for text in self.inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return orjson.dumps({"object": "list", "data": data, "model": self.model, "usage": usage})
+
+
 class EchoTransport:
     def __init__(self, delay_ms: float = 0.0) -> None:
         self._delay = delay_ms / 1000
@@ -104,6 +138,8 @@ class EchoTransport:
     async def open(self, request: UpstreamRequest) -> MockResponse:
         try:
             body = orjson.loads(request.body)
+            if request.url.endswith("/embeddings"):
+                return MockResponse(200, {"content-type": "application/json"}, [EchoEmbeddings(body).reply()])
             reply = EchoReply(body)
         except (orjson.JSONDecodeError, AttributeError, TypeError):
             error = {

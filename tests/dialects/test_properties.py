@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import ModelOptions, UpstreamConfig
-from gateway.dialects import OPENAI_DIALECTS, OTHER_DIALECTS
 from gateway.dialects.base import Target
+from gateway.dialects.registry import CHAT, TRANSLATORS
+from gateway.dialects.vendors import PROFILES
 from gateway.extensions import EFFORTS
 from gateway.request import check_chat_body
 
@@ -80,7 +81,10 @@ request = st.fixed_dictionaries(
 options = st.builds(
     ModelOptions, thinking=st.sampled_from([None, "budget", "adaptive"]), max_tokens=st.none() | st.integers(1, 8192)
 )
-DIALECTS = {**{f"openai/{k}": v for k, v in OPENAI_DIALECTS.items()}, **OTHER_DIALECTS}
+DIALECTS = {
+    **{f"openai/{k}": TRANSLATORS[(CHAT, k)] for k in PROFILES},
+    **{k: TRANSLATORS[(CHAT, k)] for k in ("echo", "anthropic")},
+}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.config import ModelOptions, UpstreamConfig
-from gateway.dialects import OPENAI_DIALECTS
 from gateway.dialects.base import Target
+from gateway.dialects.registry import CHAT, TRANSLATORS
 from gateway.dialects.vendors import PROFILES, clamp_effort, effort_for_budget, write_request
 from gateway.request import check_chat_body
 from tests.conftest import GOLDEN
@@ -35,7 +35,7 @@ def test_golden_request_per_vendor(vendor: str) -> None:
 @pytest.mark.parametrize("vendor", sorted(PROFILES))
 def test_built_request_carries_dropped_names_and_stream_usage(vendor: str) -> None:
     upstream = UpstreamConfig(name="u", dialect="openai", vendor=vendor, base_url="http://x/v1")  # type: ignore[arg-type]
-    built = OPENAI_DIALECTS[vendor].build_request(
+    built = TRANSLATORS[(CHAT, vendor)].build_request(
         check_chat_body({**REQUEST, "stream": True}), Target(upstream, "up-model", ModelOptions())
     )
     body = json.loads(built.body)

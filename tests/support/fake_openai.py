@@ -30,7 +30,9 @@ them (DeepSeek: prompt_cache_hit_tokens; Kimi: usage.cached_tokens; vLLM: `reaso
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +79,41 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/vendor/{vendor}/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         return app
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """OpenAI's embeddings: a vector per input (`dimensions` long, default 4), floats or base64
+        float32; `status-N` models fail with N, `sloppy` leaves out `object` and `index`."""
+        body = await request.json()
+        self.requests.append(Seen({k.lower(): v for k, v in request.headers.items()}, body, request.path))
+        if request.headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        model = str(body["model"]).removeprefix("fake-")
+        if model.startswith("status-"):
+            status = int(model.removeprefix("status-"))
+            return _error(status, f"fake upstream says {status}", _type_for(status), None)
+        raw = body["input"]
+        inputs = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else raw
+        size = int(body.get("dimensions") or 4)
+        data = []
+        for i, item in enumerate(inputs):
+            vector = [round((len(str(item)) + j) / 100, 4) for j in range(size)]
+            embedding: Any = vector
+            if body.get("encoding_format") == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            entry: dict[str, Any] = {"object": "embedding", "index": i, "embedding": embedding}
+            if model == "sloppy":
+                del entry["object"], entry["index"]
+            data.append(entry)
+        tokens = sum(len(str(item).split()) for item in inputs)
+        reply = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return web.json_response(reply)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from collections.abc import AsyncIterator, Iterator
 from functools import cache
 from pathlib import Path
@@ -77,6 +79,15 @@ def check_exchange(path: str, status: int, content_type: str, body: bytes, compl
     obj = json.loads(body)
     if path.endswith("/chat/completions"):
         assert_valid("CreateChatCompletionResponse", obj)
+    elif path.endswith("/embeddings"):
+        # The spec models float vectors only; `encoding_format: base64` (the SDK's default) gets each
+        # as base64 float32: decoded here, so a vector that is not whole float32s fails too.
+        for item in obj.get("data") or []:
+            if isinstance(item, dict) and isinstance(item.get("embedding"), str):
+                packed = base64.b64decode(item["embedding"], validate=True)
+                assert len(packed) % 4 == 0, "a base64 embedding that is not whole float32s"
+                item["embedding"] = list(struct.unpack(f"<{len(packed) // 4}f", packed))
+        assert_valid("CreateEmbeddingResponse", obj)
     elif path.endswith("/models"):
         assert_valid("ListModelsResponse", obj)
     elif "/models/" in path:

@@ -1,0 +1,59 @@
+"""Which translator speaks a client API to an upstream: a plain lookup on (client API, upstream kind).
+
+An upstream's kind is its vendor profile for the `openai` dialect, else its dialect (`anthropic`,
+`echo`). A pair that is not in the table is an API the upstream does not serve.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from gateway.config import UpstreamConfig
+from gateway.dialects.anthropic import AnthropicDialect
+from gateway.dialects.base import DecodedReply, Target, UpstreamRequest
+from gateway.dialects.embeddings import EmbeddingsTranslator
+from gateway.dialects.openai import OpenAIDialect
+from gateway.dialects.vendors import PROFILES
+from gateway.errors import UpstreamStatusError
+
+CHAT = "chat.completions"
+EMBEDDINGS = "embeddings"
+APIS = (CHAT, EMBEDDINGS)  # the client APIs, as `GET /v1/models` lists them
+
+
+class Translator(Protocol):
+    """Builds one client request for one upstream and decodes what comes back (pure)."""
+
+    def build_request(self, request: Any, target: Target) -> UpstreamRequest: ...
+
+    def decode_reply(self, body: bytes, request: Any) -> DecodedReply: ...
+
+    def stream_decoder(self, request: Any) -> Any: ...
+
+    def decode_error(
+        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
+    ) -> UpstreamStatusError: ...
+
+
+def _table() -> dict[tuple[str, str], Translator]:
+    table: dict[tuple[str, str], Translator] = {}
+    embeddings = EmbeddingsTranslator()
+    for vendor, profile in PROFILES.items():
+        table[(CHAT, vendor)] = OpenAIDialect(profile)
+        table[(EMBEDDINGS, vendor)] = embeddings
+    # The echo upstream answers in the OpenAI wire format and takes the fields as clients send them.
+    table[(CHAT, "echo")] = table[(CHAT, "generic")]
+    table[(EMBEDDINGS, "echo")] = embeddings
+    table[(CHAT, "anthropic")] = AnthropicDialect()
+    return table
+
+
+TRANSLATORS = _table()
+
+
+def upstream_kind(upstream: UpstreamConfig) -> str:
+    return upstream.vendor if upstream.dialect == "openai" else upstream.dialect
+
+
+def translator_for(api: str, upstream: UpstreamConfig) -> Translator | None:
+    return TRANSLATORS.get((api, upstream_kind(upstream)))
