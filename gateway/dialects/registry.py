@@ -6,19 +6,30 @@ An upstream's kind is its vendor profile for the `openai` dialect, else its dial
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.config import UpstreamConfig
 from gateway.dialects.anthropic import AnthropicDialect
+from gateway.dialects.anthropic_passthrough import AnthropicPassthrough
 from gateway.dialects.base import DecodedReply, Target, UpstreamRequest
 from gateway.dialects.embeddings import EmbeddingsTranslator
 from gateway.dialects.openai import OpenAIDialect
+from gateway.dialects.openai import error_events as openai_error_events
 from gateway.dialects.vendors import PROFILES
-from gateway.errors import UpstreamStatusError
+from gateway.errors import GatewayError, UpstreamStatusError
+from gateway.protocol.messages import error_events as messages_error_events
 
 CHAT = "chat.completions"
 EMBEDDINGS = "embeddings"
-APIS = (CHAT, EMBEDDINGS)  # the client APIs, as `GET /v1/models` lists them
+MESSAGES = "messages"  # Anthropic's Messages API, in
+APIS = (CHAT, EMBEDDINGS, MESSAGES)  # the client APIs, as `GET /v1/models` lists them
+
+# How a stream that has started ends in an error, in each client API's own shape.
+STREAM_ERRORS: dict[str, Callable[[GatewayError], bytes]] = {
+    CHAT: openai_error_events,
+    MESSAGES: messages_error_events,
+}
 
 
 class Translator(Protocol):
@@ -45,6 +56,7 @@ def _table() -> dict[tuple[str, str], Translator]:
     table[(CHAT, "echo")] = table[(CHAT, "generic")]
     table[(EMBEDDINGS, "echo")] = embeddings
     table[(CHAT, "anthropic")] = AnthropicDialect()
+    table[(MESSAGES, "anthropic")] = AnthropicPassthrough()
     return table
 
 

@@ -14,9 +14,9 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http.admin import router as admin_router
 from gateway.http.asgi import RequestIds
-from gateway.http.chat import ChatCompletions
 from gateway.http.embeddings import router as embeddings_router
 from gateway.http.openapi import openapi_document
+from gateway.http.relayed import CHAT_API, MESSAGES_API, RelayedEndpoint
 from gateway.http.routes import exchange_of, router
 from gateway.http.usage import router as usage_router
 from gateway.relay import Exchanges
@@ -26,7 +26,6 @@ from gateway.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("gateway.http")
 
-CHAT_PATH = "/v1/chat/completions"
 # Probes and scrapes are not requests to the API: no exchange, no access log line, no metrics.
 _UNRECORDED = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -39,19 +38,25 @@ class GatewayApp:
         self.runtime = runtime
         request_ids = RequestIds()
         self.api = ExchangeMiddleware(_fastapi(runtime), runtime.exchanges, request_ids)
-        self._chat = ChatCompletions(
-            runtime.keys,
-            runtime.relay,
-            runtime.exchanges,
-            runtime.settings.max_body_bytes,
-            request_ids,
-            log_content=runtime.settings.log_content,
-            limiter=runtime.limiter,
-        )
+        # The relayed APIs, by path: plain ASGI endpoints, without the framework on the hot path.
+        self._relayed = {
+            api.path: RelayedEndpoint(
+                api,
+                runtime.keys,
+                runtime.relay,
+                runtime.exchanges,
+                runtime.settings.max_body_bytes,
+                request_ids,
+                log_content=runtime.settings.log_content,
+                limiter=runtime.limiter,
+            )
+            for api in (CHAT_API, MESSAGES_API)
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == CHAT_PATH:
-            await self._chat(scope, receive, send)
+        endpoint = self._relayed.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is not None:
+            await endpoint(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:

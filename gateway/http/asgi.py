@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Callable
 
 from gateway.errors import BodyTooLarge, ClientDisconnected, GatewayError
 from gateway.types import Headers, Receive, Scope, Send
@@ -78,6 +79,9 @@ async def send_bytes(send: Send, status: int, body: bytes, headers: Headers) -> 
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def send_error(send: Send, error: GatewayError, rid: bytes) -> None:
+async def send_error(
+    send: Send, error: GatewayError, rid: bytes, body: Callable[[GatewayError], bytes] | None = None
+) -> None:
+    """The error in the OpenAI shape, or in the shape `body` writes (another client API's)."""
     headers = [*JSON_HEADERS, (b"x-request-id", rid), *error.response_headers()]
-    await send_bytes(send, error.status, error.to_json(), headers)
+    await send_bytes(send, error.status, error.to_json() if body is None else body(error), headers)

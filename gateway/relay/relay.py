@@ -26,7 +26,7 @@ from gateway.accounting.keys import Principal
 from gateway.config import Timeouts, UpstreamConfig
 from gateway.dialects.base import ENDPOINT_NOT_FOUND, Target, UpstreamRequest, redact
 from gateway.dialects.openai import DONE_EVENT
-from gateway.dialects.registry import CHAT, Translator, translator_for
+from gateway.dialects.registry import CHAT, STREAM_ERRORS, Translator, translator_for
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -38,7 +38,7 @@ from gateway.errors import (
 from gateway.relay.attempts import pause
 from gateway.relay.exchange import Attempt, Exchange
 from gateway.relay.stream import Stream, decoding, estimated_usage, reply_text_length
-from gateway.request import MAX_DEPTH, ChatRequest, deepest_field
+from gateway.request import MAX_DEPTH, deepest_field
 from gateway.routing import Deployment, DeploymentHealth, Route, Router
 from gateway.types import JSON, Headers
 from gateway.upstream.base import Transport, UpstreamResponse
@@ -72,6 +72,11 @@ class RelayedRequest(Protocol):
 
     @property
     def ext(self) -> _Hints: ...
+
+
+class StreamedRequest(RelayedRequest, Protocol):
+    @property
+    def stream(self) -> bool: ...
 
 
 class Reply:
@@ -114,10 +119,12 @@ class Relay:
             exchange, principal, request, api, lambda d, m: self._complete_once(exchange, request, api, d, m)
         )
 
-    async def stream(self, exchange: Exchange, principal: Principal, request: ChatRequest) -> Stream:
+    async def stream(
+        self, exchange: Exchange, principal: Principal, request: StreamedRequest, api: str = CHAT
+    ) -> Stream:
         """Open a stream on the first deployment that produces output; raises `GatewayError` before that."""
         return await self._run(
-            exchange, principal, request, CHAT, lambda d, m: self._stream_once(exchange, request, d, m)
+            exchange, principal, request, api, lambda d, m: self._stream_once(exchange, request, api, d, m)
         )
 
     async def _run(
@@ -289,10 +296,10 @@ class Relay:
         return Reply(reply.body, _reply_headers(built, request, model))
 
     async def _stream_once(
-        self, exchange: Exchange, request: ChatRequest, deployment: Deployment, model: str
+        self, exchange: Exchange, request: StreamedRequest, api: str, deployment: Deployment, model: str
     ) -> Stream:
         upstream = deployment.upstream
-        dialect, built, attempt, response = await self._open(exchange, request, CHAT, deployment, model)
+        dialect, built, attempt, response = await self._open(exchange, request, api, deployment, model)
         if response.status >= 300:
             raise _status_error(dialect, response, await response.read(), built, upstream)
         decoder = dialect.stream_decoder(request)
@@ -326,9 +333,20 @@ class Relay:
         if first and first[-1] == DONE_EVENT:
             attempt.end("ok")
             exchange.usage = decoder.usage
-            return Stream(b"".join(first), headers, exchange, attempt, decoder)
+            return Stream(b"".join(first), headers, exchange, attempt, decoder, error_tail=STREAM_ERRORS[api])
         deadline = None if timeouts.total is None else attempt.started + timeouts.total
-        return Stream(b"".join(first), headers, exchange, attempt, decoder, response, chunks, upstream, deadline)
+        return Stream(
+            b"".join(first),
+            headers,
+            exchange,
+            attempt,
+            decoder,
+            response,
+            chunks,
+            upstream,
+            deadline,
+            error_tail=STREAM_ERRORS[api],
+        )
 
 
 def _shorter(limit: float | None, idle: float | None) -> bool:

@@ -42,6 +42,7 @@ class Stream:
         chunks: AsyncIterator[bytes] | None = None,
         upstream: UpstreamConfig | None = None,
         deadline: float | None = None,
+        error_tail: Callable[[GatewayError], bytes] = error_events,
     ) -> None:
         self.first = first
         self.headers = headers
@@ -52,6 +53,7 @@ class Stream:
         self._chunks = chunks
         self._upstream = upstream
         self._deadline = deadline  # time.perf_counter() by which the attempt must be over
+        self._error_tail = error_tail  # the client API's end of a stream that failed
         self._events: AsyncIterator[tuple[bytes, bool]] | None = None
         self._closed = False
 
@@ -82,7 +84,7 @@ class Stream:
             exc.message = redact(exc.message, self._upstream)
             log.warning("stream from %s failed after the first byte: %s", self._upstream.name, exc.message)
             self._exchange.fail(exc)
-            tail = error_events(exc)
+            tail = self._error_tail(exc)
         yield tail, False
 
     async def aclose(self) -> None:

@@ -96,4 +96,4 @@ def test_models_say_which_endpoints_they_serve(raw: httpx.Client) -> None:
     models = {m["id"]: m for m in raw.get("/v1/models").json()["data"]}
     assert models["gpt-test"]["endpoints"] == ["chat.completions", "embeddings"]
     assert models["echo"]["endpoints"] == ["chat.completions", "embeddings"]
-    assert raw.get("/v1/models/claude-x").json()["endpoints"] == ["chat.completions"]
+    assert raw.get("/v1/models/claude-x").json()["endpoints"] == ["chat.completions", "messages"]

@@ -1,17 +1,24 @@
-"""`POST /v1/chat/completions` as a plain ASGI endpoint: the hot path, without framework overhead."""
+"""The relayed client APIs as plain ASGI endpoints, the hot path without framework overhead:
+`POST /v1/chat/completions` and `POST /v1/messages` (Anthropic's Messages API), buffered or streamed.
+What differs between them is a `ClientApi`: how a body is checked, how errors are written."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from gateway.accounting.keys import Keys, key_from_headers
 from gateway.accounting.limits import Limiter, estimate_tokens
 from gateway.dialects.openai import error_events
+from gateway.dialects.registry import CHAT, MESSAGES
 from gateway.errors import ClientDisconnected, GatewayError, ShuttingDown
 from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, send_bytes, send_error
 from gateway.observability.content import Transcript
+from gateway.protocol import messages
+from gateway.protocol.messages import parse_messages_request
 from gateway.relay import Exchange, Exchanges, Relay, Stream
 from gateway.request import parse_chat_request
 from gateway.types import Message, Receive, Scope, Send
@@ -22,12 +29,25 @@ _INTERNAL = GatewayError("The gateway failed to handle the request.", status=500
 _SHUTTING_DOWN = ShuttingDown(
     "The gateway stopped before the request could finish; send it again.", headers=[(b"retry-after", b"1")]
 )
-ENDPOINT = "chat.completions"
 
 
-class ChatCompletions:
+@dataclass(frozen=True, slots=True)
+class ClientApi:
+    name: str  # the exchange's endpoint, and the translators' client API (`dialects/registry.py`)
+    path: str
+    parse: Callable[[bytes], Any]  # a checked request with `model`, `stream`, `body` and `ext`
+    error_body: Callable[[GatewayError], bytes]
+    stream_error: Callable[[GatewayError], bytes]  # the end of a stream that failed after it started
+
+
+CHAT_API = ClientApi(CHAT, "/v1/chat/completions", parse_chat_request, GatewayError.to_json, error_events)
+MESSAGES_API = ClientApi(MESSAGES, "/v1/messages", parse_messages_request, messages.error_body, messages.error_events)
+
+
+class RelayedEndpoint:
     def __init__(
         self,
+        api: ClientApi,
         keys: Keys,
         relay: Relay,
         exchanges: Exchanges,
@@ -36,6 +56,7 @@ class ChatCompletions:
         log_content: bool = False,
         limiter: Limiter | None = None,
     ) -> None:
+        self._api = api
         self._limiter = limiter
         self._request_id = request_ids
         self._keys = keys
@@ -58,13 +79,14 @@ class ChatCompletions:
             elif name == b"x-request-id":
                 presented_id = value
         rid = self._request_id(presented_id)
-        exchange = self._exchanges.open(rid.decode(), ENDPOINT)
+        api = self._api
+        exchange = self._exchanges.open(rid.decode(), api.name)
         started = False
         watcher: _DisconnectWatcher | None = None
         try:
             if scope["method"] != "POST":
                 raise GatewayError(
-                    "Use POST for /v1/chat/completions.",
+                    f"Use POST for {api.path}.",
                     status=405,
                     type="invalid_request_error",
                     headers=[(b"allow", b"POST")],
@@ -74,7 +96,7 @@ class ChatCompletions:
             )
             exchange.key_name, exchange.team = principal.name, principal.team
             body = await read_body(scope, receive, self._limit, length)
-            request = parse_chat_request(body)
+            request = api.parse(body)
             exchange.model, exchange.stream, exchange.sess_id = request.model, request.stream, request.ext.sess_id
             exchange.prompt_estimate = estimate_tokens(len(body))
             if request.ext.metadata:
@@ -92,7 +114,7 @@ class ChatCompletions:
             # From here on, a client that goes away cancels the work done for it, upstream call included.
             watcher = _DisconnectWatcher(receive)
             if not request.stream:
-                reply = await self._relay.complete(exchange, principal, request)
+                reply = await self._relay.complete(exchange, principal, request, api.name)
                 watcher.stop()
                 if transcript is not None:
                     transcript.reply(reply.body)
@@ -102,7 +124,7 @@ class ChatCompletions:
                     headers += exchange.admission.headers
                 await send_bytes(send, 200, reply.body, headers)
                 return
-            stream = await self._relay.stream(exchange, principal, request)
+            stream = await self._relay.stream(exchange, principal, request, api.name)
             started = True
             if scope.get("http_version") == "1.0":
                 # HTTP/1.0 has no chunked encoding (the only way uvicorn streams): the whole stream,
@@ -114,7 +136,7 @@ class ChatCompletions:
         except GatewayError as exc:
             exchange.fail(exc)
             if not started:
-                await send_error(send, exc, rid)
+                await send_error(send, exc, rid, api.error_body)
         except asyncio.CancelledError:
             _uncancel()
             if watcher is not None and watcher.fired:  # the client left before the reply: nobody to answer
@@ -122,12 +144,12 @@ class ChatCompletions:
             else:  # uvicorn cancels what still runs when its shutdown timeout is over: say so, end quietly
                 exchange.fail(_SHUTTING_DOWN)
                 if not started:
-                    await _quietly(send_error(send, _SHUTTING_DOWN, rid))
+                    await _quietly(send_error(send, _SHUTTING_DOWN, rid, api.error_body))
         except Exception:
             log.exception("request failed")
             exchange.fail(_INTERNAL)
             if not started:
-                await send_error(send, _INTERNAL, rid)
+                await send_error(send, _INTERNAL, rid, api.error_body)
         finally:
             if watcher is not None:
                 watcher.stop()
@@ -166,10 +188,10 @@ class ChatCompletions:
                 # failure would, so that the client sees an error rather than a stream cut short.
                 exchange.fail(_SHUTTING_DOWN)
                 if opened:
-                    tail = error_events(_SHUTTING_DOWN)
+                    tail = self._api.stream_error(_SHUTTING_DOWN)
                     await _quietly(send({"type": "http.response.body", "body": tail, "more_body": False}))
                 else:
-                    await _quietly(send_error(send, _SHUTTING_DOWN, rid))
+                    await _quietly(send_error(send, _SHUTTING_DOWN, rid, self._api.error_body))
         finally:
             watcher.stop()
             await stream.aclose()
