@@ -1,6 +1,6 @@
-"""The app's OpenAPI document: FastAPI's, plus `POST /v1/chat/completions`, which is served by a plain
-ASGI endpoint FastAPI never sees. The request schema is the part of OpenAI's the gateway checks
-(other fields pass through); the replies are OpenAI's chat completion, event stream or error."""
+"""The app's OpenAPI document: FastAPI's, plus `POST /v1/chat/completions` and `POST /v1/messages`,
+which are served by plain ASGI endpoints FastAPI never sees. The request schemas are the parts the
+gateway checks (other fields pass through)."""
 
 from __future__ import annotations
 
@@ -84,11 +84,75 @@ CHAT_COMPLETIONS: dict[str, Any] = {
 }
 
 
+_ANTHROPIC_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+_MESSAGES_REQUEST = {
+    "type": "object",
+    "required": ["model", "max_tokens", "messages"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "messages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["user", "assistant"]},
+                    "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                },
+            },
+        },
+        "system": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+        "stream": {"type": "boolean"},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"type": "object"},
+        "thinking": {"type": "object"},
+        "stop_sequences": {"type": "array", "items": {"type": "string"}},
+        "metadata": {"type": "object"},
+    },
+}
+MESSAGES: dict[str, Any] = {
+    "post": {
+        "summary": "Create a message (Anthropic's Messages API)",
+        "description": "Anthropic's Messages API, buffered or streamed, to models served by Anthropic upstreams. "
+        "The key goes in `x-api-key` (as Anthropic's SDKs send it) or `Authorization: Bearer`.",
+        "operationId": "create_message",
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _MESSAGES_REQUEST}}},
+        "responses": {
+            "200": {
+                "description": "A message object, or with `stream: true` Anthropic's event stream.",
+                "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
+            },
+            **{
+                str(status): {
+                    "description": "An Anthropic-shaped error.",
+                    "content": {"application/json": {"schema": _ANTHROPIC_ERROR}},
+                }
+                for status in (400, 401, 404, 405, 413, 429, 502, 503, 504)
+            },
+        },
+    }
+}
+
+
 def openapi_document(api: FastAPI) -> dict[str, Any]:
     """FastAPI's document with the chat route and the bearer scheme added; built once."""
     if api.openapi_schema is None:
         document = get_openapi(title=api.title, version=api.version, routes=api.routes)
-        document["paths"] = {"/v1/chat/completions": CHAT_COMPLETIONS, **document["paths"]}
+        relayed = {"/v1/chat/completions": CHAT_COMPLETIONS, "/v1/messages": MESSAGES}
+        document["paths"] = {**relayed, **document["paths"]}
         components = document.setdefault("components", {})
         components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
         api.openapi_schema = document
