@@ -14,6 +14,7 @@ from gateway.dialects.anthropic import AnthropicDialect
 from gateway.dialects.anthropic_passthrough import AnthropicPassthrough
 from gateway.dialects.base import DecodedReply, Target, UpstreamRequest
 from gateway.dialects.embeddings import EmbeddingsTranslator
+from gateway.dialects.messages_over_chat import MessagesOverChat
 from gateway.dialects.openai import OpenAIDialect
 from gateway.dialects.openai import error_events as openai_error_events
 from gateway.dialects.vendors import PROFILES
@@ -52,9 +53,11 @@ def _table() -> dict[tuple[str, str], Translator]:
     for vendor, profile in PROFILES.items():
         table[(CHAT, vendor)] = OpenAIDialect(profile)
         table[(EMBEDDINGS, vendor)] = embeddings
+        table[(MESSAGES, vendor)] = MessagesOverChat(table[(CHAT, vendor)])
     # The echo upstream answers in the OpenAI wire format and takes the fields as clients send them.
     table[(CHAT, "echo")] = table[(CHAT, "generic")]
     table[(EMBEDDINGS, "echo")] = embeddings
+    table[(MESSAGES, "echo")] = table[(MESSAGES, "generic")]
     table[(CHAT, "anthropic")] = AnthropicDialect()
     table[(MESSAGES, "anthropic")] = AnthropicPassthrough()
     return table

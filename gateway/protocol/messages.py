@@ -43,6 +43,7 @@ class MessagesRequest:
     stream: bool = False
     include_usage: bool = True
     ext: MessagesHints = field(default_factory=MessagesHints)
+    translated: Any = None  # the chat request it becomes for an OpenAI-compatible upstream, made once
 
 
 def parse_messages_request(raw: bytes) -> MessagesRequest:

@@ -1,6 +1,6 @@
 """`POST /v1/messages` (Anthropic's Messages API in) with the official `anthropic` SDK, to an Anthropic
 upstream: buffered and streamed, tools and thinking, every event the SDK parses, errors in Anthropic's
-shape, the key from `x-api-key`, usage in the ledger. (To OpenAI-compatible upstreams: not yet.)"""
+shape, the key from `x-api-key`, usage in the ledger; and to OpenAI-compatible upstreams, translated."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import CLIENT_KEY, RunningGateway
 from tests.support.fake_anthropic import ANTHROPIC_KEY, FakeAnthropic
+from tests.support.fake_openai import FakeOpenAI
 
 USER = [{"role": "user", "content": "Hello"}]
 
@@ -68,8 +69,13 @@ def test_errors_are_anthropic_shaped(claude: anthropic.Anthropic, gateway: Runni
         "type": "error",
         "error": {"type": "invalid_request_error", "message": "Missing required parameter: 'max_tokens'."},
     }
-    with pytest.raises(anthropic.BadRequestError):  # an OpenAI-compatible model: not translated yet
-        claude.messages.create(model="gpt-test", max_tokens=10, messages=USER)
+    with pytest.raises(anthropic.BadRequestError) as unsupported:  # a block type chat cannot carry
+        claude.messages.create(
+            model="gpt-test",
+            max_tokens=10,
+            messages=[{"role": "user", "content": [{"type": "document"}]}],  # type: ignore[list-item]
+        )
+    assert "messages[0].content[0].type" in unsupported.value.message
 
 
 def test_an_upstream_failure_mid_stream_ends_with_an_error_event(claude: anthropic.Anthropic) -> None:
@@ -89,3 +95,29 @@ def test_usage_lands_in_the_ledger(claude: anthropic.Anthropic, gateway: Running
     day = time.strftime("%Y-%m-%d", time.gmtime())
     usage = asyncio.run(gateway.app.runtime.ledger.usage("tester", day))["claude-text"]
     assert usage["requests"] == 2 and usage["completion_tokens"] == 60
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "echo"])
+def test_an_openai_compatible_model_answers_in_anthropic_shapes(
+    claude: anthropic.Anthropic, fake: FakeOpenAI, model: str
+) -> None:
+    message = claude.messages.create(
+        model=model,
+        max_tokens=50,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "hello brave new world"}],
+        stop_sequences=["END"],
+        metadata={"user_id": "u-1"},
+    )
+    assert message.type == "message" and message.role == "assistant" and message.stop_reason == "end_turn"
+    assert message.content[0].type == "text" and "brave" in message.content[0].text  # type: ignore[union-attr]
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    if model == "gpt-test":
+        sent = fake.requests[-1].body
+        assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+        assert sent["stop"] == ["END"] and sent["user"] == "u-1" and sent["model"] == "ok"
+    with claude.messages.stream(model=model, max_tokens=50, messages=USER) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
+    assert final.content[0].text == "Hello" and final.usage.output_tokens > 0  # type: ignore[union-attr]
