@@ -14,6 +14,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http.admin import router as admin_router
 from gateway.http.asgi import RequestIds
+from gateway.http.count_tokens import router as count_tokens_router
 from gateway.http.embeddings import router as embeddings_router
 from gateway.http.openapi import openapi_document
 from gateway.http.relayed import CHAT_API, MESSAGES_API, RelayedEndpoint
@@ -98,6 +99,7 @@ def _fastapi(runtime: Runtime) -> FastAPI:
     api.state.runtime = runtime
     api.include_router(router)
     api.include_router(embeddings_router)
+    api.include_router(count_tokens_router)
     api.include_router(usage_router)
     api.include_router(admin_router)
     api.openapi = lambda: openapi_document(api)  # type: ignore[method-assign]
@@ -145,6 +147,8 @@ def _endpoint(path: str) -> str:
         return "usage"
     if path == "/v1/embeddings":
         return "embeddings"
+    if path == "/v1/messages/count_tokens":
+        return "messages.count_tokens"
     return "other"
 
 

@@ -61,7 +61,7 @@ def parse_messages_request(raw: bytes) -> MessagesRequest:
     max_tokens = optional_int(body, "max_tokens", 1)
     if max_tokens is None:
         raise missing("max_tokens")
-    _check_messages(body.get("messages"))
+    check_messages(body.get("messages"))
     system = body.get("system")
     if system is not None and not isinstance(system, str | list):
         raise bad_type("system", "a string or an array of content blocks", system)
@@ -83,7 +83,7 @@ def parse_messages_request(raw: bytes) -> MessagesRequest:
     return MessagesRequest(body, model, stream, ext=hints)
 
 
-def _check_messages(messages: Any) -> None:
+def check_messages(messages: Any) -> None:
     if messages is None:
         raise missing("messages")
     if not isinstance(messages, list):

@@ -121,3 +121,16 @@ def test_an_openai_compatible_model_answers_in_anthropic_shapes(
         final = stream.get_final_message()
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
     assert final.content[0].text == "Hello" and final.usage.output_tokens > 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("model", ["claude-text", "gpt-test"])
+def test_count_tokens_is_an_estimate_for_every_model(claude: anthropic.Anthropic, model: str) -> None:
+    text = "word " * 400  # 2,000 characters: about 500 tokens
+    counted = claude.messages.count_tokens(
+        model=model, system="Be brief.", messages=[{"role": "user", "content": text}]
+    )
+    assert 450 <= counted.input_tokens <= 560
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.count_tokens(model="no-such-model", messages=USER)
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.count_tokens(model=model, messages=[{"role": "robot", "content": "x"}])  # type: ignore[list-item,typeddict-item]
