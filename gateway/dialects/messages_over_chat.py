@@ -11,7 +11,7 @@ import orjson
 from gateway.config import UpstreamConfig
 from gateway.dialects.base import DecodedReply, Target, UpstreamRequest, Usage
 from gateway.errors import InvalidRequest, UpstreamStatusError
-from gateway.protocol.messages import MessagesRequest
+from gateway.protocol.messages import MessagesRequest, text_of
 from gateway.request import ChatRequest, check_chat_body
 from gateway.types import JSON
 
@@ -58,7 +58,7 @@ def chat_body(src: JSON) -> JSON:
     """A Messages body as a chat completions body: system, content blocks, images, tools and tool
     results, tool_choice, thinking, stop_sequences, metadata.user_id."""
     messages: list[JSON] = []
-    system = _text_of(src.get("system"))
+    system = text_of(src.get("system"))
     if system:
         messages.append({"role": "system", "content": system})
     for i, message in enumerate(src["messages"]):
@@ -125,7 +125,7 @@ def _messages(message: JSON, i: int) -> list[JSON]:
         elif kind == "tool_result" and role == "user":
             # Tool results come first: chat wants them right after the assistant's tool calls.
             out.append(
-                {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": _text_of(block.get("content"))}
+                {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text_of(block.get("content"))}
             )
         elif kind in ("thinking", "redacted_thinking"):
             continue  # a previous turn's thinking: chat upstreams take none back
@@ -159,14 +159,6 @@ def _tool(tool: Any, i: int) -> JSON:
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
     return {"type": "function", "function": function}
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
-    return ""
 
 
 # --- reply ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from gateway.accounting.keys import Principal
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.http.asgi import read_body
 from gateway.http.routes import caller
-from gateway.protocol.messages import check_messages
+from gateway.protocol.messages import check_messages, text_of
 from gateway.runtime import Runtime
 
 router = APIRouter(tags=["messages"])
@@ -43,11 +43,11 @@ async def count_tokens(request: Request, principal: Annotated[Principal, Depends
 
 
 def estimate(body: dict[str, Any]) -> int:
-    chars = len(_text(body.get("system")))
+    chars = len(text_of(body.get("system")))
     images = 0
     for message in body["messages"]:
         content = message.get("content")
-        chars += len(_text(content))
+        chars += len(text_of(content))
         if isinstance(content, list):
             images += sum(1 for b in content if isinstance(b, dict) and b.get("type") == "image")
             chars += sum(len(orjson.dumps(b.get("input") or b.get("content") or "")) for b in content
@@ -55,11 +55,3 @@ def estimate(body: dict[str, Any]) -> int:
     if body.get("tools"):
         chars += len(orjson.dumps(body["tools"]))
     return max(1, math.ceil(chars / 4)) + images * IMAGE_TOKENS
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
-    return ""

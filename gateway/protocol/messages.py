@@ -98,6 +98,15 @@ def check_messages(messages: Any) -> None:
             raise bad_type(f"messages[{i}].content", "a string or an array of content blocks", content)
 
 
+def text_of(content: Any) -> str:
+    """The text of a `system`, message or tool result `content`: a string, or its text blocks joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
 def error_body(error: GatewayError) -> bytes:
     """An error as Anthropic answers it: `{"type": "error", "error": {"type", "message"}}`."""
     kind = _ERROR_TYPES.get(error.status, "api_error" if error.status >= 500 else "invalid_request_error")
