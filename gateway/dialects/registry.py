@@ -17,19 +17,23 @@ from gateway.dialects.embeddings import EmbeddingsTranslator
 from gateway.dialects.messages_over_chat import MessagesOverChat
 from gateway.dialects.openai import OpenAIDialect
 from gateway.dialects.openai import error_events as openai_error_events
+from gateway.dialects.responses_over_chat import ResponsesOverChat
 from gateway.dialects.vendors import PROFILES
 from gateway.errors import GatewayError, UpstreamStatusError
 from gateway.protocol.messages import error_events as messages_error_events
+from gateway.protocol.responses import error_events as responses_error_events
 
 CHAT = "chat.completions"
 EMBEDDINGS = "embeddings"
 MESSAGES = "messages"  # Anthropic's Messages API, in
-APIS = (CHAT, EMBEDDINGS, MESSAGES)  # the client APIs, as `GET /v1/models` lists them
+RESPONSES = "responses"  # OpenAI's Responses API, in (stateless)
+APIS = (CHAT, EMBEDDINGS, MESSAGES, RESPONSES)  # the client APIs, as `GET /v1/models` lists them
 
 # How a stream that has started ends in an error, in each client API's own shape.
 STREAM_ERRORS: dict[str, Callable[[GatewayError], bytes]] = {
     CHAT: openai_error_events,
     MESSAGES: messages_error_events,
+    RESPONSES: responses_error_events,
 }
 
 
@@ -54,10 +58,12 @@ def _table() -> dict[tuple[str, str], Translator]:
         table[(CHAT, vendor)] = OpenAIDialect(profile)
         table[(EMBEDDINGS, vendor)] = embeddings
         table[(MESSAGES, vendor)] = MessagesOverChat(table[(CHAT, vendor)])
+        table[(RESPONSES, vendor)] = ResponsesOverChat(table[(CHAT, vendor)])
     # The echo upstream answers in the OpenAI wire format and takes the fields as clients send them.
     table[(CHAT, "echo")] = table[(CHAT, "generic")]
     table[(EMBEDDINGS, "echo")] = embeddings
     table[(MESSAGES, "echo")] = table[(MESSAGES, "generic")]
+    table[(RESPONSES, "echo")] = table[(RESPONSES, "generic")]
     table[(CHAT, "anthropic")] = AnthropicDialect()
     table[(MESSAGES, "anthropic")] = AnthropicPassthrough()
     return table

@@ -17,7 +17,7 @@ from gateway.http.asgi import RequestIds
 from gateway.http.count_tokens import router as count_tokens_router
 from gateway.http.embeddings import router as embeddings_router
 from gateway.http.openapi import openapi_document
-from gateway.http.relayed import CHAT_API, MESSAGES_API, RelayedEndpoint
+from gateway.http.relayed import CHAT_API, MESSAGES_API, RESPONSES_API, RelayedEndpoint
 from gateway.http.routes import exchange_of, router
 from gateway.http.usage import router as usage_router
 from gateway.relay import Exchanges
@@ -51,7 +51,7 @@ class GatewayApp:
                 log_content=runtime.settings.log_content,
                 limiter=runtime.limiter,
             )
-            for api in (CHAT_API, MESSAGES_API)
+            for api in (CHAT_API, MESSAGES_API, RESPONSES_API)
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,5 +1,6 @@
 """The relayed client APIs as plain ASGI endpoints, the hot path without framework overhead:
-`POST /v1/chat/completions` and `POST /v1/messages` (Anthropic's Messages API), buffered or streamed.
+`POST /v1/chat/completions`, `POST /v1/messages` (Anthropic's Messages API) and `POST /v1/responses`
+(OpenAI's Responses API), buffered or streamed.
 What differs between them is a `ClientApi`: how a body is checked, how errors are written."""
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import Any
 from gateway.accounting.keys import Keys, key_from_headers
 from gateway.accounting.limits import Limiter, estimate_tokens
 from gateway.dialects.openai import error_events
-from gateway.dialects.registry import CHAT, MESSAGES
+from gateway.dialects.registry import CHAT, MESSAGES, RESPONSES
 from gateway.errors import ClientDisconnected, GatewayError, ShuttingDown
 from gateway.http.asgi import JSON_HEADERS, SSE_HEADERS, RequestIds, read_body, send_bytes, send_error
 from gateway.observability.content import Transcript
-from gateway.protocol import messages
+from gateway.protocol import messages, responses
 from gateway.protocol.messages import parse_messages_request
+from gateway.protocol.responses import parse_responses_request
 from gateway.relay import Exchange, Exchanges, Relay, Stream
 from gateway.request import parse_chat_request
 from gateway.types import Message, Receive, Scope, Send
@@ -42,6 +44,11 @@ class ClientApi:
 
 CHAT_API = ClientApi(CHAT, "/v1/chat/completions", parse_chat_request, GatewayError.to_json, error_events)
 MESSAGES_API = ClientApi(MESSAGES, "/v1/messages", parse_messages_request, messages.error_body, messages.error_events)
+
+
+RESPONSES_API = ClientApi(
+    RESPONSES, "/v1/responses", parse_responses_request, GatewayError.to_json, responses.error_events
+)
 
 
 class RelayedEndpoint:

@@ -94,6 +94,6 @@ def test_usage_lands_in_the_ledger_and_the_metrics(
 
 def test_models_say_which_endpoints_they_serve(raw: httpx.Client) -> None:
     models = {m["id"]: m for m in raw.get("/v1/models").json()["data"]}
-    assert models["gpt-test"]["endpoints"] == ["chat.completions", "embeddings", "messages"]
-    assert models["echo"]["endpoints"] == ["chat.completions", "embeddings", "messages"]
+    assert models["gpt-test"]["endpoints"] == ["chat.completions", "embeddings", "messages", "responses"]
+    assert models["echo"]["endpoints"] == ["chat.completions", "embeddings", "messages", "responses"]
     assert raw.get("/v1/models/claude-x").json()["endpoints"] == ["chat.completions", "messages"]

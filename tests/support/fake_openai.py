@@ -141,6 +141,8 @@ class FakeOpenAI:
             except asyncio.CancelledError:  # the caller closed the connection
                 self.hangs_cut += 1
                 raise
+        if model == "tool-caller":
+            return await self._tool_caller(request, body)
         if model == "not-json":
             return web.Response(text="<html>502 Bad Gateway</html>", content_type="text/html")
         if model in ("truncated", "bad-utf8") and not body.get("stream"):
@@ -166,6 +168,46 @@ class FakeOpenAI:
                 "set-cookie": "__cf_bm=upstream-session; Path=/; HttpOnly",  # as Cloudflare-fronted APIs do
             },
         )
+
+    async def _tool_caller(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """Calls the first tool with {"city": "Paris"} until the last message is a tool result; then
+        answers with that result."""
+        last = body["messages"][-1]
+        message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+        if last.get("role") == "tool":
+            message["content"], finish = f"The tool said: {last.get('content')}", "stop"
+        else:
+            name = body["tools"][0]["function"]["name"]
+            call = {"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": '{"city":"Paris"}'}}
+            message["tool_calls"], finish = [call], "tool_calls"
+        usage = {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39}
+        envelope = {"id": ID, "created": CREATED, "model": body["model"]}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            reply = {**envelope, "object": "chat.completion", "choices": [choice], "usage": usage}
+            return web.json_response(reply)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        if message.get("tool_calls"):
+            call = message["tool_calls"][0]
+            deltas.append({"tool_calls": [{"index": 0, **call, "function": {**call["function"], "arguments": ""}}]})
+            deltas += [
+                {"tool_calls": [{"index": 0, "function": {"arguments": part}}]} for part in ('{"city":', '"Paris"}')
+            ]
+        else:
+            words = message["content"].split(" ")
+            deltas += [{"content": word + (" " if i < len(words) - 1 else "")} for i, word in enumerate(words)]
+        chunks = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None} for delta in deltas]
+        chunks.append({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish})
+        for choice in chunks:
+            event = {**envelope, "object": "chat.completion.chunk", "choices": [choice]}
+            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            event = {**envelope, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
 
     async def _stream(self, request: web.Request, body: dict[str, Any], model: str, text: str) -> web.StreamResponse:
         resp = web.StreamResponse(

@@ -61,6 +61,8 @@ def check_exchange(path: str, status: int, content_type: str, body: bytes, compl
     if status >= 400:
         assert_valid("ErrorResponse", json.loads(body))
         return 1
+    if path.endswith("/responses"):
+        return _check_responses(content_type, body, complete)
     if content_type.startswith("text/event-stream"):
         if not complete:
             body = body[: body.rfind(b"\n\n") + 2]
@@ -93,6 +95,44 @@ def check_exchange(path: str, status: int, content_type: str, body: bytes, compl
     elif "/models/" in path:
         assert_valid("Model", obj)
     return 1
+
+
+# Responses' stream events by type -> the spec's schema of each.
+RESPONSE_EVENTS = {
+    "response.created": "ResponseCreatedEvent",
+    "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent",
+    "response.output_text.done": "ResponseTextDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.completed": "ResponseCompletedEvent",
+    "error": "ResponseErrorEvent",
+}
+
+
+def _check_responses(content_type: str, body: bytes, complete: bool) -> int:
+    """A Response, or Responses' event stream: `event: <type>` and `data: <that event>` per block,
+    numbered in order, ending with `response.completed` (or `error`)."""
+    if not content_type.startswith("text/event-stream"):
+        assert_valid("Response", json.loads(body))
+        return 1
+    if not complete:
+        body = body[: body.rfind(b"\n\n") + 2]
+    kinds = []
+    for number, block in enumerate(b for b in body.split(b"\n\n") if b):
+        name, _, data = block.partition(b"\n")
+        assert name.startswith(b"event: ") and data.startswith(b"data: "), f"not a Responses event: {block!r}"
+        event = json.loads(data[6:])
+        assert event["type"] == name[7:].decode() and event["sequence_number"] in (number, 0)
+        assert_valid(RESPONSE_EVENTS[event["type"]], event)
+        kinds.append(event["type"])
+    if complete:
+        assert kinds and kinds[-1] in ("response.completed", "error"), f"stream ends with {kinds[-1:]}"
+    return len(kinds)
 
 
 class Checker:

@@ -1,0 +1,82 @@
+"""`POST /v1/responses` (OpenAI's Responses API, stateless) bodies, checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.checks import bad_type, missing, optional_bool, optional_int
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.extensions import sess_id_of
+from gateway.types import JSON
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesHints:
+    sess_id: str | None = None
+    retries: int | None = None
+    max_output: int | None = None
+    metadata: JSON | None = None
+
+
+@dataclass(slots=True)
+class ResponsesRequest:
+    body: JSON
+    model: str
+    stream: bool = False
+    include_usage: bool = True
+    ext: ResponsesHints = field(default_factory=ResponsesHints)
+    translated: Any = None  # the chat request it becomes, made once
+
+
+def parse_responses_request(raw: bytes) -> ResponsesRequest:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if model is None:
+        raise missing("model")
+    if not isinstance(model, str) or not model:
+        raise bad_type("model", "a non-empty string", model)
+    value = body.get("input")
+    if value is None:
+        raise missing("input")
+    if not isinstance(value, str | list):
+        raise bad_type("input", "a string or an array of items", value)
+    if body.get("instructions") is not None and not isinstance(body["instructions"], str):
+        raise bad_type("instructions", "a string", body["instructions"])
+    if body.get("store"):
+        raise InvalidRequest(
+            "`store: true` is not supported: this gateway keeps no responses (send `store: false`).", param="store"
+        )
+    if body.get("previous_response_id") is not None:
+        raise InvalidRequest(
+            "`previous_response_id` is not supported: this gateway keeps no responses; send the whole input.",
+            param="previous_response_id",
+        )
+    for name in ("tools",):
+        if body.get(name) is not None and not isinstance(body[name], list):
+            raise bad_type(name, "an array", body[name])
+    for name in ("reasoning", "text", "metadata"):
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            raise bad_type(name, "an object", body[name])
+    stream = optional_bool(body, "stream") or False
+    hints = ResponsesHints(
+        sess_id_of(body.pop("sess_id", None)),
+        optional_int(body, "retries", 0, 10),
+        optional_int(body, "max_output_tokens", 1),
+        body.get("metadata"),
+    )
+    body.pop("retries", None)
+    return ResponsesRequest(body, model, stream, ext=hints)
+
+
+def error_events(error: GatewayError) -> bytes:
+    """How a Responses stream that has started ends in an error: an `error` event."""
+    data = {"type": "error", "code": error.code, "message": error.message, "param": error.param, "sequence_number": 0}
+    return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"

@@ -1,0 +1,108 @@
+"""`POST /v1/responses` (OpenAI's Responses API, stateless) with the official `openai` SDK, to an
+OpenAI-compatible upstream that has no Responses API: create and stream, with a function tool round
+trip, and the requests a stateless gateway refuses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.support.fake_openai import FakeOpenAI
+
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+]
+
+
+def test_create_with_a_function_tool_round_trip(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    first = client.responses.create(
+        model="fake-tool-caller", instructions="Use tools.", input="Weather in Paris?", tools=TOOLS, store=False
+    )
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert first.status == "completed" and len(calls) == 1
+    assert calls[0].name == "get_weather" and json.loads(calls[0].arguments) == {"city": "Paris"}
+    sent = fake.requests[-1].body
+    assert sent["messages"][0] == {"role": "system", "content": "Use tools."}
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+
+    second = client.responses.create(
+        model="fake-tool-caller",
+        input=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "type": "function_call",
+                "call_id": calls[0].call_id,
+                "name": "get_weather",
+                "arguments": calls[0].arguments,
+            },
+            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "18C and sunny"},
+        ],
+        tools=TOOLS,
+        store=False,
+    )
+    assert second.output_text == "The tool said: 18C and sunny"
+    assert second.usage is not None and second.usage.input_tokens == 30 and second.usage.output_tokens == 9
+    messages = fake.requests[-1].body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[1]["tool_calls"][0]["id"] == calls[0].call_id
+
+
+def test_stream_with_a_function_tool_round_trip(client: openai.OpenAI) -> None:
+    with client.responses.stream(model="fake-tool-caller", input="Weather?", tools=TOOLS, store=False) as stream:
+        kinds = [event.type for event in stream]
+        first = stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert "response.function_call_arguments.delta" in kinds and "response.output_item.done" in kinds
+    call = next(item for item in first.output if item.type == "function_call")
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    follow_up = [
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "rain"},
+    ]
+    with client.responses.stream(model="fake-tool-caller", input=follow_up, tools=TOOLS, store=False) as stream:
+        deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == "The tool said: rain"
+    assert final.usage is not None and final.usage.total_tokens == 39
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "echo"])
+def test_plain_text_and_json_schema_output(client: openai.OpenAI, fake: FakeOpenAI, model: str) -> None:
+    reply = client.responses.create(
+        model=model,
+        input="hello brave new world",
+        max_output_tokens=50,
+        reasoning={"effort": "low"},
+        text={"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}},
+        store=False,
+    )
+    assert "brave" in reply.output_text and reply.usage is not None
+    if model == "gpt-test":
+        sent = fake.requests[-1].body
+        assert sent["max_completion_tokens"] == 50 and sent["response_format"]["type"] == "json_schema"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "gpt-test", "input": "x", "store": True}, "store"),
+        ({"model": "gpt-test", "input": "x", "store": False, "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"model": "gpt-test", "store": False}, "input"),
+        ({"model": "gpt-test", "input": [{"type": "file_search_call"}], "store": False}, "input[0].type"),
+        ({"model": "gpt-test", "input": "x", "store": False, "tools": [{"type": "web_search"}]}, "tools[0]"),
+    ],
+)
+def test_what_a_stateless_gateway_refuses_is_a_400_naming_it(
+    raw: httpx.Client, body: dict[str, Any], param: str
+) -> None:
+    reply = raw.post("/v1/responses", json=body)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
