@@ -1,5 +1,5 @@
-"""The app's OpenAPI document: FastAPI's, plus `POST /v1/chat/completions` and `POST /v1/messages`,
-which are served by plain ASGI endpoints FastAPI never sees. The request schemas are the parts the
+"""The app's OpenAPI document: FastAPI's, plus `POST /v1/chat/completions`, `/v1/messages` and
+`/v1/responses`, which are served by plain ASGI endpoints FastAPI never sees. The request schemas are the parts the
 gateway checks (other fields pass through)."""
 
 from __future__ import annotations
@@ -147,11 +147,45 @@ MESSAGES: dict[str, Any] = {
 }
 
 
+_RESPONSES_REQUEST = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+        "instructions": {"type": "string"},
+        "stream": {"type": "boolean"},
+        "store": {"type": "boolean", "description": "Must be false: nothing is stored."},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+        "reasoning": {"type": "object"},
+        "text": {"type": "object"},
+        "max_output_tokens": {"type": "integer", "minimum": 1},
+    },
+}
+RESPONSES: dict[str, Any] = {
+    "post": {
+        "summary": "Create a response (OpenAI's Responses API, stateless)",
+        "description": "Translated to chat completions for every upstream; buffered or streamed as typed events.",
+        "operationId": "create_response",
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _RESPONSES_REQUEST}}},
+        "responses": {
+            "200": {
+                "description": "A response object, or with `stream: true` the Responses event stream.",
+                "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
+            },
+            **_error_responses(400, 401, 404, 405, 413, 429, 502, 503, 504),
+        },
+    }
+}
+
+
 def openapi_document(api: FastAPI) -> dict[str, Any]:
     """FastAPI's document with the chat route and the bearer scheme added; built once."""
     if api.openapi_schema is None:
         document = get_openapi(title=api.title, version=api.version, routes=api.routes)
-        relayed = {"/v1/chat/completions": CHAT_COMPLETIONS, "/v1/messages": MESSAGES}
+        relayed = {"/v1/chat/completions": CHAT_COMPLETIONS, "/v1/messages": MESSAGES, "/v1/responses": RESPONSES}
         document["paths"] = {**relayed, **document["paths"]}
         components = document.setdefault("components", {})
         components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
