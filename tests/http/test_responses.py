@@ -4,13 +4,16 @@ trip, and the requests a stateless gateway refuses."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from tests.conftest import RunningGateway
 from tests.support.fake_openai import FakeOpenAI
 
 TOOLS: list[Any] = [
@@ -106,3 +109,12 @@ def test_what_a_stateless_gateway_refuses_is_a_400_naming_it(
 ) -> None:
     reply = raw.post("/v1/responses", json=body)
     assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
+
+
+def test_usage_lands_in_the_ledger_under_the_responses_endpoint(client: openai.OpenAI, gateway: RunningGateway) -> None:
+    client.responses.create(model="fake-tool-caller", input="Weather?", tools=TOOLS, store=False)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    usage = asyncio.run(gateway.app.runtime.ledger.usage("tester", day))["fake-tool-caller"]
+    assert usage["requests"] == 1 and usage["prompt_tokens"] == 30 and usage["completion_tokens"] == 9
+    gateway.app.runtime.flush_observers()
+    assert 'gateway_requests_total{endpoint="responses"' in httpx.get(f"{gateway.url}/metrics").text
