@@ -8,11 +8,10 @@ from typing import Any
 
 import orjson
 
-from gateway.config import UpstreamConfig
-from gateway.dialects.base import DecodedReply, Target, UpstreamRequest, Usage
-from gateway.errors import InvalidRequest, UpstreamStatusError
+from gateway.dialects.base import DecodedReply, Usage
+from gateway.dialects.over_chat import OverChat
+from gateway.errors import InvalidRequest
 from gateway.protocol.messages import MessagesRequest, text_of
-from gateway.request import ChatRequest, check_chat_body
 from gateway.types import JSON
 
 # OpenAI finish_reason -> Anthropic stop_reason
@@ -20,38 +19,23 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
-class MessagesOverChat:
+class MessagesOverChat(OverChat):
     """The Messages API for one vendor, through that vendor's chat translator."""
 
-    def __init__(self, chat: Any) -> None:
-        self._chat = chat
-
-    def build_request(self, request: MessagesRequest, target: Target) -> UpstreamRequest:
-        return self._chat.build_request(chat_request(request), target)  # type: ignore[no-any-return]
+    @staticmethod
+    def chat_body(src: JSON) -> JSON:
+        return chat_body(src)
 
     def decode_reply(self, body: bytes, request: MessagesRequest) -> DecodedReply:
-        decoded = self._chat.decode_reply(body, chat_request(request))
+        decoded = self._chat.decode_reply(body, self.chat_request(request))
         message = message_of(orjson.loads(decoded.body), decoded.usage)
         return DecodedReply(orjson.dumps(message), decoded.usage)
 
     def stream_decoder(self, request: MessagesRequest) -> MessageEvents:
-        return MessageEvents(self._chat.stream_decoder(chat_request(request)), request.model)
-
-    def decode_error(
-        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
-    ) -> UpstreamStatusError:
-        return self._chat.decode_error(status, body, headers, upstream)  # type: ignore[no-any-return]
+        return MessageEvents(self._chat.stream_decoder(self.chat_request(request)), request.model)
 
 
 # --- request ----------------------------------------------------------------------------------
-
-
-def chat_request(request: MessagesRequest) -> ChatRequest:
-    """The chat request a Messages request becomes (made once per request)."""
-    if request.translated is None:
-        request.translated = check_chat_body(chat_body(request.body))
-    translated: ChatRequest = request.translated
-    return translated
 
 
 def chat_body(src: JSON) -> JSON:

@@ -9,46 +9,31 @@ from typing import Any
 
 import orjson
 
-from gateway.config import UpstreamConfig
-from gateway.dialects.base import DecodedReply, Target, UpstreamRequest, Usage
-from gateway.errors import InvalidRequest, UpstreamStatusError
+from gateway.dialects.base import DecodedReply, Usage
+from gateway.dialects.over_chat import OverChat
+from gateway.errors import InvalidRequest
 from gateway.protocol.responses import ResponsesRequest
-from gateway.request import ChatRequest, check_chat_body
 from gateway.types import JSON
 
 _ROLES = ("user", "assistant", "system", "developer")
 
 
-class ResponsesOverChat:
-    def __init__(self, chat: Any) -> None:
-        self._chat = chat
-
-    def build_request(self, request: ResponsesRequest, target: Target) -> UpstreamRequest:
-        return self._chat.build_request(chat_request(request), target)  # type: ignore[no-any-return]
+class ResponsesOverChat(OverChat):
+    @staticmethod
+    def chat_body(src: JSON) -> JSON:
+        return chat_body(src)
 
     def decode_reply(self, body: bytes, request: ResponsesRequest) -> DecodedReply:
-        decoded = self._chat.decode_reply(body, chat_request(request))
+        decoded = self._chat.decode_reply(body, self.chat_request(request))
         completion = orjson.loads(decoded.body)
         response = response_of(request.body, completion, decoded.usage)
         return DecodedReply(orjson.dumps(response), decoded.usage)
 
     def stream_decoder(self, request: ResponsesRequest) -> ResponseEvents:
-        return ResponseEvents(self._chat.stream_decoder(chat_request(request)), request.body)
-
-    def decode_error(
-        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
-    ) -> UpstreamStatusError:
-        return self._chat.decode_error(status, body, headers, upstream)  # type: ignore[no-any-return]
+        return ResponseEvents(self._chat.stream_decoder(self.chat_request(request)), request.body)
 
 
 # --- request ----------------------------------------------------------------------------------
-
-
-def chat_request(request: ResponsesRequest) -> ChatRequest:
-    if request.translated is None:
-        request.translated = check_chat_body(chat_body(request.body))
-    translated: ChatRequest = request.translated
-    return translated
 
 
 def chat_body(src: JSON) -> JSON:

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from gateway.dialects.base import Usage
-from gateway.dialects.messages_over_chat import MessageEvents, chat_body, chat_request, message_of
-from gateway.dialects.registry import CHAT, TRANSLATORS
+from gateway.dialects.messages_over_chat import MessageEvents, chat_body, message_of
+from gateway.dialects.registry import CHAT, MESSAGES, TRANSLATORS
 from gateway.errors import InvalidRequest
 from gateway.protocol.messages import parse_messages_request
 
@@ -137,7 +137,8 @@ def _usage_chunk() -> bytes:
 def test_a_stream_becomes_anthropic_s_event_sequence() -> None:
     body = {"model": "m", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     request = parse_messages_request(json.dumps(body).encode())
-    events = MessageEvents(TRANSLATORS[(CHAT, "generic")].stream_decoder(chat_request(request)), "m")
+    chat = TRANSLATORS[(MESSAGES, "generic")].chat_request(request)  # type: ignore[attr-defined]
+    events = MessageEvents(TRANSLATORS[(CHAT, "generic")].stream_decoder(chat), "m")
     wire = b"".join(
         [
             _chunk({"role": "assistant", "content": ""}),
