@@ -129,8 +129,8 @@ def _messages(message: JSON, i: int) -> list[JSON]:
 
 def _image_url(source: Any, where: str) -> str:
     if isinstance(source, dict):
-        if source.get("type") == "base64":
-            return f"data:{source.get('media_type')};base64,{source.get('data')}"
+        if source.get("type") == "base64" and isinstance(source.get("data"), str):
+            return f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
         if source.get("type") == "url" and isinstance(source.get("url"), str):
             return str(source["url"])
     raise InvalidRequest(f"'{where}.source' must be a base64 or url image source.", param=f"{where}.source")

@@ -50,8 +50,15 @@ def estimate(body: dict[str, Any]) -> int:
         chars += len(text_of(content))
         if isinstance(content, list):
             images += sum(1 for b in content if isinstance(b, dict) and b.get("type") == "image")
-            chars += sum(len(orjson.dumps(b.get("input") or b.get("content") or "")) for b in content
+            chars += sum(_size(b.get("input") or b.get("content") or "", "messages") for b in content
                          if isinstance(b, dict) and b.get("type") in ("tool_use", "tool_result"))  # fmt: skip
     if body.get("tools"):
-        chars += len(orjson.dumps(body["tools"]))
+        chars += _size(body["tools"], "tools")
     return max(1, math.ceil(chars / 4)) + images * IMAGE_TOKENS
+
+
+def _size(value: Any, param: str) -> int:
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:  # parsing takes 1,024 levels of nesting, writing JSON only 254
+        raise InvalidRequest(f"`{param}` is nested too deeply.", param=param, code="nested_too_deeply") from None

@@ -134,3 +134,24 @@ def test_count_tokens_is_an_estimate_for_every_model(claude: anthropic.Anthropic
         claude.messages.count_tokens(model="no-such-model", messages=USER)
     with pytest.raises(anthropic.BadRequestError):
         claude.messages.count_tokens(model=model, messages=[{"role": "robot", "content": "x"}])  # type: ignore[list-item,typeddict-item]
+
+
+def test_odd_bodies_are_400s_never_500s(gateway: RunningGateway) -> None:
+    deep: dict[str, object] = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    cases = [
+        ("/v1/messages/count_tokens", [{"role": "user", "content": [{"type": "tool_use", "input": deep}]}]),
+        ("/v1/messages", [{"role": "user", "content": [{"type": "image", "source": {"type": "base64"}}]}]),
+        (
+            "/v1/messages",
+            [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "n", "input": deep}]}],
+        ),
+    ]
+    for path, messages in cases:
+        reply = httpx.post(
+            f"{gateway.url}{path}",
+            headers={"x-api-key": CLIENT_KEY},
+            json={"model": "gpt-test", "max_tokens": 5, "messages": messages},
+        )
+        assert reply.status_code == 400, (path, reply.text)
