@@ -45,7 +45,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -53,6 +52,7 @@ from typing import Any
 import orjson
 
 from gateway.accounting.keys import Principal
+from gateway.accounting.limits_script import SYNC, Admission, Hold, Pending, Scope, ScriptCall
 from gateway.accounting.prices import PriceTable
 from gateway.accounting.redis_client import REDIS_ERRORS, rejected
 from gateway.errors import GatewayError
@@ -71,123 +71,6 @@ MAX_SETTLEMENTS = 100_000
 RETRY_AFTER_FAILURE = 1.0
 # Seconds settlements wait for a call they can share with admissions.
 SETTLE_DELAY = 0.005
-_BUDGET_TTL = {"day": 3 * 86400, "month": 62 * 86400, "total": 0}
-
-# KEYS: every Redis key the batch names. ARGV[1]: JSON
-#   {s: settlements [[token ring indices], token delta, budget index, holds index, hold, reservation, cost,
-#                    confirmed (1: the hold is known to be in Redis), second of admission],
-#    a: admissions  [[[requests index, tokens index, rpm, tpm], ...], estimate,
-#                     budget index, holds index, budget, hold, reservation, deadline, budget TTL]}
-# (index 0: none). Returns JSON: per admission [refused (0; i: scope i; -1: budget), per scope
-# [requests, tokens, requests reset, tokens reset] as counted after it, spent, held, the second].
-_SYNC = """
--- Redis's clock, not the replicas': their skew cannot move a request to another second.
-local now = tonumber(redis.call('TIME')[1])
-local batch = cjson.decode(ARGV[1])
-local rings = {}
-local function ring(key)
-  local r = rings[key]
-  if r then return r end
-  local all = redis.call('HGETALL', key)
-  r = {total = 0, oldest = now, slots = {}}
-  for i = 1, #all, 2 do
-    local sec, n = string.match(all[i + 1], '(%d+):(%d+)')
-    sec, n = tonumber(sec), tonumber(n)
-    if sec > now - 60 then
-      r.total = r.total + n
-      if sec < r.oldest then r.oldest = sec end
-    end
-    if sec == now then r.slots[all[i]] = n end
-  end
-  rings[key] = r
-  return r
-end
-local function add(key, n)
-  local r = ring(key)
-  local slot = tostring(now % 60)
-  local before = r.slots[slot] or 0
-  local count = math.max(before + n, 0)
-  r.slots[slot] = count
-  r.total = r.total + count - before
-  redis.call('HSET', key, slot, now .. ':' .. count)
-  redis.call('EXPIRE', key, 120)
-end
-local function add_at(key, sec, n)
-  -- A correction goes to the second its estimate was counted in, while that is in the window.
-  if sec == now then return add(key, n) end
-  if sec <= now - 60 then return end
-  local r = ring(key)
-  local slot = tostring(sec % 60)
-  local cur = redis.call('HGET', key, slot)
-  local before = 0
-  if cur then
-    local s, c = string.match(cur, '(%d+):(%d+)')
-    if tonumber(s) == sec then before = tonumber(c) end
-  end
-  local count = math.max(before + n, 0)
-  r.total = r.total + count - before
-  redis.call('HSET', key, slot, sec .. ':' .. count)
-end
-local function release_stale(budget, holds)
-  local stale = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
-  if #stale > 0 then
-    local sum = 0
-    for _, hold in ipairs(stale) do sum = sum + tonumber(string.match(hold, ':([^:]+)$')) end
-    redis.call('HINCRBYFLOAT', budget, 'held', -sum)
-    redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
-  end
-end
-for _, s in ipairs(batch.s) do
-  local apply = true
-  if s[4] > 0 and s[5] ~= '' then
-    local removed = redis.call('ZREM', KEYS[s[4]], s[5]) == 1
-    if removed then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'held', -tonumber(s[6])) end
-    -- A confirmed hold found gone: this settlement was applied before (its first answer was lost).
-    if s[8] == 1 then apply = removed end
-  end
-  if apply then
-    if s[3] > 0 and tonumber(s[7]) > 0 then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'spent', s[7]) end
-    if s[2] ~= 0 then for _, t in ipairs(s[1]) do add_at(KEYS[t], s[9], s[2]) end end
-  end
-end
-local out = {}
-for _, a in ipairs(batch.a) do
-  local refused, counts = 0, {}
-  for i, scope in ipairs(a[1]) do
-    local r, t = ring(KEYS[scope[1]]), ring(KEYS[scope[2]])
-    if refused == 0 and ((scope[3] > 0 and r.total + 1 > scope[3]) or (scope[4] > 0 and t.total >= scope[4])) then
-      refused = i
-    end
-  end
-  local spent, held = 0, 0
-  if a[3] > 0 then
-    release_stale(KEYS[a[3]], KEYS[a[4]])
-    spent = tonumber(redis.call('HGET', KEYS[a[3]], 'spent') or '0')
-    held = tonumber(redis.call('HGET', KEYS[a[3]], 'held') or '0')
-    if refused == 0 and spent + held >= tonumber(a[5]) then refused = -1 end
-  end
-  if refused == 0 then
-    for _, scope in ipairs(a[1]) do
-      add(KEYS[scope[1]], 1)
-      if scope[4] > 0 and a[2] > 0 then add(KEYS[scope[2]], a[2]) end
-    end
-    if a[3] > 0 and tonumber(a[7]) > 0 then
-      redis.call('ZADD', KEYS[a[4]], a[8], a[6])
-      held = tonumber(redis.call('HINCRBYFLOAT', KEYS[a[3]], 'held', a[7]))
-      if a[9] > 0 then
-        redis.call('EXPIRE', KEYS[a[3]], a[9])
-        redis.call('EXPIRE', KEYS[a[4]], a[9])
-      end
-    end
-  end
-  for _, scope in ipairs(a[1]) do
-    local r, t = ring(KEYS[scope[1]]), ring(KEYS[scope[2]])
-    counts[#counts + 1] = {r.total, t.total, r.oldest + 60 - now, t.oldest + 60 - now}
-  end
-  out[#out + 1] = {refused, counts, tostring(spent), tostring(held), now}
-end
-return cjson.encode(out)
-"""
 
 
 class RateLimited(GatewayError):
@@ -206,51 +89,6 @@ class LimitsUnavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "limits_unavailable"
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """One rate limit a request counts against: the key's own, or the key's on some models."""
-
-    requests_key: str
-    tokens_key: str
-    rpm: int | None
-    tpm: int | None
-    label: str  # for messages: "" (the key) or the model pattern
-
-
-# Hold and Admission are made per request: plain slotted dataclasses (frozen ones cost more to make).
-@dataclass(slots=True)
-class Hold:
-    """A request's reservation against its key's budget for one period."""
-
-    budget_key: str
-    holds_key: str
-    member: str  # "<random id>:<amount>", unique
-    reservation: float
-    period: str  # e.g. `month 2026-11`, for messages and the last known balance
-
-
-@dataclass(slots=True)
-class Admission:
-    """What admission counted for a request, and the headers its reply carries."""
-
-    key: str
-    token_rings: tuple[str, ...]  # the tokens rings of scopes with a tpm, settled at the end
-    estimate: int
-    hold: Hold | None
-    headers: Headers
-    second: int  # when it was counted (Unix seconds): where its token correction goes
-    confirmed: bool = True  # counted by Redis (else admitted while Redis was unreachable)
-
-
-@dataclass(slots=True)
-class _Pending:
-    """What waits for a key's next script call."""
-
-    # ((scopes, counted tokens, hold, budget, hold deadline, second), the waiting request's future)
-    admissions: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = field(default_factory=list)
-    settlements: list[tuple[Admission, int, float]] = field(default_factory=list)  # (admission, tokens, cost)
 
 
 def limit_headers(
@@ -317,8 +155,8 @@ class Limiter:
         self._prefix = prefix
         self._reserve_output = reserve_output_tokens
         self._fail_open = fail_open
-        self._sync = redis.register_script(_SYNC)
-        self._pending: dict[str, _Pending] = {}
+        self._sync = redis.register_script(SYNC)
+        self._pending: dict[str, Pending] = {}
         self._scheduled: asyncio.Handle | None = None
         self._due = 0.0  # the loop time `_scheduled` runs at
         self._calls: set[asyncio.Task[None]] = set()
@@ -473,10 +311,10 @@ class Limiter:
 
     # --- the script calls ---
 
-    def _queue(self, name: str) -> _Pending:
+    def _queue(self, name: str) -> Pending:
         pending = self._pending.get(name)
         if pending is None:
-            pending = self._pending[name] = _Pending()
+            pending = self._pending[name] = Pending()
         return pending
 
     def _kick(self, settle_only: bool = False) -> None:
@@ -506,12 +344,12 @@ class Limiter:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
-    async def _call(self, name: str, pending: _Pending) -> None:
+    async def _call(self, name: str, pending: Pending) -> None:
         """One script call for one key; every waiting admission gets an answer (None: unreachable),
         whatever happens."""
         results = None
         try:
-            answer = await self._sync(keys=(call := _Call(pending)).keys, args=[call.payload])
+            answer = await self._sync(keys=(call := ScriptCall(pending)).keys, args=[call.payload])
             results = orjson.loads(answer)
         except REDIS_ERRORS as exc:
             if rejected(exc):  # the same call would fail again: not an outage
@@ -572,53 +410,6 @@ class Limiter:
         self._send_pending()
         if self._calls:
             await asyncio.wait(self._calls, timeout=2)
-
-
-class _Call:
-    """The keys and the JSON payload of one script call (see `_SYNC`)."""
-
-    def __init__(self, pending: _Pending) -> None:
-        self.keys: list[str] = []
-        self._index: dict[str, int] = {}
-        settlements = [
-            [
-                [self._at(ring) for ring in a.token_rings],
-                (tokens - a.estimate if a.confirmed else tokens) if a.token_rings else 0,
-                self._at(a.hold.budget_key if a.hold else None),
-                self._at(a.hold.holds_key if a.hold and a.hold.reservation > 0 else None),
-                a.hold.member if a.hold else "",
-                repr(a.hold.reservation) if a.hold else "0",
-                repr(cost),
-                1 if a.confirmed else 0,
-                a.second,
-            ]
-            for a, tokens, cost in pending.settlements
-        ]
-        admissions = [
-            [
-                [[self._at(s.requests_key), self._at(s.tokens_key), s.rpm or 0, s.tpm or 0] for s in scopes],
-                counted,
-                self._at(hold.budget_key if hold else None),
-                self._at(hold.holds_key if hold else None),
-                repr(float(budget)) if hold else "0",
-                hold.member if hold else "",
-                repr(hold.reservation) if hold else "0",
-                deadline,
-                _BUDGET_TTL[hold.period.split(" ")[0]] if hold else 0,
-            ]
-            for (scopes, counted, hold, budget, deadline, _), _ in pending.admissions
-        ]
-        # Lua's cjson reads an empty array as an empty object; `ipairs` walks both alike.
-        self.payload = orjson.dumps({"s": settlements, "a": admissions})
-
-    def _at(self, key: str | None) -> int:
-        """The key's 1-based index in KEYS (0: none)."""
-        if key is None:
-            return 0
-        if key not in self._index:
-            self.keys.append(key)
-            self._index[key] = len(self.keys)
-        return self._index[key]
 
 
 def _token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from gateway.dialects.base import Usage
 from gateway.errors import ClientDisconnected, GatewayError, UpstreamError
 
 if TYPE_CHECKING:
-    from gateway.accounting.limits import Admission
+    from gateway.accounting.limits_script import Admission
     from gateway.accounting.prices import PriceTable
 
 log = logging.getLogger("gateway.exchange")
