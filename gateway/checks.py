@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.errors import InvalidRequest
 from gateway.types import JSON
 
@@ -22,6 +24,26 @@ def bad_type(param: str, expected: str, value: Any) -> InvalidRequest:
 
 def bad_value(param: str, value: Any, allowed: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {show(value)}. Supported values are: {allowed}.", param=param)
+
+
+def json_object_body(raw: bytes) -> JSON:
+    """A request body that must be a JSON object, as every API's body is."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def required_model(body: JSON) -> str:
+    model = body.get("model")
+    if model is None:
+        raise missing("model")
+    if not isinstance(model, str) or not model:
+        raise bad_type("model", "a non-empty string", model)
+    return model
 
 
 def optional_int(obj: JSON, name: str, low: int | None, high: int | None = None, prefix: str = "") -> int | None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from gateway.checks import bad_type, bad_value, missing, optional_bool, optional_int
+from gateway.checks import bad_type, bad_value, json_object_body, missing, optional_bool, optional_int, required_model
 from gateway.errors import InvalidRequest
 from gateway.extensions import Extensions, extract, passthrough
 from gateway.types import JSON
@@ -37,21 +35,12 @@ class ChatRequest:
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    body = json_object_body(raw)
     return check_chat_body(body)
 
 
 def check_chat_body(body: JSON) -> ChatRequest:
-    model = body.get("model")
-    if model is None:
-        raise missing("model")
-    if not isinstance(model, str) or not model:
-        raise bad_type("model", "a non-empty string", model)
+    model = required_model(body)
     _check_messages(body.get("messages"))
     stream = optional_bool(body, "stream") or False
     include_usage = False

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 
 from gateway.accounting.keys import Principal
+from gateway.checks import json_object_body, required_model
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.http.asgi import read_body
 from gateway.http.routes import caller
@@ -29,14 +30,9 @@ async def count_tokens(request: Request, principal: Annotated[Principal, Depends
     raw = await read_body(
         request.scope, request.receive, runtime.settings.max_body_bytes, length.encode() if length else None
     )
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise InvalidRequest("The request body must be an object with a `model` string.", param="model")
+    body = json_object_body(raw)
+    model = required_model(body)
     check_messages(body.get("messages"))
-    model = body["model"]
     if runtime.router.match(model) is None or not principal.may_use(model):
         raise ModelNotFound(model)
     return {"input_tokens": estimate(body)}

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from gateway.checks import bad_type, bad_value, missing, optional_int
+from gateway.checks import bad_type, bad_value, json_object_body, missing, optional_int, required_model
 from gateway.errors import InvalidRequest
 from gateway.extensions import sess_id_of
+from gateway.protocol.hints import Hints
 from gateway.types import JSON
 
 # OpenAI's limits: 2,048 inputs per request.
@@ -17,36 +16,19 @@ MAX_INPUTS = 2048
 ENCODINGS = ("float", "base64")
 
 
-@dataclass(frozen=True, slots=True)
-class RoutingHints:
-    """The extension fields that steer routing: a sticky session and the client's retries."""
-
-    sess_id: str | None = None
-    retries: int | None = None
-
-
 @dataclass(slots=True)
 class EmbeddingsRequest:
     body: JSON  # as sent: it goes upstream with the model name replaced
     model: str
     inputs: int  # how many inputs (strings or token arrays)
-    ext: RoutingHints = field(default_factory=RoutingHints)
+    ext: Hints = field(default_factory=Hints)
     stream: bool = False  # embeddings never stream; the relay reads it
     include_usage: bool = False
 
 
 def parse_embeddings_request(raw: bytes) -> EmbeddingsRequest:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if model is None:
-        raise missing("model")
-    if not isinstance(model, str) or not model:
-        raise bad_type("model", "a non-empty string", model)
+    body = json_object_body(raw)
+    model = required_model(body)
     inputs = _check_input(body.get("input"))
     encoding = body.get("encoding_format")
     if encoding is not None and encoding not in ENCODINGS:
@@ -54,7 +36,7 @@ def parse_embeddings_request(raw: bytes) -> EmbeddingsRequest:
     optional_int(body, "dimensions", 1)
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise bad_type("user", "a string", body["user"])
-    hints = RoutingHints(sess_id_of(body.get("sess_id")), optional_int(body, "retries", 0, 10))
+    hints = Hints(sess_id_of(body.get("sess_id")), optional_int(body, "retries", 0, 10))
     for name in ("sess_id", "retries"):  # the gateway's own fields: upstreams would refuse them
         body.pop(name, None)
     return EmbeddingsRequest(body, model, inputs, hints)

@@ -7,9 +7,10 @@ from typing import Any
 
 import orjson
 
-from gateway.checks import bad_type, bad_value, missing, optional_bool, optional_int
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.checks import bad_type, bad_value, json_object_body, missing, optional_bool, optional_int, required_model
+from gateway.errors import GatewayError
 from gateway.extensions import sess_id_of
+from gateway.protocol.hints import Hints
 from gateway.types import JSON
 
 ROLES = ("user", "assistant")
@@ -26,38 +27,19 @@ _ERROR_TYPES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class MessagesHints:
-    """What the gateway reads of a Messages body besides the model: routing, limits, the ledger."""
-
-    sess_id: str | None = None
-    retries: int | None = None
-    max_output: int | None = None
-    metadata: JSON | None = None
-
-
 @dataclass(slots=True)
 class MessagesRequest:
     body: JSON  # as sent, the gateway's own fields removed: it goes upstream with the model replaced
     model: str
     stream: bool = False
     include_usage: bool = True
-    ext: MessagesHints = field(default_factory=MessagesHints)
+    ext: Hints = field(default_factory=Hints)
     translated: Any = None  # the chat request it becomes for an OpenAI-compatible upstream, made once
 
 
 def parse_messages_request(raw: bytes) -> MessagesRequest:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if model is None:
-        raise missing("model")
-    if not isinstance(model, str) or not model:
-        raise bad_type("model", "a non-empty string", model)
+    body = json_object_body(raw)
+    model = required_model(body)
     max_tokens = optional_int(body, "max_tokens", 1)
     if max_tokens is None:
         raise missing("max_tokens")
@@ -73,7 +55,7 @@ def parse_messages_request(raw: bytes) -> MessagesRequest:
         if body.get(name) is not None and not isinstance(body[name], dict):
             raise bad_type(name, "an object", body[name])
     metadata = body.get("metadata")
-    hints = MessagesHints(
+    hints = Hints(
         sess_id_of(body.pop("sess_id", None)),
         optional_int(body, "retries", 0, 10),
         max_tokens,

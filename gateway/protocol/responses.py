@@ -7,18 +7,11 @@ from typing import Any
 
 import orjson
 
-from gateway.checks import bad_type, missing, optional_bool, optional_int
+from gateway.checks import bad_type, json_object_body, missing, optional_bool, optional_int, required_model
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.extensions import sess_id_of
+from gateway.protocol.hints import Hints
 from gateway.types import JSON
-
-
-@dataclass(frozen=True, slots=True)
-class ResponsesHints:
-    sess_id: str | None = None
-    retries: int | None = None
-    max_output: int | None = None
-    metadata: JSON | None = None
 
 
 @dataclass(slots=True)
@@ -27,22 +20,13 @@ class ResponsesRequest:
     model: str
     stream: bool = False
     include_usage: bool = True
-    ext: ResponsesHints = field(default_factory=ResponsesHints)
+    ext: Hints = field(default_factory=Hints)
     translated: Any = None  # the chat request it becomes, made once
 
 
 def parse_responses_request(raw: bytes) -> ResponsesRequest:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if model is None:
-        raise missing("model")
-    if not isinstance(model, str) or not model:
-        raise bad_type("model", "a non-empty string", model)
+    body = json_object_body(raw)
+    model = required_model(body)
     value = body.get("input")
     if value is None:
         raise missing("input")
@@ -66,7 +50,7 @@ def parse_responses_request(raw: bytes) -> ResponsesRequest:
         if body.get(name) is not None and not isinstance(body[name], dict):
             raise bad_type(name, "an object", body[name])
     stream = optional_bool(body, "stream") or False
-    hints = ResponsesHints(
+    hints = Hints(
         sess_id_of(body.pop("sess_id", None)),
         optional_int(body, "retries", 0, 10),
         optional_int(body, "max_output_tokens", 1),
