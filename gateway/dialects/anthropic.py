@@ -47,6 +47,19 @@ _PASSED = ("top_p", "top_k")
 _MAPPED = frozenset({"model", "messages", "tools", "tool_choice", "parallel_tool_calls", "stop", "user", "temperature"})
 
 
+def anthropic_headers(upstream: UpstreamConfig, stream: bool) -> dict[str, str]:
+    """The headers of a request to an Anthropic upstream: its key as `x-api-key`, the API version."""
+    headers = {
+        "content-type": "application/json",
+        "accept": "text/event-stream" if stream else "application/json",
+        "anthropic-version": API_VERSION,
+    }
+    if upstream.api_key is not None:
+        headers["x-api-key"] = upstream.api_key.get_secret_value()
+    headers.update(upstream.headers)
+    return headers
+
+
 def messages_url(base_url: str) -> str:
     """The Messages endpoint under `base_url`, given with `/v1` or, as Anthropic's SDKs take it, without."""
     base = base_url.rstrip("/")
@@ -57,15 +70,8 @@ class AnthropicDialect:
     def build_request(self, request: ChatRequest, target: Target) -> UpstreamRequest:
         body, dropped = messages_body(request, target)
         upstream = target.upstream
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if request.stream else "application/json",
-            "anthropic-version": API_VERSION,
-        }
-        if upstream.api_key is not None:
-            headers["x-api-key"] = upstream.api_key.get_secret_value()
-        headers.update(upstream.headers)
         url = messages_url(upstream.base_url or "")
+        headers = anthropic_headers(upstream, request.stream)
         return UpstreamRequest("POST", url, headers, orjson.dumps(body), upstream.name, tuple(dropped))
 
     def decode_reply(self, body: bytes, request: ChatRequest) -> DecodedReply:

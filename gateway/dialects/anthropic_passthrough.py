@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from gateway.config import UpstreamConfig
-from gateway.dialects.anthropic import API_VERSION, messages_url
+from gateway.dialects.anthropic import anthropic_headers, messages_url
 from gateway.dialects.anthropic_helper import anthropic_error, openai_usage
 from gateway.dialects.base import (
     DecodedReply,
@@ -28,15 +28,8 @@ from gateway.types import JSON
 class AnthropicPassthrough:
     def build_request(self, request: MessagesRequest, target: Target) -> UpstreamRequest:
         upstream = target.upstream
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if request.stream else "application/json",
-            "anthropic-version": API_VERSION,
-        }
-        if upstream.api_key is not None:
-            headers["x-api-key"] = upstream.api_key.get_secret_value()
-        headers.update(upstream.headers)
         body = orjson.dumps({**request.body, "model": target.model})
+        headers = anthropic_headers(upstream, request.stream)
         return UpstreamRequest("POST", messages_url(upstream.base_url or ""), headers, body, upstream.name)
 
     def decode_reply(self, body: bytes, request: MessagesRequest) -> DecodedReply:

@@ -18,7 +18,7 @@ from gateway.dialects.base import (
     upstream_status_error,
 )
 from gateway.dialects.normalize import token_count
-from gateway.dialects.openai import json_object
+from gateway.dialects.openai import json_object, openai_headers
 from gateway.errors import UpstreamProtocolError, UpstreamStatusError
 from gateway.protocol.embeddings import EmbeddingsRequest
 
@@ -27,14 +27,10 @@ class EmbeddingsTranslator:
     def build_request(self, request: EmbeddingsRequest, target: Target) -> UpstreamRequest:
         upstream = target.upstream
         body = {**request.body, "model": target.model}
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if upstream.api_key is not None:
-            headers["authorization"] = "Bearer " + upstream.api_key.get_secret_value()
-        headers.update(upstream.headers)
         return UpstreamRequest(
             method="POST",
             url=f"{upstream.base_url or ''}/embeddings",
-            headers=headers,
+            headers=openai_headers(upstream, stream=False),
             body=orjson.dumps(body),
             upstream=upstream.name,
         )

@@ -38,6 +38,15 @@ def error_events(error: GatewayError) -> bytes:
     return b"data: " + error.to_json() + b"\n\n" + DONE_EVENT
 
 
+def openai_headers(upstream: UpstreamConfig, stream: bool) -> dict[str, str]:
+    """The headers of a request to an OpenAI-compatible upstream: its key as a bearer token, its own."""
+    headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json"}
+    if upstream.api_key is not None:
+        headers["authorization"] = "Bearer " + upstream.api_key.get_secret_value()
+    headers.update(upstream.headers)
+    return headers
+
+
 class OpenAIDialect:
     """One per vendor profile: the wire format is shared, the request fields differ."""
 
@@ -48,16 +57,10 @@ class OpenAIDialect:
         upstream = target.upstream
         body, dropped = write_request(request, self.profile, target.options)
         body["model"] = target.model
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if request.stream:
-            headers["accept"] = "text/event-stream"
-        if upstream.api_key is not None:
-            headers["authorization"] = "Bearer " + upstream.api_key.get_secret_value()
-        headers.update(upstream.headers)
         return UpstreamRequest(
             method="POST",
             url=f"{upstream.base_url or ''}/chat/completions",
-            headers=headers,
+            headers=openai_headers(upstream, request.stream),
             body=orjson.dumps(body),
             upstream=upstream.name,
             dropped=tuple(dropped),
