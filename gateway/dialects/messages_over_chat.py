@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from gateway.dialects.base import DecodedReply, Usage
-from gateway.dialects.over_chat import OverChat
+from gateway.dialects.over_chat import ChatEvents, OverChat
 from gateway.errors import InvalidRequest
 from gateway.protocol.messages import MessagesRequest, text_of
 from gateway.types import JSON
@@ -204,39 +204,17 @@ def event(name: str, data: JSON) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
 
 
-class MessageEvents:
+class MessageEvents(ChatEvents):
     """Turns a chat stream (its decoder's normalized chunks) into Anthropic's event sequence:
     `message_start`, `ping`, per content block `content_block_start` / `_delta` / `_stop`,
     `message_delta` (stop reason and usage), `message_stop`."""
 
     def __init__(self, chat: Any, model: str) -> None:
-        self._chat = chat
+        super().__init__(chat)
         self._model = model
         self._started = False
         self._block: tuple[str, int] | None = None  # (kind, tool call index) of the open block
         self._index = -1
-        self._stop_reason = "end_turn"
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._chat.usage  # type: ignore[no-any-return]
-
-    @property
-    def text_chars(self) -> int:
-        return self._chat.text_chars  # type: ignore[no-any-return]
-
-    def feed(self, data: bytes) -> list[bytes]:
-        out: list[bytes] = []
-        for chunk in self._chat.feed(data):
-            if not chunk.startswith(b"data: {"):
-                continue
-            obj = orjson.loads(chunk[6:])
-            out += self._start(obj)
-            for choice in obj.get("choices") or []:
-                out += self._delta(choice.get("delta") or {})
-                if choice.get("finish_reason"):
-                    self._stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
-        return out
 
     def _start(self, chunk: JSON) -> list[bytes]:
         if self._started:
@@ -294,5 +272,6 @@ class MessageEvents:
         self._chat.finish()  # raises if the upstream's stream ended early
         out = [*self._start({}), *self._close()]
         usage = anthropic_usage(self.usage)
-        delta = {"delta": {"stop_reason": self._stop_reason, "stop_sequence": None}, "usage": usage}
+        stop_reason = STOP_REASONS.get(self._finish_reason or "stop", "end_turn")
+        delta = {"delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}
         return [*out, event("message_delta", delta), event("message_stop", {})]

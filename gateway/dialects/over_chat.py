@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.config import UpstreamConfig
-from gateway.dialects.base import Target, UpstreamRequest
+from gateway.dialects.base import Target, UpstreamRequest, Usage
 from gateway.errors import UpstreamStatusError
 from gateway.request import ChatRequest, check_chat_body
 from gateway.types import JSON
@@ -36,3 +38,41 @@ class OverChat:
         self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
     ) -> UpstreamStatusError:
         return self._chat.decode_error(status, body, headers, upstream)  # type: ignore[no-any-return]
+
+
+class ChatEvents:
+    """Turns a chat stream into another API's events. Fed upstream bytes, the vendor's chat decoder
+    makes normalized chunks; each goes to `_start` (the first) and its deltas to `_delta`. Usage and
+    the text relayed are the chat decoder's."""
+
+    def __init__(self, chat: Any) -> None:
+        self._chat = chat
+        self._finish_reason: str | None = None  # the chat finish_reason, once one came
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._chat.usage  # type: ignore[no-any-return]
+
+    @property
+    def text_chars(self) -> int:
+        return self._chat.text_chars  # type: ignore[no-any-return]
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for chunk in self._chat.feed(data):
+            if not chunk.startswith(b"data: {"):
+                continue  # [DONE]: the other API has its own end
+            obj = orjson.loads(chunk[6:])
+            out += self._start(obj)
+            for choice in obj.get("choices") or []:
+                out += self._delta(choice.get("delta") or {})
+                if choice.get("finish_reason"):
+                    self._finish_reason = choice["finish_reason"]
+        return out
+
+    def _start(self, chunk: JSON) -> list[bytes]:
+        """The events that open the stream, on its first chunk (then nothing)."""
+        raise NotImplementedError
+
+    def _delta(self, delta: JSON) -> list[bytes]:
+        raise NotImplementedError

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from gateway.dialects.base import DecodedReply, Usage
-from gateway.dialects.over_chat import OverChat
+from gateway.dialects.over_chat import ChatEvents, OverChat
 from gateway.errors import InvalidRequest
 from gateway.protocol.responses import ResponsesRequest
 from gateway.types import JSON
@@ -227,13 +227,13 @@ def _call_item(call: JSON, name: Any, arguments: str, status: str) -> JSON:
             "arguments": arguments, "status": status}  # fmt: skip
 
 
-class ResponseEvents:
+class ResponseEvents(ChatEvents):
     """Chat chunks as Responses' typed events: `response.created`, `response.in_progress`, per output
     item `response.output_item.added` / `.done` (with `content_part`, `output_text.delta` / `.done`
     for text and `function_call_arguments.delta` / `.done` for calls), `response.completed`."""
 
     def __init__(self, chat: Any, src: JSON) -> None:
-        self._chat = chat
+        super().__init__(chat)
         self._src = src
         self._seq = 0
         self._response: JSON | None = None
@@ -241,15 +241,6 @@ class ResponseEvents:
         self._open: JSON | None = None  # the output item being streamed
         self._open_call: int | None = None  # its tool call index, when a function call
         self._reasoning: list[str] = []
-        self._finish: str | None = None
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._chat.usage  # type: ignore[no-any-return]
-
-    @property
-    def text_chars(self) -> int:
-        return self._chat.text_chars  # type: ignore[no-any-return]
 
     def _event(self, kind: str, data: JSON) -> bytes:
         payload = {"type": kind, **data, "sequence_number": self._seq}
@@ -266,19 +257,6 @@ class ResponseEvents:
             self._event("response.created", {"response": self._response}),
             self._event("response.in_progress", {"response": self._response}),
         ]
-
-    def feed(self, data: bytes) -> list[bytes]:
-        out: list[bytes] = []
-        for chunk in self._chat.feed(data):
-            if not chunk.startswith(b"data: {"):
-                continue
-            obj = orjson.loads(chunk[6:])
-            out += self._start(obj)
-            for choice in obj.get("choices") or []:
-                out += self._delta(choice.get("delta") or {})
-                if choice.get("finish_reason"):
-                    self._finish = choice["finish_reason"]
-        return out
 
     def _delta(self, delta: JSON) -> list[bytes]:
         out: list[bytes] = []
@@ -357,6 +335,6 @@ class ResponseEvents:
         if self._reasoning:  # reasoning came as deltas: given whole, first, as a Response has it
             summary = [{"type": "summary_text", "text": "".join(self._reasoning)}]
             self._response["output"].insert(0, {"type": "reasoning", "id": "rs_" + self._key, "summary": summary})
-        _finish(self._response, self._finish, self.usage)
+        _finish(self._response, self._finish_reason, self.usage)
         out.append(self._event("response.completed", {"response": self._response}))
         return out
