@@ -15,6 +15,7 @@ from gateway.http.app import GatewayApp, create_app
 from gateway.http.protocol import connection_limits
 from gateway.settings import Settings
 from tests.support.fake_anthropic import ANTHROPIC_KEY, FakeAnthropic
+from tests.support.fake_dashscope import FakeDashScope
 from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
 from tests.support.redis_server import RedisCluster, RedisServer
 from tests.support.spec import AsyncValidatingTransport, Checker, ValidatingTransport
@@ -182,7 +183,7 @@ def redis_backend(request: pytest.FixtureRequest) -> RedisBackend:
     return RedisBackend("single", server)
 
 
-Fake = TypeVar("Fake", FakeOpenAI, FakeAnthropic)
+Fake = TypeVar("Fake", FakeOpenAI, FakeAnthropic, FakeDashScope)
 
 
 def _serving(fake: Fake) -> Iterator[tuple[Fake, AiohttpServer]]:
@@ -200,6 +201,17 @@ def fake_server() -> Iterator[tuple[FakeOpenAI, AiohttpServer]]:
 @pytest.fixture(scope="session")
 def anthropic_server() -> Iterator[tuple[FakeAnthropic, AiohttpServer]]:
     yield from _serving(FakeAnthropic())
+
+
+@pytest.fixture(scope="session")
+def dashscope_server() -> Iterator[tuple[FakeDashScope, AiohttpServer]]:
+    yield from _serving(FakeDashScope())
+
+
+@pytest.fixture
+def dashscope(dashscope_server: tuple[FakeDashScope, AiohttpServer]) -> FakeDashScope:
+    dashscope_server[0].requests.clear()
+    return dashscope_server[0]
 
 
 @pytest.fixture

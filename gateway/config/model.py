@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-Dialect = Literal["openai", "anthropic", "echo"]
+Dialect = Literal["openai", "anthropic", "dashscope", "echo"]
 Vendor = Literal[
     "openai", "deepseek", "qwen", "zhipu", "doubao", "moonshot", "gemini", "vllm", "sglang", "generic"
 ]  # fmt: skip
@@ -205,6 +205,11 @@ class ModelOptions(_Strict):
     )
     max_tokens: int | None = Field(
         default=None, ge=1, description="Output cap sent when the client gives none (Anthropic requires one)."
+    )
+    search: bool | None = Field(
+        default=None,
+        description="Whether `enable_search` reaches this model. Default: where the vendor documents a way "
+        "(Qwen, GLM, Anthropic), not OpenAI (only its search models take `web_search_options`).",
     )
 
 

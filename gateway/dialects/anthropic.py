@@ -20,15 +20,18 @@ from gateway.config import UpstreamConfig
 from gateway.dialects.anthropic_helper import JSON_TOOL, anthropic_error, finish_reason, openai_usage
 from gateway.dialects.anthropic_stream import AnthropicStreamDecoder
 from gateway.dialects.base import DecodedReply, Target, UpstreamRequest, error_parts, upstream_status_error
+from gateway.dialects.citations import Citations
 from gateway.dialects.openai import json_object
 from gateway.dialects.vendors import EFFORT_BUDGET, budget_for, clamp_effort, effort_for_budget
 from gateway.errors import InvalidRequest, UpstreamStatusError
+from gateway.extensions import Search
 from gateway.request import ChatRequest
 from gateway.types import JSON
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 MIN_BUDGET = 1024
+WEB_SEARCH_TOOL = "web_search_20250305"
 ADAPTIVE_EFFORTS = ("low", "medium", "high", "max")
 
 # OpenAI parameters with no Messages API equivalent, and the values that mean "not used".
@@ -146,15 +149,27 @@ def messages_body(request: ChatRequest, target: Target) -> tuple[JSON, list[str]
                 }
             )
             tool_choice = {"type": "tool", "name": JSON_TOOL}
+    if ext.search is not None:
+        _web_search(ext.search, options.search, tools, dropped)
     if tools:
         body["tools"] = tools
     if tool_choice is not None and (tools or tool_choice["type"] == "none"):
         body["tool_choice"] = tool_choice
     if system:
         body["system"] = system
-    if ext.search is not None:
-        dropped.append("enable_search")
     return body, dropped
+
+
+def _web_search(search: Search, allowed: bool | None, tools: list[JSON], dropped: list[str]) -> None:
+    """Anthropic's server-side web search tool; its results come back as `citations`."""
+    if allowed is False:
+        dropped.append("enable_search")
+        return
+    tools.append({"type": WEB_SEARCH_TOOL, "name": "web_search"})
+    if search.engine:
+        dropped.append("search_config.engine")
+    if search.deep:
+        dropped.append("search_config.deepable")
 
 
 def json_tool_name(request: ChatRequest) -> str | None:
@@ -339,7 +354,9 @@ def decode_message(obj: JSON, request: ChatRequest) -> DecodedReply:
     reasoning: list[str] = []
     thinking_blocks: list[JSON] = []
     tool_calls: list[JSON] = []
+    citations = Citations()
     for block in obj.get("content") or []:
+        citations.from_anthropic_block(block)
         kind = block.get("type")
         if kind == "text":
             texts.append(block.get("text", ""))
@@ -383,4 +400,5 @@ def decode_message(obj: JSON, request: ChatRequest) -> DecodedReply:
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": usage_obj,
     }
+    citations.attach(reply)
     return DecodedReply(orjson.dumps(reply), usage)

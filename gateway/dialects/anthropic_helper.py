@@ -19,19 +19,26 @@ def finish_reason(stop_reason: Any, answered_by_json_tool: bool = False) -> str:
 
 
 def openai_usage(usage: JSON) -> tuple[JSON, Usage]:
-    """OpenAI usage from Anthropic's: `prompt_tokens` counts cache reads and writes too."""
+    """OpenAI usage from Anthropic's: `prompt_tokens` counts cache reads and writes too; web searches are
+    `billed_units`."""
     fresh = token_count(usage.get("input_tokens"))
     cache_read = token_count(usage.get("cache_read_input_tokens"))
     cache_write = token_count(usage.get("cache_creation_input_tokens"))
     output = token_count(usage.get("output_tokens"))
     prompt = fresh + cache_read + cache_write
-    obj = {
+    obj: JSON = {
         "prompt_tokens": prompt,
         "completion_tokens": output,
         "total_tokens": prompt + output,
         "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_write},
     }
-    return obj, Usage(prompt, output, prompt + output, cache_read, cache_write_tokens=cache_write)
+    # Web searches are billed per search: the aggregators' `billed_units`.
+    server_tools = usage.get("server_tool_use")
+    searches = token_count(server_tools.get("web_search_requests")) if isinstance(server_tools, dict) else 0
+    billed = float(searches) if searches else None
+    if billed is not None:
+        obj["billed_units"] = billed
+    return obj, Usage(prompt, output, prompt + output, cache_read, billed_units=billed, cache_write_tokens=cache_write)
 
 
 def anthropic_error(obj: JSON) -> UpstreamStatusError:

@@ -7,8 +7,12 @@ content_block_delta        text_delta -> content; thinking_delta -> reasoning_co
                            signature_delta -> thinking_blocks[index].signature;
                            input_json_delta -> tool_calls[index].function.arguments (or content,
                            for the forced JSON-mode tool)
-message_delta              finish_reason from stop_reason; cumulative output usage
-message_stop               usage chunk if the client asked; then [DONE] (at finish)
+                           server_tool_use: nothing (the upstream runs it)
+                           web_search_tool_result: its URLs kept for `citations`
+content_block_delta        citations_delta: the cited URL kept for `citations`
+message_delta              finish_reason from stop_reason; cumulative output usage; `citations`
+                           when no usage chunk follows
+message_stop               usage chunk if the client asked, with `citations`; then [DONE] (at finish)
 ping                       nothing
 error                      raised; the relay turns it into an error event and [DONE]
 """
@@ -20,6 +24,7 @@ from typing import Any
 
 from gateway.dialects.anthropic_helper import anthropic_error, finish_reason, openai_usage
 from gateway.dialects.base import Usage
+from gateway.dialects.citations import Citations
 from gateway.dialects.normalize import text_length
 from gateway.dialects.openai import DONE_EVENT, json_object, sse_event
 from gateway.dialects.sse import SSEParser
@@ -41,6 +46,7 @@ class AnthropicStreamDecoder:
         self._usage: JSON = {}
         self._tools_called = False
         self._done = False
+        self._citations = Citations()
         self.text_chars = 0
 
     @property
@@ -77,6 +83,7 @@ class AnthropicStreamDecoder:
         index = obj.get("index", 0)
         block = obj.get("content_block") or {}
         kind = block.get("type")
+        self._citations.from_anthropic_block(block)
         if kind == "tool_use" and block.get("name") == self._json_tool:
             self._kinds[index] = "json"
             return None
@@ -119,23 +126,31 @@ class AnthropicStreamDecoder:
             return self._chunk({"thinking_blocks": [entry]})
         if kind == "input_json_delta":
             partial = delta.get("partial_json", "")
-            if self._kinds.get(index) == "json":
+            block_kind = self._kinds.get(index)
+            if block_kind == "json":
                 return self._chunk({"content": partial}) if partial else None
-            call = {"index": self._tool_index.get(index, 0), "function": {"arguments": partial}}
+            if block_kind != "tool":
+                return None  # a server tool's input (web search): the upstream runs it
+            call = {"index": self._tool_index[index], "function": {"arguments": partial}}
             return self._chunk({"tool_calls": [call]})
+        if kind == "citations_delta":
+            self._citations.add((delta.get("citation") or {}).get("url"))
         return None
 
     def _message_delta(self, obj: JSON) -> JSON:
         self._usage.update({k: v for k, v in (obj.get("usage") or {}).items() if v is not None})
         stop = (obj.get("delta") or {}).get("stop_reason")
         answered_by_json = self._json_tool is not None and not self._tools_called
-        return self._chunk({}, finish_reason(stop, answered_by_json))
+        chunk = self._chunk({}, finish_reason(stop, answered_by_json))
+        if not self._include_usage:
+            self._citations.attach(chunk)
+        return chunk
 
     def _message_stop(self, obj: JSON) -> JSON | None:
         self._done = True
         if not self._include_usage:
             return None
-        return {
+        chunk: JSON = {
             "id": self._id,
             "object": "chat.completion.chunk",
             "created": self._created,
@@ -143,6 +158,8 @@ class AnthropicStreamDecoder:
             "choices": [],
             "usage": openai_usage(self._usage)[0],
         }
+        self._citations.attach(chunk)
+        return chunk
 
     def _error(self, obj: JSON) -> None:
         raise anthropic_error(obj)

@@ -21,6 +21,7 @@ from gateway.dialects.base import (
     error_parts,
     upstream_status_error,
 )
+from gateway.dialects.citations import Citations
 from gateway.dialects.sse import SSEParser
 from gateway.dialects.vendors import VendorProfile, write_request
 from gateway.errors import GatewayError, UpstreamProtocolError, UpstreamStatusError
@@ -71,6 +72,9 @@ class OpenAIDialect:
         if "error" in obj and "choices" not in obj:
             raise embedded_error(obj)
         usage = normalize.completion(obj, request.model)
+        citations = Citations()
+        citations.from_chat(obj, "message")
+        citations.attach(obj)
         return DecodedReply(orjson.dumps(obj), usage)
 
     def stream_decoder(self, request: ChatRequest) -> OpenAIStreamDecoder:
@@ -86,6 +90,7 @@ class OpenAIStreamDecoder:
     """Relays an OpenAI event stream chunk by chunk, capturing usage and fixing what the spec requires."""
 
     __slots__ = (
+        "_citations",
         "_created",
         "_finished",
         "_id",
@@ -107,6 +112,7 @@ class OpenAIStreamDecoder:
         self._finished = False
         self.usage: Usage | None = None
         self.text_chars = 0
+        self._citations = Citations()
 
     def feed(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
@@ -120,14 +126,19 @@ class OpenAIStreamDecoder:
             usage = normalize.chunk(obj, self._model, self._stream_id, self._created)
             if usage is not None:
                 self.usage = usage
-            if "usage" in obj and not self._include_usage:
-                if not obj["choices"]:
-                    continue  # the usage-only chunk the gateway asked for on its own behalf
+            citations = self._citations
+            citations.from_chat(obj, "delta")
+            last = "usage" in obj  # the usage chunk, or a finish chunk, may be the stream's last
+            if last and not self._include_usage:
                 del obj["usage"]
+                if not obj["choices"] and not citations.pending():
+                    continue  # the usage-only chunk the gateway asked for on its own behalf
             for choice in obj["choices"]:
                 self.text_chars += normalize.text_length(choice["delta"])
                 if choice.get("finish_reason"):
-                    self._finished = True
+                    self._finished = last = True
+            if last:
+                citations.attach(obj)
             out.append(sse_event(obj))
         return out
 

@@ -1,7 +1,7 @@
 """Which translator speaks a client API to an upstream: a plain lookup on (client API, upstream kind).
 
 An upstream's kind is its vendor profile for the `openai` dialect, else its dialect (`anthropic`,
-`echo`). A pair that is not in the table is an API the upstream does not serve.
+`dashscope`, `echo`). A pair that is not in the table is an API the upstream does not serve.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from gateway.config import UpstreamConfig
 from gateway.dialects.anthropic import AnthropicDialect
 from gateway.dialects.anthropic_passthrough import AnthropicPassthrough
 from gateway.dialects.base import DecodedReply, Target, UpstreamRequest
+from gateway.dialects.dashscope import DashScopeDialect
 from gateway.dialects.embeddings import EmbeddingsTranslator
 from gateway.dialects.messages_over_chat import MessagesOverChat
 from gateway.dialects.openai import OpenAIDialect
@@ -64,6 +65,9 @@ def _table() -> dict[tuple[str, str], Translator]:
     table[(EMBEDDINGS, "echo")] = embeddings
     table[(MESSAGES, "echo")] = table[(MESSAGES, "generic")]
     table[(RESPONSES, "echo")] = table[(RESPONSES, "generic")]
+    table[(CHAT, "dashscope")] = DashScopeDialect()
+    table[(MESSAGES, "dashscope")] = MessagesOverChat(table[(CHAT, "dashscope")])
+    table[(RESPONSES, "dashscope")] = ResponsesOverChat(table[(CHAT, "dashscope")])
     table[(CHAT, "anthropic")] = AnthropicDialect()
     table[(MESSAGES, "anthropic")] = AnthropicPassthrough()
     return table

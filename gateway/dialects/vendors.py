@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.config import ModelOptions
-from gateway.extensions import EFFORTS
+from gateway.extensions import EFFORTS, Search
 from gateway.request import ChatRequest
 from gateway.types import JSON
 
@@ -26,7 +26,9 @@ from gateway.types import JSON
 Switch = Literal["effort_none", "thinking_type", "enable_thinking", "template_kwargs", "off_only", "none"]
 # Where a thinking budget in tokens goes.
 BudgetField = Literal["thinking_budget", "google_thinking_config", "none"]
-Search = Literal["qwen", "zhipu", "none"]
+# How web search is asked for (see `_write_search`): DashScope's enable_search + search_options, GLM's
+# web_search tool, OpenAI's web_search_options (search models only), or no documented way.
+SearchWay = Literal["qwen", "zhipu", "openai", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,7 @@ class VendorProfile:
     budget_field: BudgetField
     efforts: tuple[str, ...]  # reasoning_effort values it takes; empty: none
     json_formats: frozenset[str]
-    search: Search
+    search: SearchWay
     forwards_metadata: bool = False
     budget_range: tuple[int, int] = (0, 32768)
 
@@ -49,7 +51,7 @@ PROFILES: dict[str, VendorProfile] = {
     p.name: p
     for p in (
         VendorProfile("openai", "max_completion_tokens", "effort_none", "none",
-                      ("none", "minimal", "low", "medium", "high", "xhigh"), _OBJ_SCHEMA, "none",
+                      ("none", "minimal", "low", "medium", "high", "xhigh"), _OBJ_SCHEMA, "openai",
                       forwards_metadata=True),
         VendorProfile("deepseek", "max_tokens", "thinking_type", "none", ("high", "max"), _OBJ, "none"),
         VendorProfile("qwen", "max_tokens", "enable_thinking", "thinking_budget", (), _OBJ_SCHEMA, "qwen"),
@@ -108,7 +110,7 @@ def write_request(request: ChatRequest, profile: VendorProfile, options: ModelOp
     if ext.reasoning.requested:
         _write_reasoning(body, request, profile, options, dropped)
     if ext.search is not None:
-        _write_search(body, request, profile, dropped)
+        _write_search(body, ext.search, profile, options, dropped)
     if ext.metadata is not None:
         if profile.forwards_metadata:
             body["metadata"] = ext.metadata
@@ -174,22 +176,51 @@ def _write_reasoning(
         dropped.append("thinking.budget_tokens" if has_budget else "reasoning_effort")
 
 
-def _write_search(body: JSON, request: ChatRequest, profile: VendorProfile, dropped: list[str]) -> None:
-    search = request.ext.search
-    assert search is not None
-    if profile.search == "qwen":
-        body["enable_search"] = True
-        options: JSON = {}
-        if search.deep:
-            options["search_strategy"] = "max"
-        if search.return_result:
-            options["enable_source"] = True
-        if options:
-            body["search_options"] = options
-    elif profile.search == "zhipu":
-        web_search: JSON = {"enable": True, "search_result": search.return_result}
-        if search.engine:
-            web_search["search_engine"] = search.engine
-        body["tools"] = [*(body.get("tools") or []), {"type": "web_search", "web_search": web_search}]
-    else:
+def _write_search(
+    body: JSON, search: Search, profile: VendorProfile, options: ModelOptions, dropped: list[str]
+) -> None:
+    """`enable_search` / `search_config` in the vendor's own fields. `deepable` asks for the vendor's
+    deeper search where it has one; `engine` reaches only GLM, which has a choice of engines."""
+    kind = profile.search
+    # OpenAI's chat completions search only on its search models (others answer 400): on by config.
+    on = options.search if options.search is not None else kind not in ("openai", "none")
+    if not on or kind == "none":
         dropped.append("enable_search")
+        return
+    if search.engine and kind != "zhipu":
+        dropped.append("search_config.engine")
+    if kind == "qwen":
+        body["enable_search"] = True
+        qwen: JSON = dict(body.get("search_options") or {})
+        if search.deep:
+            qwen["search_strategy"] = "max"
+        if search.return_result:
+            qwen["enable_source"] = True  # DashScope's own protocol returns them; its compatible mode does not
+        if qwen:
+            body["search_options"] = qwen
+    elif kind == "zhipu":
+        web_search: JSON = {"enable": True, "search_result": search.return_result}
+        engine = zhipu_engine(search.engine)
+        if engine:
+            web_search["search_engine"] = engine
+        elif search.engine:
+            dropped.append("search_config.engine")
+        if search.deep:
+            web_search["content_size"] = "high"
+        body["tools"] = [*(body.get("tools") or []), {"type": "web_search", "web_search": web_search}]
+    else:  # openai
+        openai: JSON = dict(body.get("web_search_options") or {})
+        if search.deep:
+            openai["search_context_size"] = "high"
+        body["web_search_options"] = openai
+
+
+def zhipu_engine(engine: str | None) -> str | None:
+    """GLM's name for a search engine: `search_pro` as it is, the aggregators' `glm/search-pro` and
+    `zhipu/search-pro` as `search_pro`; None for no engine or another vendor's (`qwen/...`)."""
+    if not engine:
+        return None
+    vendor, _, name = engine.rpartition("/")
+    if vendor and vendor.lower() not in ("glm", "zhipu", "bigmodel"):
+        return None
+    return name.replace("-", "_") or None

@@ -87,43 +87,6 @@ def test_json_schema_where_only_json_object_is_taken() -> None:
     assert _write("openai", req)[0]["response_format"] == schema
 
 
-@pytest.mark.parametrize(
-    ("vendor", "expected"),
-    [
-        ("qwen", {"enable_search": True, "search_options": {"search_strategy": "max", "enable_source": True}}),
-        (
-            "zhipu",
-            {
-                "tools": [
-                    {
-                        "type": "web_search",
-                        "web_search": {"enable": True, "search_result": True, "search_engine": "search_pro"},
-                    }
-                ]
-            },
-        ),
-    ],
-)
-def test_search(vendor: str, expected: dict[str, Any]) -> None:
-    req = {
-        "model": "m",
-        "messages": [{"role": "user", "content": "x"}],
-        "enable_search": True,
-        "search_config": {"engine": "search_pro", "deepable": True, "return_result": True},
-    }
-    body, dropped = _write(vendor, req)
-    for key, value in expected.items():
-        assert body[key] == value
-    assert dropped == [] and "search_config" not in body
-
-
-def test_search_dropped_where_unsupported() -> None:
-    body, dropped = _write(
-        "openai", {"model": "m", "messages": [{"role": "user", "content": "x"}], "enable_search": True}
-    )
-    assert dropped == ["enable_search"] and "enable_search" not in body
-
-
 def test_metadata_forwarded_only_to_openai() -> None:
     assert "metadata" in _write("openai", REQUEST)[0]
     assert all("metadata" not in _write(v, REQUEST)[0] for v in PROFILES if v != "openai")

@@ -8,6 +8,8 @@ into pieces, signature_delta after thinking, input_json_delta for tool input):
     claude-tools         text, then two tool_use blocks (stop_reason tool_use)
     claude-thinking      a thinking block with its signature, then text
     claude-json          a call to the forced JSON-mode tool
+    claude-search        a web search: server_tool_use, web_search_tool_result, then text citing a
+                         result (streamed with citations_delta); usage counts the search
     claude-error-after-200   a text delta, then an `error` event (overloaded)
     claude-status-NNN    HTTP NNN with an Anthropic error body
 """
@@ -56,7 +58,48 @@ REPLIES: dict[str, tuple[list[dict[str, Any]], str]] = {
         "tool_use",
     ),
     "claude-error-after-200": ([{"type": "text", "text": "Partial answer"}], "end_turn"),
+    "claude-search": (
+        [
+            {"type": "text", "text": "Let me look that up."},
+            {"type": "server_tool_use", "id": "srvtoolu_01", "name": "web_search", "input": {"query": "hangzhou"}},
+            {
+                "type": "web_search_tool_result",
+                "tool_use_id": "srvtoolu_01",
+                "content": [
+                    {
+                        "type": "web_search_result",
+                        "url": "https://claude.example/weather",
+                        "title": "Weather",
+                        "encrypted_content": "EqgfCioIARgBIiQ3YTAwMjY1Mi1mZjM5LTQ1NGUtODgxNC1kNjNjNTk1ZWI3Y2Y",
+                        "page_age": "April 30, 2025",
+                    },
+                    {
+                        "type": "web_search_result",
+                        "url": "https://claude.example/news",
+                        "title": "News",
+                        "encrypted_content": "EqgfCioIARgBIiQ3YTAwMjY1Mi1mZjM5LTQ1NGUtODgxNC1kNjNjNTk1ZWI3Y2Z",
+                        "page_age": None,
+                    },
+                ],
+            },
+            {
+                "type": "text",
+                "text": "It is sunny in Hangzhou.",
+                "citations": [
+                    {
+                        "type": "web_search_result_location",
+                        "url": "https://claude.example/weather",
+                        "title": "Weather",
+                        "encrypted_index": "Eo8BCioIAhgBIiQyYjQ0OWJmZi1lM2M2LTRjMjQtODRkOS00ZjU0MjA2ZjQ1YjQ",
+                        "cited_text": "Sunny, 25 degrees.",
+                    }
+                ],
+            },
+        ],
+        "end_turn",
+    ),
 }
+SEARCH_USAGE = {"server_tool_use": {"web_search_requests": 1}}
 
 
 @dataclass
@@ -109,6 +152,9 @@ class FakeAnthropic:
 def _message(
     model: str, content: list[dict[str, Any]], stop_reason: str | None, output: int = OUTPUT_TOKENS
 ) -> dict[str, Any]:
+    usage = {**USAGE_START, "output_tokens": output}
+    if model == "claude-search" and stop_reason is not None:
+        usage.update(SEARCH_USAGE)
     return {
         "id": "msg_01FakeAnthropic",
         "type": "message",
@@ -117,7 +163,7 @@ def _message(
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {**USAGE_START, "output_tokens": output},
+        "usage": usage,
     }
 
 
@@ -137,10 +183,15 @@ def _events(model: str, blocks: list[dict[str, Any]], stop_reason: str) -> list[
             "text": {"type": "text", "text": ""},
             "thinking": {"type": "thinking", "thinking": "", "signature": ""},
             "tool_use": {**block, "input": {}},
+            "server_tool_use": {**block, "input": {}},
+            "web_search_tool_result": block,  # comes whole, in its start event
         }[kind]
         events.append(("content_block_start", {"type": "content_block_start", "index": index, "content_block": empty}))
         if kind == "text":
-            deltas = [{"type": "text_delta", "text": p} for p in _pieces(block["text"])]
+            deltas = [{"type": "citations_delta", "citation": c} for c in block.get("citations", [])]
+            deltas += [{"type": "text_delta", "text": p} for p in _pieces(block["text"])]
+        elif kind == "web_search_tool_result":
+            deltas = []
         elif kind == "thinking":
             deltas = [{"type": "thinking_delta", "thinking": p} for p in _pieces(block["thinking"])]
             deltas.append({"type": "signature_delta", "signature": block["signature"]})
@@ -159,7 +210,7 @@ def _events(model: str, blocks: list[dict[str, Any]], stop_reason: str) -> list[
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": OUTPUT_TOKENS},
+                "usage": {"output_tokens": OUTPUT_TOKENS, **(SEARCH_USAGE if model == "claude-search" else {})},
             },
         )
     )

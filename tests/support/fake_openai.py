@@ -281,10 +281,13 @@ class FakeOpenAI:
         json_mode = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
         text = '{"ok": true}' if json_mode else _last_user_text(body)
         usage = _vendor_usage(style)
+        annotations, top = _search_results(vendor, body)
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if field:
                 message[field] = REASONING
+            if annotations:
+                message["annotations"] = annotations
             reply = {
                 "id": ID,
                 "object": "chat.completion",
@@ -293,6 +296,7 @@ class FakeOpenAI:
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                 "usage": usage,
                 "citations": ["https://example.com/source"],
+                **top,
             }
             return web.json_response(reply)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
@@ -309,12 +313,14 @@ class FakeOpenAI:
             }
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
-        await resp.write(event({"role": "assistant", "content": ""}))
+        await resp.write(event({"role": "assistant", "content": ""}, **top))  # GLM: results come first
         if field:
             for piece in ("Let me ", "think about it."):
                 await resp.write(event({field: piece}))
         for piece in (text[:5], text[5:]):
             await resp.write(event({"content": piece}))
+        if annotations:  # OpenAI: the annotations in a delta of their own, after the text
+            await resp.write(event({"annotations": annotations}))
         await resp.write(event({}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(
@@ -325,6 +331,25 @@ class FakeOpenAI:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _search_results(vendor: str, body: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The sources a vendor returns when asked to search, as it returns them: OpenAI's search models
+    as `url_citation` annotations on the message; GLM as a top-level `web_search` list (only with
+    `search_result: true`). Qwen's compatible mode returns none (DashScope documents so)."""
+    if vendor == "openai" and "web_search_options" in body:
+        return [
+            {"type": "url_citation", "url_citation": {"start_index": 0, "end_index": 4, "url": url, "title": "T"}}
+            for url in ("https://openai.example/a", "https://openai.example/b")
+        ], {}
+    glm = [t.get("web_search") or {} for t in body.get("tools") or [] if t.get("type") == "web_search"]
+    if vendor == "zhipu" and glm and glm[0].get("search_result"):
+        results = [
+            {"title": "A", "link": "https://glm.example/a", "content": "...", "media": "GLM", "refer": "ref_1"},
+            {"title": "B", "link": "https://glm.example/b", "content": "...", "media": "GLM", "refer": "ref_2"},
+        ]
+        return [], {"web_search": results}
+    return [], {}
 
 
 def _vendor_usage(style: str) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+"""Web search end to end: `enable_search` from the openai SDK reaches each vendor that can search in its
+own fields, and the sources each returns come back as top-level `citations`: on the reply, and on the
+last chunk of a stream whether or not the client asked for usage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.config import parse_config
+from tests.conftest import CLIENT_KEY, GOLDEN, RunningGateway, sdk
+from tests.support.fake_anthropic import ANTHROPIC_KEY, FakeAnthropic
+from tests.support.fake_dashscope import DASHSCOPE_KEY, SOURCES, FakeDashScope
+from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
+from tests.support.spec import Checker
+from tests.support.threads import AiohttpServer
+
+SEARCH = json.loads((GOLDEN / "search" / "request.json").read_text())
+EXTRA = {"enable_search": True, "search_config": SEARCH["search_config"]}
+# model -> the citations its upstream's search results become
+CITED = {
+    "via-openai": ["https://example.com/source", "https://openai.example/a", "https://openai.example/b"],
+    "via-zhipu": ["https://example.com/source", "https://glm.example/a", "https://glm.example/b"],
+    "via-dashscope": [s["url"] for s in SOURCES],
+    "claude-search": ["https://claude.example/weather", "https://claude.example/news"],
+}
+STREAM_CITED = {**CITED, "via-openai": CITED["via-openai"][1:], "via-zhipu": CITED["via-zhipu"][1:]}
+
+
+@pytest.fixture
+def search_gateway(
+    start_gateway: Callable[..., RunningGateway],
+    fake_url: str,
+    fake: FakeOpenAI,
+    anthropic_server: tuple[FakeAnthropic, AiohttpServer],
+    dashscope_server: tuple[FakeDashScope, AiohttpServer],
+) -> RunningGateway:
+    config = f"""
+keys: [{{name: tester, key: {CLIENT_KEY}}}]
+upstreams:
+  - {{name: openai, dialect: openai, vendor: openai, base_url: '{fake_url}/vendor/openai/v1', api_key: {UPSTREAM_KEY}}}
+  - {{name: zhipu, dialect: openai, vendor: zhipu, base_url: '{fake_url}/vendor/zhipu/v1', api_key: {UPSTREAM_KEY}}}
+  - {{name: qwen, dialect: openai, vendor: qwen, base_url: '{fake_url}/vendor/qwen/v1', api_key: {UPSTREAM_KEY}}}
+  - {{name: deepseek, dialect: openai, vendor: deepseek, base_url: '{fake_url}/vendor/deepseek/v1',
+      api_key: {UPSTREAM_KEY}}}
+  - {{name: dashscope, dialect: dashscope, base_url: '{dashscope_server[1].url}', api_key: {DASHSCOPE_KEY}}}
+  - {{name: claude, dialect: anthropic, base_url: '{anthropic_server[1].url}', api_key: {ANTHROPIC_KEY}}}
+models:
+  - {{name: via-openai, upstream: openai, upstream_model: gpt-5-search-api, options: {{search: true}}}}
+  - {{name: via-openai-plain, upstream: openai, upstream_model: gpt-5}}
+  - {{name: via-zhipu, upstream: zhipu, upstream_model: glm-4.6}}
+  - {{name: via-qwen, upstream: qwen, upstream_model: qwen-plus}}
+  - {{name: via-qwen-no-search, upstream: qwen, upstream_model: qwen-turbo, options: {{search: false}}}}
+  - {{name: via-deepseek, upstream: deepseek, upstream_model: deepseek-chat}}
+  - {{name: via-dashscope, upstream: dashscope, upstream_model: qwen-plus}}
+  - {{name: via-dashscope-400, upstream: dashscope, upstream_model: qwen-status-400}}
+  - {{name: via-dashscope-429, upstream: dashscope, upstream_model: qwen-status-429}}
+  - {{name: via-dashscope-500, upstream: dashscope, upstream_model: qwen-status-500}}
+  - {{name: via-dashscope-cut, upstream: dashscope, upstream_model: qwen-error-after-200}}
+  - {{name: claude-search, upstream: claude}}
+"""
+    return start_gateway(parse_config(config))
+
+
+@pytest.mark.parametrize("model", sorted(CITED))
+def test_buffered_reply_carries_the_sources_as_citations(
+    search_gateway: RunningGateway, checker: Checker, model: str
+) -> None:
+    client = sdk(search_gateway.url, checker)
+    reply: Any = client.chat.completions.create(model=model, messages=SEARCH["messages"], extra_body=EXTRA)
+    assert reply.model_extra["citations"] == CITED[model]
+    assert reply.choices[0].message.content
+    assert checker.checked == 1
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+@pytest.mark.parametrize("model", sorted(CITED))
+def test_stream_carries_citations_on_its_last_chunk(
+    search_gateway: RunningGateway, checker: Checker, model: str, include_usage: bool
+) -> None:
+    client = sdk(search_gateway.url, checker)
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    chunks: list[Any] = list(
+        client.chat.completions.create(
+            model=model, messages=SEARCH["messages"], extra_body=EXTRA, stream=True, **options
+        )
+    )
+    last = chunks[-1]
+    assert last.model_extra.get("citations") == STREAM_CITED[model]
+    assert (last.usage is not None) == include_usage
+    assert all("citations" not in c.model_extra for c in chunks[:-1] if c.choices and not c.choices[0].finish_reason)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and checker.checked == len(chunks)
+
+
+def test_usage_counts_the_searches_as_billed_units(search_gateway: RunningGateway, checker: Checker) -> None:
+    client = sdk(search_gateway.url, checker)
+    for model in ("via-dashscope", "claude-search"):
+        reply: Any = client.chat.completions.create(model=model, messages=SEARCH["messages"], extra_body=EXTRA)
+        assert reply.usage.model_extra["billed_units"] == 1, model
+
+
+@pytest.mark.parametrize(
+    ("model", "dropped"),
+    [
+        ("via-deepseek", "enable_search"),  # no way to search
+        ("via-openai-plain", "enable_search"),  # only OpenAI's search models take web_search_options
+        ("via-qwen-no-search", "enable_search"),  # turned off for this model in config
+        ("via-qwen", "search_config.engine"),  # searches, but has no choice of engine
+    ],
+)
+def test_dropped_only_where_there_is_no_way(
+    search_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI, model: str, dropped: str
+) -> None:
+    client = sdk(search_gateway.url, checker)
+    response = client.chat.completions.with_raw_response.create(
+        model=model, messages=SEARCH["messages"], extra_body=EXTRA
+    )
+    assert response.headers["x-gateway-dropped-params"] == dropped
+    sent = fake.requests[-1].body
+    assert ("enable_search" in sent) == (model == "via-qwen")
+    assert "web_search_options" not in sent and "search_config" not in sent
+
+
+def test_dashscope_request_and_errors(
+    search_gateway: RunningGateway, checker: Checker, dashscope: FakeDashScope
+) -> None:
+    client = sdk(search_gateway.url, checker)
+    client.chat.completions.create(
+        model="via-dashscope", messages=SEARCH["messages"], extra_body={**EXTRA, "enable_thinking": True}
+    )
+    seen = dashscope.requests[-1]
+    assert seen.body["input"] == {"messages": SEARCH["messages"]}
+    assert seen.body["parameters"]["enable_search"] is True
+    assert seen.body["parameters"]["enable_thinking"] is True
+    assert seen.headers["authorization"] == f"Bearer {DASHSCOPE_KEY}"
+    assert seen.headers.get("x-dashscope-sse") is None
+    assert seen.body["parameters"]["result_format"] == "message"
+
+    chunks: list[Any] = list(
+        client.chat.completions.create(
+            model="via-dashscope", messages=SEARCH["messages"], extra_body={"enable_thinking": True}, stream=True
+        )
+    )
+    seen = dashscope.requests[-1]
+    assert seen.headers["x-dashscope-sse"] == "enable" and seen.body["parameters"]["incremental_output"] is True
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    assert reasoning == "The user asks about the weather."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+@pytest.mark.parametrize(("status", "client_status"), [(400, 400), (429, 429), (500, 502)])
+def test_dashscope_errors_keep_their_meaning(
+    search_gateway: RunningGateway, checker: Checker, status: int, client_status: int
+) -> None:
+    client = sdk(search_gateway.url, checker)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=f"via-dashscope-{status}", messages=SEARCH["messages"])
+    assert caught.value.status_code == client_status
+    assert f"fake says {status}" in caught.value.message
+
+
+def test_dashscope_error_event_after_the_first_byte(search_gateway: RunningGateway, checker: Checker) -> None:
+    client = sdk(search_gateway.url, checker)
+    with pytest.raises(openai.APIError, match="inappropriate content"):
+        list(client.chat.completions.create(model="via-dashscope-cut", messages=SEARCH["messages"], stream=True))
