@@ -11,6 +11,7 @@ import orjson
 from gateway.config import ModelOptions, UpstreamConfig
 from gateway.errors import UpstreamStatusError
 from gateway.request import ChatRequest
+from gateway.types import JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,30 @@ class Usage:
 class DecodedReply:
     body: bytes  # the OpenAI chat.completion, serialized
     usage: Usage | None
+    # Messages to add for another round with the upstream, which the gateway runs itself (a tool the
+    # upstream provides and the caller must answer: Kimi's $web_search); None: the reply is complete.
+    turn: list[JSON] | None = None
+
+
+def added(spent: Usage | None, usage: Usage | None) -> Usage | None:
+    """The usage of two rounds of one request, together."""
+    if spent is None or usage is None:
+        return usage or spent
+    total = Usage(**{f: getattr(spent, f) + getattr(usage, f) for f in _COUNTS})
+    total.billed_units = (spent.billed_units or 0) + (usage.billed_units or 0) or None
+    total.estimated = spent.estimated or usage.estimated
+    return total
+
+
+_COUNTS = tuple(f for f in Usage.__dataclass_fields__ if f not in ("billed_units", "estimated"))
+
+
+class RoundTrip(Protocol):
+    """A stream decoder that can ask for another round with the upstream (see `DecodedReply.turn`)."""
+
+    def take_turn(self) -> list[JSON] | None:
+        """After `finish`: the messages for the next round, and the decoder made ready for it; or None."""
+        ...
 
 
 class StreamDecoder(Protocol):

@@ -184,3 +184,17 @@ def text_length(delta: JSON) -> int:
 def token_count(value: Any) -> int:
     """A token count from a vendor's JSON: an integer, else 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def usage_object(usage: Usage) -> JSON:
+    """The OpenAI usage object of counts the gateway added up itself (several rounds of one request)."""
+    obj: JSON = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+    if usage.billed_units is not None:
+        obj["billed_units"] = usage.billed_units
+    return obj

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.config import ModelOptions
-from gateway.extensions import EFFORTS, Search
+from gateway.dialects import kimi_search
+from gateway.extensions import EFFORTS, Extensions
 from gateway.request import ChatRequest
 from gateway.types import JSON
 
@@ -27,8 +28,9 @@ Switch = Literal["effort_none", "thinking_type", "enable_thinking", "template_kw
 # Where a thinking budget in tokens goes.
 BudgetField = Literal["thinking_budget", "google_thinking_config", "none"]
 # How web search is asked for (see `_write_search`): DashScope's enable_search + search_options, GLM's
-# web_search tool, OpenAI's web_search_options (search models only), or no documented way.
-SearchWay = Literal["qwen", "zhipu", "openai", "none"]
+# web_search tool, OpenAI's web_search_options (search models only), Kimi's built-in $web_search tool
+# (whose calls the gateway answers, see kimi_search.py), or no documented way.
+SearchWay = Literal["qwen", "zhipu", "openai", "moonshot", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ PROFILES: dict[str, VendorProfile] = {
         VendorProfile("doubao", "max_completion_tokens", "thinking_type", "none",
                       ("minimal", "low", "medium", "high"), _OBJ_SCHEMA, "none"),
         VendorProfile("moonshot", "max_completion_tokens", "off_only", "none", ("low", "medium", "high"), _OBJ,
-                      "none"),
+                      "moonshot"),
         VendorProfile("gemini", "max_tokens", "effort_none", "google_thinking_config",
                       ("none", "low", "medium", "high"), _OBJ_SCHEMA, "none", budget_range=(0, 24576)),
         VendorProfile("vllm", None, "template_kwargs", "none", (), _OBJ_SCHEMA, "none"),
@@ -110,7 +112,7 @@ def write_request(request: ChatRequest, profile: VendorProfile, options: ModelOp
     if ext.reasoning.requested:
         _write_reasoning(body, request, profile, options, dropped)
     if ext.search is not None:
-        _write_search(body, ext.search, profile, options, dropped)
+        _write_search(body, ext, profile, options, dropped)
     if ext.metadata is not None:
         if profile.forwards_metadata:
             body["metadata"] = ext.metadata
@@ -177,10 +179,12 @@ def _write_reasoning(
 
 
 def _write_search(
-    body: JSON, search: Search, profile: VendorProfile, options: ModelOptions, dropped: list[str]
+    body: JSON, ext: Extensions, profile: VendorProfile, options: ModelOptions, dropped: list[str]
 ) -> None:
     """`enable_search` / `search_config` in the vendor's own fields. `deepable` asks for the vendor's
     deeper search where it has one; `engine` reaches only GLM, which has a choice of engines."""
+    search = ext.search
+    assert search is not None
     kind = profile.search
     # OpenAI's chat completions search only on its search models (others answer 400): on by config.
     on = options.search if options.search is not None else kind not in ("openai", "none")
@@ -189,6 +193,8 @@ def _write_search(
         return
     if search.engine and kind != "zhipu":
         dropped.append("search_config.engine")
+    if search.deep and kind == "moonshot":
+        dropped.append("search_config.deepable")
     if kind == "qwen":
         body["enable_search"] = True
         qwen: JSON = dict(body.get("search_options") or {})
@@ -208,6 +214,13 @@ def _write_search(
         if search.deep:
             web_search["content_size"] = "high"
         body["tools"] = [*(body.get("tools") or []), {"type": "web_search", "web_search": web_search}]
+    elif kind == "moonshot":
+        body["tools"] = [*(body.get("tools") or []), kimi_search.TOOL]
+        # $web_search works only with thinking off.
+        if ext.reasoning.requested and ext.reasoning.on:
+            dropped.append("enable_thinking")
+        body.pop("reasoning_effort", None)
+        body["thinking"] = {"type": "disabled"}
     else:  # openai
         openai: JSON = dict(body.get("web_search_options") or {})
         if search.deep:

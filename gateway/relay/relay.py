@@ -24,7 +24,8 @@ import orjson
 
 from gateway.accounting.keys import Principal
 from gateway.config import Timeouts, UpstreamConfig
-from gateway.dialects.base import ENDPOINT_NOT_FOUND, Target, UpstreamRequest, redact
+from gateway.dialects import kimi_search
+from gateway.dialects.base import ENDPOINT_NOT_FOUND, RoundTrip, Target, UpstreamRequest, added, redact
 from gateway.dialects.openai import DONE_EVENT
 from gateway.dialects.registry import CHAT, STREAM_ERRORS, Translator, translator_for
 from gateway.errors import (
@@ -287,6 +288,18 @@ class Relay:
             if response.status >= 300:
                 raise _status_error(dialect, response, body, built, upstream)
             reply = decoding(upstream, dialect.decode_reply, body, request)
+            rounds = 0
+            while reply.turn is not None and rounds < kimi_search.MAX_ROUNDS:
+                rounds += 1
+                built = kimi_search.next_round(built, reply.turn)
+                response = await self._transports[upstream.name].open(built)
+                body = await _read_or_close(response, None if total is None else attempt.started + total, upstream.name)
+                if response.status >= 300:
+                    raise _status_error(dialect, response, body, built, upstream)
+                spent = reply.usage
+                reply = decoding(upstream, dialect.decode_reply, body, request)
+                reply.usage = added(spent, reply.usage)
+                reply.body = kimi_search.with_usage(reply.body, reply.usage)
         except UpstreamError as exc:
             exc.message = redact(exc.message, upstream)
             raise
@@ -335,7 +348,7 @@ class Relay:
             exchange.usage = decoder.usage
             return Stream(b"".join(first), headers, exchange, attempt, decoder, error_tail=STREAM_ERRORS[api])
         deadline = None if timeouts.total is None else attempt.started + timeouts.total
-        return Stream(
+        stream = Stream(
             b"".join(first),
             headers,
             exchange,
@@ -347,6 +360,37 @@ class Relay:
             deadline,
             error_tail=STREAM_ERRORS[api],
         )
+        if getattr(decoder, "search_rounds", False):
+            stream.rounds = _Rounds(decoder, self._transports[upstream.name], dialect, built, upstream)
+        return stream
+
+
+class _Rounds:
+    """The further rounds of one stream with its upstream (see `DecodedReply.turn`): each is the last
+    request with the turn's messages added, on the same upstream."""
+
+    def __init__(
+        self,
+        decoder: RoundTrip,
+        transport: Transport,
+        dialect: Translator,
+        built: UpstreamRequest,
+        upstream: UpstreamConfig,
+    ) -> None:
+        self.decoder = decoder
+        self._transport = transport
+        self._dialect = dialect
+        self._built = built
+        self._upstream = upstream
+        self.left = kimi_search.MAX_ROUNDS
+
+    async def open(self, turn: list[JSON]) -> UpstreamResponse:
+        self.left -= 1
+        self._built = kimi_search.next_round(self._built, turn)
+        response = await self._transport.open(self._built)
+        if response.status >= 300:
+            raise _status_error(self._dialect, response, await response.read(), self._built, self._upstream)
+        return response
 
 
 def _shorter(limit: float | None, idle: float | None) -> bool:

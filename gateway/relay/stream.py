@@ -5,20 +5,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import orjson
 
 from gateway.config import UpstreamConfig
-from gateway.dialects.base import StreamDecoder, Usage, redact
+from gateway.dialects.base import RoundTrip, StreamDecoder, Usage, redact
 from gateway.dialects.normalize import text_length
 from gateway.dialects.openai import error_events
 from gateway.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout
 from gateway.relay.exchange import Attempt, Exchange
-from gateway.types import Headers
+from gateway.types import JSON, Headers
 from gateway.upstream.base import UpstreamResponse
 
 log = logging.getLogger("gateway.relay")
+
+
+class Rounds(Protocol):
+    """Opens the further rounds of a stream whose decoder asks for them (`RoundTrip`)."""
+
+    decoder: RoundTrip
+    left: int  # rounds still allowed
+
+    async def open(self, turn: list[JSON]) -> UpstreamResponse: ...
 
 
 class Stream:
@@ -56,6 +65,7 @@ class Stream:
         self._error_tail = error_tail  # the client API's end of a stream that failed
         self._events: AsyncIterator[tuple[bytes, bool]] | None = None
         self._closed = False
+        self.rounds: Rounds | None = None  # further rounds with the upstream the decoder may ask for
 
     def events(self) -> AsyncIterator[tuple[bytes, bool]]:
         if self._events is None:
@@ -68,16 +78,17 @@ class Stream:
             return
         yield self.first, True
         try:
-            # Everything one upstream read completes goes out at once: no event waits, fewer writes.
-            async for data in self._chunks:
-                events = decoding(self._upstream, self._decoder.feed, data)
-                if events:
-                    yield b"".join(events), True
-                if self._deadline is not None and time.perf_counter() > self._deadline:
-                    raise UpstreamTimeout(
-                        f"The upstream `{self._upstream.name}` did not finish its stream in the total time allowed."
-                    )
+            async for events in self._relay(self._chunks):
+                yield events, True
             tail = b"".join(decoding(self._upstream, self._decoder.finish))
+            rounds = self.rounds
+            while rounds is not None and rounds.left and (turn := rounds.decoder.take_turn()) is not None:
+                self._response.close()
+                self._response = await rounds.open(turn)
+                self._chunks = self._response.iter_chunks()
+                async for events in self._relay(self._chunks):
+                    yield events, True
+                tail = b"".join(decoding(self._upstream, self._decoder.finish))
             self._attempt.end("ok")
         except GatewayError as exc:
             self._response.close()
@@ -86,6 +97,19 @@ class Stream:
             self._exchange.fail(exc)
             tail = self._error_tail(exc)
         yield tail, False
+
+    async def _relay(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The client events of one upstream body, as they come."""
+        assert self._upstream is not None
+        # Everything one upstream read completes goes out at once: no event waits, fewer writes.
+        async for data in chunks:
+            events = decoding(self._upstream, self._decoder.feed, data)
+            if events:
+                yield b"".join(events)
+            if self._deadline is not None and time.perf_counter() > self._deadline:
+                raise UpstreamTimeout(
+                    f"The upstream `{self._upstream.name}` did not finish its stream in the total time allowed."
+                )
 
     async def aclose(self) -> None:
         if self._closed:

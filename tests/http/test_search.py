@@ -15,7 +15,7 @@ from gateway.config import parse_config
 from tests.conftest import CLIENT_KEY, GOLDEN, RunningGateway, sdk
 from tests.support.fake_anthropic import ANTHROPIC_KEY, FakeAnthropic
 from tests.support.fake_dashscope import DASHSCOPE_KEY, SOURCES, FakeDashScope
-from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
+from tests.support.fake_openai import KIMI_ANSWER, KIMI_SEARCH_ARGUMENTS, UPSTREAM_KEY, FakeOpenAI
 from tests.support.spec import Checker
 from tests.support.threads import AiohttpServer
 
@@ -47,6 +47,8 @@ upstreams:
   - {{name: qwen, dialect: openai, vendor: qwen, base_url: '{fake_url}/vendor/qwen/v1', api_key: {UPSTREAM_KEY}}}
   - {{name: deepseek, dialect: openai, vendor: deepseek, base_url: '{fake_url}/vendor/deepseek/v1',
       api_key: {UPSTREAM_KEY}}}
+  - {{name: moonshot, dialect: openai, vendor: moonshot, base_url: '{fake_url}/vendor/moonshot/v1',
+      api_key: {UPSTREAM_KEY}}}
   - {{name: dashscope, dialect: dashscope, base_url: '{dashscope_server[1].url}', api_key: {DASHSCOPE_KEY}}}
   - {{name: claude, dialect: anthropic, base_url: '{anthropic_server[1].url}', api_key: {ANTHROPIC_KEY}}}
 models:
@@ -56,6 +58,7 @@ models:
   - {{name: via-qwen, upstream: qwen, upstream_model: qwen-plus}}
   - {{name: via-qwen-no-search, upstream: qwen, upstream_model: qwen-turbo, options: {{search: false}}}}
   - {{name: via-deepseek, upstream: deepseek, upstream_model: deepseek-chat}}
+  - {{name: via-moonshot, upstream: moonshot, upstream_model: kimi-k2.6}}
   - {{name: via-dashscope, upstream: dashscope, upstream_model: qwen-plus}}
   - {{name: via-dashscope-400, upstream: dashscope, upstream_model: qwen-status-400}}
   - {{name: via-dashscope-429, upstream: dashscope, upstream_model: qwen-status-429}}
@@ -168,3 +171,56 @@ def test_dashscope_error_event_after_the_first_byte(search_gateway: RunningGatew
     client = sdk(search_gateway.url, checker)
     with pytest.raises(openai.APIError, match="inappropriate content"):
         list(client.chat.completions.create(model="via-dashscope-cut", messages=SEARCH["messages"], stream=True))
+
+
+@pytest.mark.parametrize("searches", [1, 2])
+def test_kimi_web_search_rounds_are_answered_by_the_gateway(
+    search_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI, searches: int
+) -> None:
+    """Kimi's $web_search: the gateway sends the call's arguments back as Moonshot documents, and the
+    client sees one reply, its usage the sum of the rounds."""
+    client = sdk(search_gateway.url, checker)
+    question = [{"role": "user", "content": "What happened today?" + (" search-twice" if searches == 2 else "")}]
+    response = client.chat.completions.with_raw_response.create(
+        model="via-moonshot", messages=question, extra_body={**EXTRA, "enable_thinking": True}
+    )
+    reply: Any = response.parse()
+    assert response.headers["x-gateway-dropped-params"] == "search_config.engine,search_config.deepable,enable_thinking"
+    message = reply.choices[0].message
+    assert (message.content, message.tool_calls, reply.choices[0].finish_reason) == (KIMI_ANSWER, None, "stop")
+    assert reply.usage.prompt_tokens == sum(20 + 1024 * n for n in range(searches + 1))
+    assert reply.usage.completion_tokens == 6 * (searches + 1)
+    sent = [r.body for r in fake.requests]
+    assert len(sent) == searches + 1
+    last = sent[-1]["messages"]
+    assert last[0] == question[0]
+    assert last[1]["role"] == "assistant" and last[1]["tool_calls"][0]["function"]["name"] == "$web_search"
+    assert last[2] == {"role": "tool", "tool_call_id": "$web_search-0", "name": "$web_search",
+                       "content": KIMI_SEARCH_ARGUMENTS}  # fmt: skip
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+@pytest.mark.parametrize("searches", [1, 2])
+def test_kimi_web_search_rounds_in_one_stream(
+    search_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI, searches: int, include_usage: bool
+) -> None:
+    client = sdk(search_gateway.url, checker)
+    question = [{"role": "user", "content": "What happened today?" + (" search-twice" if searches == 2 else "")}]
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    chunks: list[Any] = list(
+        client.chat.completions.create(
+            model="via-moonshot", messages=question, extra_body=EXTRA, stream=True, **options
+        )
+    )
+    assert len(fake.requests) == searches + 1
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == KIMI_ANSWER
+    assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert len({c.id for c in chunks}) == 1
+    usages = [c.usage for c in chunks if c.usage is not None]
+    if include_usage:
+        assert len(usages) == 1 and chunks[-1].usage is usages[0]
+        assert usages[0].prompt_tokens == sum(20 + 1024 * n for n in range(searches + 1))
+    else:
+        assert usages == []
+    assert checker.checked == len(chunks)

@@ -277,6 +277,8 @@ class FakeOpenAI:
         await resp.write_eof()
 
     async def _vendor_reply(self, request: web.Request, vendor: str, body: dict[str, Any]) -> web.StreamResponse:
+        if vendor == "moonshot" and any(t.get("type") == "builtin_function" for t in body.get("tools") or []):
+            return await _kimi_search_reply(request, body)
         field, style = VENDOR_REPLIES[vendor]
         json_mode = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
         text = '{"ok": true}' if json_mode else _last_user_text(body)
@@ -331,6 +333,74 @@ class FakeOpenAI:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+KIMI_SEARCH_ARGUMENTS = '{"search_result":{"search_id":"srch-7f3a"},"usage":{"total_tokens":1024}}'
+KIMI_ANSWER = "Hangzhou is sunny today."
+
+
+async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Kimi with its `$web_search` tool, as Moonshot documents the loop: a first turn calling the tool
+    (finish_reason tool_calls); a turn that answers it with the arguments sent back unchanged, under
+    the call's id, gets the answer; any other answer is a 400. Thinking must be off. `search-twice`
+    in the question makes the model search again after the first answer."""
+    messages = body["messages"]
+    if body.get("thinking") != {"type": "disabled"}:
+        return _error(400, "thinking must be disabled to use $web_search", "invalid_request_error", None)
+    answered = [m for m in messages if m.get("role") == "tool"]
+    calls = [c for m in messages if m.get("role") == "assistant" for c in m.get("tool_calls") or []]
+    for call, answer in zip(calls, answered, strict=False):
+        ok = (answer.get("tool_call_id"), answer.get("name"), answer.get("content")) == (
+            call["id"],
+            "$web_search",
+            call["function"]["arguments"],
+        )
+        if not ok:
+            return _error(400, f"tool answer does not match the call: {answer}", "invalid_request_error", None)
+    wanted = 2 if "search-twice" in _last_user_text(body) else 1
+    usage = {
+        "prompt_tokens": 20 + 1024 * len(answered),
+        "completion_tokens": 6,
+        "total_tokens": 26 + 1024 * len(answered),
+    }
+    if len(answered) < wanted:
+        call = {"index": 0, "id": f"$web_search-{len(answered)}", "type": "builtin_function",
+                "function": {"name": "$web_search", "arguments": KIMI_SEARCH_ARGUMENTS}}  # fmt: skip
+        message: dict[str, Any] = {"role": "assistant", "content": "", "tool_calls": [call]}
+        finish = "tool_calls"
+    else:
+        message = {"role": "assistant", "content": KIMI_ANSWER}
+        finish = "stop"
+    if not body.get("stream"):
+        choice = {"index": 0, "message": message, "finish_reason": finish}
+        return web.json_response({"id": ID, "object": "chat.completion", "created": CREATED, "model": body["model"],
+                                  "choices": [choice], "usage": usage})  # fmt: skip
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        chunk = {"id": f"{ID}-{len(answered)}", "object": "chat.completion.chunk", "created": CREATED,
+                 "model": body["model"], "choices": choices, **extra}  # fmt: skip
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    await resp.write(event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+    if finish == "tool_calls":
+        call = message["tool_calls"][0]
+        first = {**call, "function": {"name": "$web_search", "arguments": ""}}
+        await resp.write(event([{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}]))
+        arguments = call["function"]["arguments"]
+        for piece in (arguments[:20], arguments[20:]):
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            await resp.write(event([{"index": 0, "delta": delta, "finish_reason": None}]))
+    else:
+        for piece in (KIMI_ANSWER[:8], KIMI_ANSWER[8:]):
+            await resp.write(event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}]))
+    await resp.write(event([{"index": 0, "delta": {}, "finish_reason": finish}]))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        await resp.write(event([], usage=usage))
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
 
 
 def _search_results(vendor: str, body: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
