@@ -138,6 +138,12 @@ class UpstreamConfig(_Strict):
         default="drop",
         description="A parameter this upstream cannot take: drop it (listed in x-gateway-dropped-params) or 400.",
     )
+    responses_api: bool | None = Field(
+        default=None,
+        description="openai dialect only: whether the upstream serves OpenAI's Responses API itself, so "
+        "`/v1/responses` goes through as sent (with `store` and `previous_response_id`) rather than as chat. "
+        "Default: the vendor profile's (openai and doubao yes).",
+    )
     base_url: str | None = None
     api_key: SecretStr | None = Field(
         default=None, description="Sent upstream as a bearer token. Set but empty: the upstream is disabled."

@@ -145,7 +145,7 @@ def upstream_status_error(
     if status in (401, 403):
         client_status, kind, code = 502, "upstream_error", "upstream_auth_failed"
         message = f"The upstream `{upstream.name}` rejected the gateway's credentials (HTTP {status})."
-    elif status == 404 and not _about_the_model(parts):
+    elif status == 404 and not _about_the_request(parts):
         # Not the client's model missing but the address: the upstream's base_url is wrong.
         client_status, kind, code = 502, "upstream_error", ENDPOINT_NOT_FOUND
         message = f"The upstream `{upstream.name}` has no such endpoint (HTTP 404); the gateway's config is wrong."
@@ -173,10 +173,11 @@ def upstream_status_error(
 ENDPOINT_NOT_FOUND = "upstream_endpoint_not_found"
 
 
-def _about_the_model(parts: ErrorParts) -> bool:
-    """Whether an upstream's 404 says the model does not exist (the client asked for it) rather than
-    that the path does not (a wrong base_url)."""
-    return parts.code == "model_not_found" or "model" in parts.message.lower()
+def _about_the_request(parts: ErrorParts) -> bool:
+    """Whether an upstream's 404 says something the client named does not exist (the model, or a
+    parameter's target such as a `previous_response_id`) rather than that the path does not (a wrong
+    base_url)."""
+    return parts.code == "model_not_found" or parts.param is not None or "model" in parts.message.lower()
 
 
 def redact(text: str, upstream: UpstreamConfig) -> str:

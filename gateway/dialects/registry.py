@@ -1,7 +1,8 @@
 """Which translator speaks a client API to an upstream: a plain lookup on (client API, upstream kind).
 
 An upstream's kind is its vendor profile for the `openai` dialect, else its dialect (`anthropic`,
-`dashscope`, `echo`). A pair that is not in the table is an API the upstream does not serve.
+`dashscope`, `echo`). A pair that is not in the table is an API the upstream does not serve. One
+exception to the plain lookup: the Responses API goes through as sent to an upstream that has it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.dialects.messages_over_chat import MessagesOverChat
 from gateway.dialects.openai import OpenAIDialect
 from gateway.dialects.openai import error_events as openai_error_events
 from gateway.dialects.responses_over_chat import ResponsesOverChat
+from gateway.dialects.responses_passthrough import ResponsesPassthrough
 from gateway.dialects.vendors import PROFILES
 from gateway.errors import GatewayError, UpstreamStatusError
 from gateway.protocol.messages import error_events as messages_error_events
@@ -80,5 +82,19 @@ def upstream_kind(upstream: UpstreamConfig) -> str:
     return upstream.vendor if upstream.dialect == "openai" else upstream.dialect
 
 
+RESPONSES_PASSTHROUGH = ResponsesPassthrough()
+
+
 def translator_for(api: str, upstream: UpstreamConfig) -> Translator | None:
+    if api == RESPONSES and native_responses(upstream):
+        return RESPONSES_PASSTHROUGH
     return TRANSLATORS.get((api, upstream_kind(upstream)))
+
+
+def native_responses(upstream: UpstreamConfig) -> bool:
+    """Whether the upstream serves the Responses API itself: its config says, else its vendor profile."""
+    if upstream.dialect != "openai":
+        return False
+    if upstream.responses_api is not None:
+        return upstream.responses_api
+    return PROFILES[upstream.vendor].responses

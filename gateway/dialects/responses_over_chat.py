@@ -39,7 +39,19 @@ class ResponsesOverChat(OverChat):
 def chat_body(src: JSON) -> JSON:
     """A Responses body as a chat completions body: instructions, input items (messages, function
     calls and their outputs), function tools, tool_choice, reasoning.effort, text.format,
-    max_output_tokens."""
+    max_output_tokens. State cannot be kept: `store: true` and `previous_response_id` are refused."""
+    if src.get("store"):
+        raise InvalidRequest(
+            "`store: true` is not supported for this model: its upstream has no Responses API of its own and the "
+            "gateway keeps no responses (send `store: false`).",
+            param="store",
+        )
+    if src.get("previous_response_id") is not None:
+        raise InvalidRequest(
+            "`previous_response_id` is not supported for this model: its upstream has no Responses API of its own "
+            "and the gateway keeps no responses; send the whole input.",
+            param="previous_response_id",
+        )
     messages: list[JSON] = []
     if src.get("instructions"):
         messages.append({"role": "system", "content": src["instructions"]})

@@ -44,6 +44,7 @@ class VendorProfile:
     search: SearchWay
     forwards_metadata: bool = False
     budget_range: tuple[int, int] = (0, 32768)
+    responses: bool = False  # serves OpenAI's Responses API itself (POST /responses): passed through
 
 
 _OBJ = frozenset({"json_object"})
@@ -54,12 +55,12 @@ PROFILES: dict[str, VendorProfile] = {
     for p in (
         VendorProfile("openai", "max_completion_tokens", "effort_none", "none",
                       ("none", "minimal", "low", "medium", "high", "xhigh"), _OBJ_SCHEMA, "openai",
-                      forwards_metadata=True),
+                      forwards_metadata=True, responses=True),
         VendorProfile("deepseek", "max_tokens", "thinking_type", "none", ("high", "max"), _OBJ, "none"),
         VendorProfile("qwen", "max_tokens", "enable_thinking", "thinking_budget", (), _OBJ_SCHEMA, "qwen"),
         VendorProfile("zhipu", "max_tokens", "thinking_type", "none", (), _OBJ, "zhipu"),
         VendorProfile("doubao", "max_completion_tokens", "thinking_type", "none",
-                      ("minimal", "low", "medium", "high"), _OBJ_SCHEMA, "none"),
+                      ("minimal", "low", "medium", "high"), _OBJ_SCHEMA, "none", responses=True),
         VendorProfile("moonshot", "max_completion_tokens", "off_only", "none", ("low", "medium", "high"), _OBJ,
                       "moonshot"),
         VendorProfile("gemini", "max_tokens", "effort_none", "google_thinking_config",

@@ -1,4 +1,5 @@
-"""`POST /v1/responses` (OpenAI's Responses API, stateless) bodies, checked."""
+"""`POST /v1/responses` (OpenAI's Responses API) bodies, checked. State (`store: true`,
+`previous_response_id`) is allowed here; only an upstream with the API of its own can keep it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import orjson
 
 from gateway.checks import bad_type, json_object_body, missing, optional_bool, optional_int, required_model
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError
 from gateway.extensions import sess_id_of
 from gateway.protocol.hints import Hints
 from gateway.types import JSON
@@ -34,15 +35,8 @@ def parse_responses_request(raw: bytes) -> ResponsesRequest:
         raise bad_type("input", "a string or an array of items", value)
     if body.get("instructions") is not None and not isinstance(body["instructions"], str):
         raise bad_type("instructions", "a string", body["instructions"])
-    if body.get("store"):
-        raise InvalidRequest(
-            "`store: true` is not supported: this gateway keeps no responses (send `store: false`).", param="store"
-        )
-    if body.get("previous_response_id") is not None:
-        raise InvalidRequest(
-            "`previous_response_id` is not supported: this gateway keeps no responses; send the whole input.",
-            param="previous_response_id",
-        )
+    if body.get("previous_response_id") is not None and not isinstance(body["previous_response_id"], str):
+        raise bad_type("previous_response_id", "a string", body["previous_response_id"])
     for name in ("tools",):
         if body.get(name) is not None and not isinstance(body[name], list):
             raise bad_type(name, "an array", body[name])

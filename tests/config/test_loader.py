@@ -62,7 +62,7 @@ def test_dollar_escape() -> None:
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
-        (("dialect: openai", "dialect: opena1"), "upstreams[0].dialect", "'openai', 'anthropic' or 'echo'"),
+        (("dialect: openai", "dialect: opena1"), "upstreams[0].dialect", "'anthropic', 'dashscope' or 'echo'"),
         (("upstream: up", "upstream: nowhere"), "models[0].upstream", "unknown upstream `nowhere`"),
         (("base_url: https://api.example.com/v1/", "base_url: ftp://x"), "upstreams[0].base_url", "http"),
         (("    key: ${KEY:-sk-a}", "    key: ${KEY:-sk-a}\n    key_sha256: abc"), "keys[0].key_sha256", "64 hex"),

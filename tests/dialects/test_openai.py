@@ -154,7 +154,7 @@ def test_reply_not_a_json_object_is_protocol_error(raw: bytes) -> None:
     ],
 )
 def test_error_statuses(status: int, client_status: int, retryable: bool) -> None:
-    body = b'{"error": {"message": "Incorrect API key provided: sk-up-1234567890", "type": "x", "param": "p"}}'
+    body = b'{"error": {"message": "Incorrect API key provided: sk-up-1234567890", "type": "x", "param": null}}'
     err = DIALECT.decode_error(status, body, {"retry-after": "7"}, UPSTREAM)
     assert err.status == client_status and err.retryable is retryable
     assert "sk-up-1234567890" not in err.message
@@ -172,6 +172,11 @@ def test_error_statuses(status: int, client_status: int, retryable: bool) -> Non
             "model_not_found",
         ),
         (b'{"type": "error", "error": {"type": "not_found_error", "message": "model: claude-x"}}', 404, None),
+        (  # something the client named is not there (a stored response): the client's 404
+            b'{"error": {"message": "Previous response with id \'r\' not found.", "param": "previous_response_id"}}',
+            404,
+            None,
+        ),
         (b"404: Not Found", 502, "upstream_endpoint_not_found"),
         (b"<html><body>Not Found</body></html>", 502, "upstream_endpoint_not_found"),
     ],

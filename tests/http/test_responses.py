@@ -1,20 +1,23 @@
-"""`POST /v1/responses` (OpenAI's Responses API, stateless) with the official `openai` SDK, to an
-OpenAI-compatible upstream that has no Responses API: create and stream, with a function tool round
-trip, and the requests a stateless gateway refuses."""
+"""`POST /v1/responses` (OpenAI's Responses API) with the official `openai` SDK: to an OpenAI-compatible
+upstream that has no Responses API (create and stream, with a function tool round trip, and the state
+a stateless translation refuses), and to upstreams that have it (passed through, state included)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import RunningGateway
-from tests.support.fake_openai import FakeOpenAI
+from gateway.config import parse_config
+from tests.conftest import CLIENT_KEY, RunningGateway, sdk
+from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
+from tests.support.spec import Checker
 
 TOOLS: list[Any] = [
     {
@@ -99,6 +102,7 @@ def test_plain_text_and_json_schema_output(client: openai.OpenAI, fake: FakeOpen
     [
         ({"model": "gpt-test", "input": "x", "store": True}, "store"),
         ({"model": "gpt-test", "input": "x", "store": False, "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"model": "gpt-test", "input": "x", "store": False, "previous_response_id": 7}, "previous_response_id"),
         ({"model": "gpt-test", "store": False}, "input"),
         ({"model": "gpt-test", "input": [{"type": "file_search_call"}], "store": False}, "input[0].type"),
         ({"model": "gpt-test", "input": "x", "store": False, "tools": [{"type": "web_search"}]}, "tools[0]"),
@@ -118,3 +122,75 @@ def test_usage_lands_in_the_ledger_under_the_responses_endpoint(client: openai.O
     assert usage["requests"] == 1 and usage["prompt_tokens"] == 30 and usage["completion_tokens"] == 9
     gateway.app.runtime.flush_observers()
     assert 'gateway_requests_total{endpoint="responses"' in httpx.get(f"{gateway.url}/metrics").text
+
+
+@pytest.fixture
+def native_gateway(start_gateway: Callable[..., RunningGateway], fake_url: str, fake: FakeOpenAI) -> RunningGateway:
+    """OpenAI (its profile has the Responses API), a vLLM upstream that says it has it too, and an
+    OpenAI upstream configured as chat only."""
+    up = f"base_url: '{fake_url}/v1', api_key: {UPSTREAM_KEY}"
+    config = f"""
+keys: [{{name: tester, key: {CLIENT_KEY}}}]
+upstreams:
+  - {{name: openai, dialect: openai, vendor: openai, {up}}}
+  - {{name: vllm, dialect: openai, vendor: vllm, responses_api: true, {up}}}
+  - {{name: chat-only, dialect: openai, vendor: openai, responses_api: false, {up}}}
+models:
+  - {{name: gpt-native, upstream: openai, upstream_model: gpt-5}}
+  - {{name: vllm-native, upstream: vllm, upstream_model: qwen3}}
+  - {{name: gpt-chat-only, upstream: chat-only, upstream_model: ok}}
+  - {{name: gpt-broken, upstream: openai, upstream_model: fake-status-500}}
+"""
+    return start_gateway(parse_config(config))
+
+
+@pytest.mark.parametrize("model", ["gpt-native", "vllm-native"])
+def test_native_upstream_keeps_state_through_the_gateway(
+    native_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI, model: str
+) -> None:
+    """To an upstream with the Responses API the body goes through as sent: `store` and
+    `previous_response_id` are the upstream's to keep, and the typed events come back as sent."""
+    client = sdk(native_gateway.url, checker)
+    first = client.responses.create(model=model, input="first", store=True, metadata={"team": "a"})
+    assert fake.requests[-1].path == "/v1/responses"
+    sent = fake.requests[-1].body
+    assert sent["model"] in ("gpt-5", "qwen3") and sent["store"] is True and sent["metadata"] == {"team": "a"}
+    assert first.output_text == "You said: first" and first.store is True
+    assert first.usage is not None and first.usage.input_tokens_details.cached_tokens == 4
+
+    with client.responses.stream(model=model, input="second", previous_response_id=first.id) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == "You said: second (after: first)"
+    assert fake.requests[-1].body["previous_response_id"] == first.id
+
+    with pytest.raises(openai.NotFoundError) as caught:  # the upstream's own 404, relayed as one
+        client.responses.create(model=model, input="x", previous_response_id="resp_unknown")
+    assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert checker.checked >= 3
+
+
+def test_native_upstream_usage_lands_in_the_ledger(native_gateway: RunningGateway, checker: Checker) -> None:
+    client = sdk(native_gateway.url, checker)
+    client.responses.create(model="gpt-native", input="count me", store=False)
+    list(client.responses.create(model="gpt-native", input="and me", store=False, stream=True))
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    usage = asyncio.run(native_gateway.app.runtime.ledger.usage("tester", day))["gpt-native"]
+    assert usage["requests"] == 2 and usage["prompt_tokens"] == 28 and usage["completion_tokens"] == 18
+    assert usage["cached_tokens"] == 8
+
+
+def test_native_upstream_failure_is_an_openai_error(native_gateway: RunningGateway, checker: Checker) -> None:
+    client = sdk(native_gateway.url, checker)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.responses.create(model="gpt-broken", input="x")
+    assert caught.value.status_code == 502
+
+
+def test_state_to_a_chat_only_upstream_is_refused(native_gateway: RunningGateway, checker: Checker) -> None:
+    client = sdk(native_gateway.url, checker)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="gpt-chat-only", input="x", store=True)
+    assert caught.value.body["param"] == "store"  # type: ignore[index]
+    reply = client.responses.create(model="gpt-chat-only", input="x", store=False)
+    assert reply.status == "completed"

@@ -38,6 +38,9 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.fake_responses import FakeResponses
+from tests.support.openai_errors import openai_error, type_for
+
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 ID = "chatcmpl-Bx7fakeUpstream0001"
 CREATED = 1_763_700_000
@@ -74,13 +77,24 @@ class FakeOpenAI:
     streams_cut: int = 0  # streams whose reader went away before the end
     endless_sent: int = 0  # bytes the `endless` streams got out
     hangs_cut: int = 0  # `hang` requests whose caller closed the connection
+    native_responses: FakeResponses = field(default_factory=FakeResponses)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/vendor/{vendor}/v1/chat/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/vendor/{vendor}/v1/responses", self.responses)
         return app
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's own Responses API (see fake_responses.py)."""
+        body = await request.json()
+        self.requests.append(Seen({k.lower(): v for k, v in request.headers.items()}, body, request.path))
+        if request.headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
+            return openai_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        return await self.native_responses.handle(request, body)
 
     async def embeddings(self, request: web.Request) -> web.Response:
         """OpenAI's embeddings: a vector per input (`dimensions` long, default 4), floats or base64
@@ -88,11 +102,11 @@ class FakeOpenAI:
         body = await request.json()
         self.requests.append(Seen({k.lower(): v for k, v in request.headers.items()}, body, request.path))
         if request.headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
-            return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return openai_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         model = str(body["model"]).removeprefix("fake-")
         if model.startswith("status-"):
             status = int(model.removeprefix("status-"))
-            return _error(status, f"fake upstream says {status}", _type_for(status), None)
+            return openai_error(status, f"fake upstream says {status}", type_for(status), None)
         raw = body["input"]
         inputs = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else raw
         size = int(body.get("dimensions") or 4)
@@ -122,19 +136,19 @@ class FakeOpenAI:
         if vendor is not None:
             return await self._vendor_reply(request, vendor, body)
         if request.headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
-            return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return openai_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         model = body["model"].removeprefix("fake-")
         if model.startswith("status-"):
             status = int(model.removeprefix("status-"))
             headers = {"retry-after": "1"} if status in (429, 503) else {}
             if status == 404:  # what OpenAI answers for a model it does not have
                 message = f"The model `{body['model']}` does not exist or you do not have access to it."
-                return _error(404, message, "invalid_request_error", "model_not_found")
-            return _error(status, f"fake upstream says {status}", _type_for(status), None, headers=headers)
+                return openai_error(404, message, "invalid_request_error", "model_not_found")
+            return openai_error(status, f"fake upstream says {status}", type_for(status), None, headers=headers)
         if model == "leaky-url":
-            return _error(400, f"Bad request to {request.url}", "invalid_request_error", None)
+            return openai_error(400, f"Bad request to {request.url}", "invalid_request_error", None)
         if model == "leaky-401":
-            return _error(401, f"Incorrect API key provided: {UPSTREAM_KEY}.", "invalid_request_error", "bad")
+            return openai_error(401, f"Incorrect API key provided: {UPSTREAM_KEY}.", "invalid_request_error", "bad")
         if model == "hang":
             try:
                 await asyncio.sleep(3600)
@@ -346,7 +360,7 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
     in the question makes the model search again after the first answer."""
     messages = body["messages"]
     if body.get("thinking") != {"type": "disabled"}:
-        return _error(400, "thinking must be disabled to use $web_search", "invalid_request_error", None)
+        return openai_error(400, "thinking must be disabled to use $web_search", "invalid_request_error", None)
     answered = [m for m in messages if m.get("role") == "tool"]
     calls = [c for m in messages if m.get("role") == "assistant" for c in m.get("tool_calls") or []]
     for call, answer in zip(calls, answered, strict=False):
@@ -356,7 +370,7 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
             call["function"]["arguments"],
         )
         if not ok:
-            return _error(400, f"tool answer does not match the call: {answer}", "invalid_request_error", None)
+            return openai_error(400, f"tool answer does not match the call: {answer}", "invalid_request_error", None)
     wanted = 2 if "search-twice" in _last_user_text(body) else 1
     usage = {
         "prompt_tokens": 20 + 1024 * len(answered),
@@ -525,30 +539,3 @@ def _last_user_text(body: dict[str, Any]) -> str:
         if message.get("role") == "user" and isinstance(message.get("content"), str):
             return str(message["content"])
     return "nothing to say"
-
-
-def _type_for(status: int) -> str:
-    return {
-        400: "invalid_request_error",
-        401: "invalid_request_error",
-        404: "invalid_request_error",
-        429: "requests",
-    }.get(status, "server_error")
-
-
-def _error(
-    status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None
-) -> web.Response:
-    body = {
-        "error": {
-            "message": message,
-            "type": kind,
-            "param": "messages" if status == 400 else None,
-            "code": code,
-        }
-    }
-    return web.Response(
-        status=status,
-        body=json.dumps(body, indent=2).encode(),
-        headers={"content-type": "application/json", **(headers or {})},
-    )
