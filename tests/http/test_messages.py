@@ -5,14 +5,16 @@ shape, the key from `x-api-key`, usage in the ledger; and to OpenAI-compatible u
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
 from tests.conftest import CLIENT_KEY, RunningGateway
-from tests.support.fake_anthropic import ANTHROPIC_KEY, FakeAnthropic
+from tests.support.fake_anthropic import ANTHROPIC_KEY, COUNTED_BASE, FakeAnthropic
 from tests.support.fake_openai import FakeOpenAI
 
 USER = [{"role": "user", "content": "Hello"}]
@@ -124,16 +126,42 @@ def test_an_openai_compatible_model_answers_in_anthropic_shapes(
 
 
 @pytest.mark.parametrize("model", ["claude-text", "gpt-test"])
-def test_count_tokens_is_an_estimate_for_every_model(claude: anthropic.Anthropic, model: str) -> None:
+def test_count_tokens_from_anthropic_upstreams_estimated_for_others(
+    claude: anthropic.Anthropic, anthropic_server: tuple[FakeAnthropic, Any], model: str
+) -> None:
     text = "word " * 400  # 2,000 characters: about 500 tokens
-    counted = claude.messages.count_tokens(
+    response = claude.messages.with_raw_response.count_tokens(
         model=model, system="Be brief.", messages=[{"role": "user", "content": text}]
     )
-    assert 450 <= counted.input_tokens <= 560
+    counted = response.parse()
+    if model == "claude-text":  # Anthropic's own count, asked of the upstream with the body as sent
+        assert counted.input_tokens == COUNTED_BASE + 10
+        assert response.headers["x-gateway-token-count"] == "upstream"
+        sent = anthropic_server[0].requests[-1]
+        assert sent.body["system"] == "Be brief." and sent.headers["x-api-key"] == ANTHROPIC_KEY
+    else:
+        assert 450 <= counted.input_tokens <= 560
+        assert response.headers["x-gateway-token-count"] == "estimate"
     with pytest.raises(anthropic.NotFoundError):
         claude.messages.count_tokens(model="no-such-model", messages=USER)
     with pytest.raises(anthropic.BadRequestError):
         claude.messages.count_tokens(model=model, messages=[{"role": "robot", "content": "x"}])  # type: ignore[list-item,typeddict-item]
+
+
+@pytest.mark.parametrize(("status", "client_status"), [(400, 400), (500, 200), (401, 200)])
+def test_count_tokens_when_the_upstream_cannot_count(
+    claude: anthropic.Anthropic, status: int, client_status: int
+) -> None:
+    """The upstream's verdict on the client's body is the client's; its own failure is not, and the
+    estimate answers instead."""
+    response = claude.messages.with_raw_response.count_tokens if client_status == 200 else None
+    model = f"claude-status-{status}"
+    if response is None:
+        with pytest.raises(anthropic.BadRequestError, match="fake upstream says 400"):
+            claude.messages.count_tokens(model=model, messages=USER)
+        return
+    reply = response(model=model, messages=USER)
+    assert reply.headers["x-gateway-token-count"] == "estimate" and reply.parse().input_tokens >= 1
 
 
 def test_odd_bodies_are_400s_never_500s(gateway: RunningGateway) -> None:
@@ -148,10 +176,10 @@ def test_odd_bodies_are_400s_never_500s(gateway: RunningGateway) -> None:
             [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "n", "input": deep}]}],
         ),
     ]
-    for path, messages in cases:
+    for (path, messages), model in itertools.product(cases, ("gpt-test", "claude-text")):
         reply = httpx.post(
             f"{gateway.url}{path}",
             headers={"x-api-key": CLIENT_KEY},
-            json={"model": "gpt-test", "max_tokens": 5, "messages": messages},
+            json={"model": model, "max_tokens": 5, "messages": messages, "metadata": {"deep": deep}},
         )
-        assert reply.status_code == 400, (path, reply.text)
+        assert reply.status_code == 400, (path, model, reply.text)

@@ -31,6 +31,7 @@ USAGE_START = {
     "output_tokens": 1,
 }
 OUTPUT_TOKENS = 30
+COUNTED_BASE = 1000  # the fake's count_tokens: this plus 10 per message
 
 REPLIES: dict[str, tuple[list[dict[str, Any]], str]] = {
     "claude-text": ([{"type": "text", "text": "Hello there, how can I help?"}], "end_turn"),
@@ -115,7 +116,23 @@ class FakeAnthropic:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
         return app
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """Anthropic's token count: here 1,000 plus 10 per message, unlike any estimate. Models
+        `claude-status-NNN` fail with NNN."""
+        body = await request.json()
+        self.requests.append(Seen({k.lower(): v for k, v in request.headers.items()}, body))
+        if request.headers.get("x-api-key") != ANTHROPIC_KEY:
+            return _error(401, "authentication_error", "invalid x-api-key")
+        model = str(body.get("model", ""))
+        if model.startswith("claude-status-"):
+            status = int(model.removeprefix("claude-status-"))
+            return _error(status, "invalid_request_error", f"fake upstream says {status}")
+        if "max_tokens" in body or "stream" in body:
+            return _error(400, "invalid_request_error", "max_tokens: Extra inputs are not permitted")
+        return web.json_response({"input_tokens": COUNTED_BASE + 10 * len(body["messages"])})
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
