@@ -18,7 +18,7 @@ from gateway.types import JSON
 NAME = "$web_search"
 TOOL: JSON = {"type": "builtin_function", "function": {"name": NAME}}
 # Rounds the gateway runs for one client request at most; a model still calling the tool after these
-# gets its reply relayed as it is.
+# is the upstream's failure (502, or an error event in a stream).
 MAX_ROUNDS = 4
 
 
@@ -35,7 +35,12 @@ def answer(content: Any, calls: list[JSON]) -> list[JSON] | None:
     return [
         assistant,
         *(
-            {"role": "tool", "tool_call_id": call.get("id"), "name": NAME, "content": call["function"].get("arguments")}
+            {
+                "role": "tool",
+                "tool_call_id": call.get("id"),
+                "name": NAME,
+                "content": call["function"].get("arguments") or "",
+            }
             for call in calls
         ),
     ]

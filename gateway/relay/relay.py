@@ -33,6 +33,7 @@ from gateway.errors import (
     InvalidRequest,
     ModelNotFound,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
 )
@@ -300,6 +301,10 @@ class Relay:
                 reply = decoding(upstream, dialect.decode_reply, body, request)
                 reply.usage = added(spent, reply.usage)
                 reply.body = kimi_search.with_usage(reply.body, reply.usage)
+            if reply.turn is not None:
+                raise UpstreamProtocolError(
+                    f"The upstream `{upstream.name}` still called its search tool after {rounds} rounds."
+                )
         except UpstreamError as exc:
             exc.message = redact(exc.message, upstream)
             raise

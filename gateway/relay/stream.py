@@ -11,6 +11,7 @@ import orjson
 
 from gateway.config import UpstreamConfig
 from gateway.dialects.base import RoundTrip, StreamDecoder, Usage, redact
+from gateway.dialects.kimi_search import MAX_ROUNDS
 from gateway.dialects.normalize import text_length
 from gateway.dialects.openai import error_events
 from gateway.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout
@@ -82,7 +83,11 @@ class Stream:
                 yield events, True
             tail = b"".join(decoding(self._upstream, self._decoder.finish))
             rounds = self.rounds
-            while rounds is not None and rounds.left and (turn := rounds.decoder.take_turn()) is not None:
+            while rounds is not None and (turn := rounds.decoder.take_turn()) is not None:
+                if not rounds.left:
+                    raise UpstreamProtocolError(
+                        f"The upstream `{self._upstream.name}` still called its search tool after {MAX_ROUNDS} rounds."
+                    )
                 self._response.close()
                 self._response = await rounds.open(turn)
                 self._chunks = self._response.iter_chunks()

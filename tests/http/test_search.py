@@ -224,3 +224,15 @@ def test_kimi_web_search_rounds_in_one_stream(
     else:
         assert usages == []
     assert checker.checked == len(chunks)
+
+
+def test_kimi_still_searching_after_the_last_round_is_the_upstreams_failure(
+    search_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI
+) -> None:
+    client = sdk(search_gateway.url, checker)
+    question = [{"role": "user", "content": "search-forever"}]
+    with pytest.raises(openai.APIStatusError, match="after 4 rounds") as caught:
+        client.chat.completions.create(model="via-moonshot", messages=question, extra_body=EXTRA)
+    assert caught.value.status_code == 502 and len(fake.requests) == 5
+    with pytest.raises(openai.APIError, match="after 4 rounds"):
+        list(client.chat.completions.create(model="via-moonshot", messages=question, extra_body=EXTRA, stream=True))

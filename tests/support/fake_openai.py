@@ -357,7 +357,7 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
     """Kimi with its `$web_search` tool, as Moonshot documents the loop: a first turn calling the tool
     (finish_reason tool_calls); a turn that answers it with the arguments sent back unchanged, under
     the call's id, gets the answer; any other answer is a 400. Thinking must be off. `search-twice`
-    in the question makes the model search again after the first answer."""
+    in the question makes the model search again after the first answer, `search-forever` always."""
     messages = body["messages"]
     if body.get("thinking") != {"type": "disabled"}:
         return openai_error(400, "thinking must be disabled to use $web_search", "invalid_request_error", None)
@@ -371,7 +371,8 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
         )
         if not ok:
             return openai_error(400, f"tool answer does not match the call: {answer}", "invalid_request_error", None)
-    wanted = 2 if "search-twice" in _last_user_text(body) else 1
+    question = _last_user_text(body)
+    wanted = 99 if "search-forever" in question else 2 if "search-twice" in question else 1
     usage = {
         "prompt_tokens": 20 + 1024 * len(answered),
         "completion_tokens": 6,
