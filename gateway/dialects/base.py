@@ -87,6 +87,10 @@ class RoundTrip(Protocol):
         """After `finish`: the messages for the next round, and the decoder made ready for it; or None."""
         ...
 
+    def end(self) -> None:
+        """The stream is over, however it ended: a round whose usage never came is estimated."""
+        ...
+
 
 class StreamDecoder(Protocol):
     """Created per request; fed upstream bytes as they come, returns client SSE events ready to send."""

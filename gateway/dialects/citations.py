@@ -100,3 +100,5 @@ class Citations:
         if self.urls:
             obj["citations"] = list(self.urls)
             self.sent = len(self.urls)
+        elif "citations" in obj:
+            del obj["citations"]  # an upstream's that held no URL: not the list clients are promised

@@ -181,17 +181,22 @@ def openai_usage(usage: Any) -> JSON | None:
         "completion_tokens": completion,
         "total_tokens": token_count(usage.get("total_tokens")) or prompt + completion,
     }
-    cached = token_count((usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
+    cached = token_count(_field(usage, "prompt_tokens_details", "cached_tokens"))
     if cached:
         out["prompt_tokens_details"] = {"cached_tokens": cached}
-    reasoning = token_count((usage.get("output_tokens_details") or {}).get("reasoning_tokens"))
+    reasoning = token_count(_field(usage, "output_tokens_details", "reasoning_tokens"))
     if reasoning:
         out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
-    search = (usage.get("plugins") or {}).get("search")
-    searches = token_count(search.get("count")) if isinstance(search, dict) else 0
+    plugins = usage.get("plugins")
+    searches = token_count(_field(plugins, "search", "count")) if isinstance(plugins, dict) else 0
     if searches:
         out["billed_units"] = searches
     return out
+
+
+def _field(obj: JSON, outer: str, inner: str) -> Any:
+    value = obj.get(outer)
+    return value.get(inner) if isinstance(value, dict) else None
 
 
 def _output(obj: JSON) -> JSON:

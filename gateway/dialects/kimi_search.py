@@ -46,6 +46,18 @@ def answer(content: Any, calls: list[JSON]) -> list[JSON] | None:
     ]
 
 
+def turn_of(choice: JSON) -> list[JSON] | None:
+    """The next round's messages when a reply's tool calls are all `$web_search`. When the client's
+    own tools are called too, the search calls are taken out of the reply (the client cannot answer
+    them) and it goes to the client, as a stream's would."""
+    message = choice["message"]
+    calls = message.get("tool_calls") or []
+    turn = answer(message.get("content"), calls)
+    if turn is None and any(is_search_call(c) for c in calls):
+        message["tool_calls"] = [c for c in calls if not is_search_call(c)]
+    return turn
+
+
 def next_round(built: UpstreamRequest, messages: list[JSON]) -> UpstreamRequest:
     """The request of the next round: the last one, `messages` added."""
     body = orjson.loads(built.body)

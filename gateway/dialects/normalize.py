@@ -25,6 +25,7 @@ FOREIGN_FINISH_REASONS = {
     "max_tokens": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
+    "pause_turn": "length",  # Anthropic paused a long server-tool turn (web search): the reply is cut short
     "eos": "stop",
     "sensitive": "content_filter",
 }
@@ -60,6 +61,10 @@ def chunk(obj: JSON, model: str, stream_id: Callable[[], str], created: int) -> 
     """`stream_id` gives the id to use when the upstream sent none: the same one for every chunk."""
     _envelope(obj, "chat.completion.chunk", model, stream_id, created)
     for choice, delta in _choices(obj, "delta"):
+        if "usage" in choice:  # Kimi streams its usage inside the last choice: OpenAI's place is the chunk's
+            usage = choice.pop("usage")
+            if isinstance(usage, dict) and not isinstance(obj.get("usage"), dict):
+                obj["usage"] = usage
         _rename_reasoning(delta)
         tool_calls = delta.get("tool_calls")
         if isinstance(tool_calls, list):
@@ -182,8 +187,8 @@ def text_length(delta: JSON) -> int:
 
 
 def token_count(value: Any) -> int:
-    """A token count from a vendor's JSON: an integer, else 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A token count from a vendor's JSON: a non-negative integer, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def usage_object(usage: Usage) -> JSON:
@@ -195,6 +200,8 @@ def usage_object(usage: Usage) -> JSON:
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
+    if usage.cache_write_tokens:
+        obj["prompt_tokens_details"]["cache_write_tokens"] = usage.cache_write_tokens
     if usage.billed_units is not None:
         obj["billed_units"] = usage.billed_units
     return obj

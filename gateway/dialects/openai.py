@@ -75,18 +75,18 @@ class OpenAIDialect:
         if "error" in obj and "choices" not in obj:
             raise embedded_error(obj)
         usage = normalize.completion(obj, request.model)
-        citations = Citations()
-        citations.from_chat(obj, "message")
-        citations.attach(obj)
         turn = None
-        if self._search_rounds and request.ext.search is not None and obj["choices"]:
-            message = obj["choices"][0]["message"]
-            turn = kimi_search.answer(message.get("content"), message.get("tool_calls") or [])
+        if request.ext.search is not None:
+            citations = Citations()
+            citations.from_chat(obj, "message")
+            citations.attach(obj)
+            if self._search_rounds and obj["choices"]:
+                turn = kimi_search.turn_of(obj["choices"][0])
         return DecodedReply(orjson.dumps(obj), usage, turn)
 
     def stream_decoder(self, request: ChatRequest) -> OpenAIStreamDecoder:
-        rounds = self._search_rounds and request.ext.search is not None
-        return OpenAIStreamDecoder(request.model, request.include_usage, rounds)
+        search = request.ext.search is not None
+        return OpenAIStreamDecoder(request.model, request.include_usage, search, search and self._search_rounds)
 
     def decode_error(
         self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
@@ -95,7 +95,11 @@ class OpenAIDialect:
 
 
 class OpenAIStreamDecoder:
-    """Relays an OpenAI event stream chunk by chunk, capturing usage and fixing what the spec requires."""
+    """Relays an OpenAI event stream chunk by chunk, capturing usage and fixing what the spec requires.
+
+    Usage a vendor puts in a chunk with choices (Kimi, GLM) goes out in a usage-only chunk of its own,
+    as OpenAI sends it, and only to a client that asked. With web search on, the sources go on the
+    stream's last chunk: the usage chunk when the client asked for usage, else the finish chunk."""
 
     __slots__ = (
         "_citations",
@@ -113,7 +117,7 @@ class OpenAIStreamDecoder:
         "usage",
     )
 
-    def __init__(self, model: str, include_usage: bool, search_rounds: bool = False) -> None:
+    def __init__(self, model: str, include_usage: bool, search: bool = False, search_rounds: bool = False) -> None:
         self._parser = SSEParser()
         self._model = model
         self._include_usage = include_usage
@@ -123,7 +127,7 @@ class OpenAIStreamDecoder:
         self._finished = False
         self.usage: Usage | None = None
         self.text_chars = 0
-        self._citations = Citations()
+        self._citations = Citations() if search else None
         self.search_rounds = search_rounds  # the gateway may run further rounds (`take_turn`)
         self._round = _SearchRound() if search_rounds else None
         self._spent: Usage | None = None  # the usage of the rounds before this one
@@ -139,28 +143,50 @@ class OpenAIStreamDecoder:
                 raise embedded_error(obj)
             usage = normalize.chunk(obj, self._model, self._stream_id, self._created)
             if usage is not None:
-                if self._spent is not None:  # a later round: the client is told every round's usage
-                    self.usage = added(self._spent, usage)
-                    obj["usage"] = normalize.usage_object(self.usage or usage)
-                else:
-                    self.usage = usage
+                self._count(obj, usage)
             if self._round is not None and self._round.holds(obj):
                 continue
             citations = self._citations
-            citations.from_chat(obj, "delta")
-            last = "usage" in obj  # the usage chunk, or a finish chunk, may be the stream's last
-            if last and not self._include_usage:
-                del obj["usage"]
-                if not obj["choices"] and not citations.pending():
-                    continue  # the usage-only chunk the gateway asked for on its own behalf
-            for choice in obj["choices"]:
+            if citations is not None:
+                citations.from_chat(obj, "delta")
+                self._id = obj["id"]  # a trailing chunk of sources carries the stream's id
+            choices = obj["choices"]
+            usage_chunk = None
+            if "usage" in obj:
+                if not self._include_usage:
+                    del obj["usage"]
+                    if not choices and (citations is None or not citations.pending()):
+                        continue  # the usage-only chunk the gateway asked for on its own behalf
+                elif choices and usage is not None:
+                    usage_chunk = self._usage_chunk(obj, obj.pop("usage"))
+            for choice in choices:
                 self.text_chars += normalize.text_length(choice["delta"])
                 if choice.get("finish_reason"):
-                    self._finished = last = True
-            if last:
+                    self._finished = True
+                    if citations is not None and not self._include_usage:
+                        citations.attach(obj)
+            if citations is not None and not choices:
                 citations.attach(obj)
             out.append(sse_event(obj))
+            if usage_chunk is not None:
+                if citations is not None:
+                    citations.attach(usage_chunk)
+                out.append(sse_event(usage_chunk))
         return out
+
+    def _count(self, obj: JSON, usage: Usage) -> None:
+        if self._spent is None:
+            self.usage = usage
+            return
+        # A later round: the usage is every round's, and the client is told so.
+        self.usage = added(self._spent, usage) or usage
+        obj["usage"] = normalize.usage_object(self.usage)
+        if self._round is not None:
+            self._round.reported = True
+
+    def _usage_chunk(self, obj: JSON, usage: Any) -> JSON:
+        return {"id": obj["id"], "object": "chat.completion.chunk", "created": obj["created"],
+                "model": obj["model"], "choices": [], "usage": usage}  # fmt: skip
 
     def _stream_id(self) -> str:
         if self._id is None:
@@ -173,29 +199,52 @@ class OpenAIStreamDecoder:
             return []  # another round follows (`take_turn`)
         if not (self._saw_done or self._finished):
             raise UpstreamProtocolError("The upstream closed the stream before the reply was complete.")
+        citations = self._citations
+        if citations is not None and citations.pending():  # sources that came after the last chunk
+            tail = self._usage_chunk({"id": self._stream_id(), "created": self._created, "model": self._model}, None)
+            del tail["usage"]
+            citations.attach(tail)
+            return [sse_event(tail), DONE_EVENT]
         return [DONE_EVENT]
 
     def take_turn(self) -> list[JSON] | None:
         turn = self._round.turn if self._round is not None else None
         if turn is not None:
-            self._round = _SearchRound(self._round.id if self._round else None)
+            assert self._round is not None
+            self._round = _SearchRound(self._round.id, self.text_chars)
             self._parser = SSEParser()
             self._saw_done = self._finished = False
             self._spent = self.usage
         return turn
 
+    def end(self) -> None:
+        if self._round is None or self._spent is None or self._round.reported:
+            return
+        chars = self.text_chars - self._round.chars_before
+        if not chars:
+            return  # a later round that failed before any output: taken as not billed
+        # The stream ended inside a later round that never reported its usage, after some of its
+        # output: at least the tokens of the rounds before went in again as its prompt.
+        prompt = self._spent.prompt_tokens + self._spent.completion_tokens
+        completion = -(-chars // 4)
+        self.usage = added(self._spent, Usage(prompt, completion, prompt + completion, estimated=True))
+        self._round.reported = True
+
 
 class _SearchRound:
     """One round of a stream whose Kimi `$web_search` calls the gateway answers: those calls are kept
-    out of the client's stream and gathered, and when the round ends on them (finish_reason
-    tool_calls, no client tool called) its finish and usage chunks are held back too."""
+    out of the client's stream (the client's own calls renumbered from 0) and gathered, and when the
+    round ends on them (finish_reason tool_calls, no client tool called) its finish and usage chunks
+    are held back too."""
 
-    __slots__ = ("calls", "client_calls", "id", "text", "turn")
+    __slots__ = ("calls", "chars_before", "client_index", "id", "reported", "text", "turn")
 
-    def __init__(self, stream_id: str | None = None) -> None:
+    def __init__(self, stream_id: str | None = None, chars_before: int = 0) -> None:
         self.id = stream_id  # every round's chunks carry the first round's id
-        self.calls: dict[Any, JSON] = {}  # tool call index -> the $web_search call, arguments gathered
-        self.client_calls = False
+        self.chars_before = chars_before  # text relayed before this round
+        self.reported = False  # whether this round's usage came
+        self.calls: dict[Any, JSON] = {}  # upstream tool call index -> the $web_search call, arguments gathered
+        self.client_index: dict[Any, int] = {}  # upstream tool call index -> the client's
         self.text: list[str] = []
         self.turn: list[JSON] | None = None
 
@@ -216,18 +265,26 @@ class _SearchRound:
                 self.text.append(content)
             calls = delta.get("tool_calls")
             if type(calls) is list and calls:
-                kept = [call for call in calls if not self._gathered(call)]
+                kept = [self._renumbered(call) for call in calls if not self._gathered(call)]
                 if kept:
                     delta["tool_calls"] = kept
-                    self.client_calls = True
                 else:
                     del delta["tool_calls"]
-            if choice.get("finish_reason") == "tool_calls" and self.calls and not self.client_calls:
-                calls_in_order = [self.calls[i] for i in sorted(self.calls, key=str)]
-                self.turn = kimi_search.answer("".join(self.text) or None, calls_in_order)
-                return True
+            if choice.get("finish_reason") == "tool_calls" and self.calls and not self.client_index:
+                ordered = sorted(self.calls, key=lambda i: i if type(i) is int else -1)
+                self.turn = kimi_search.answer("".join(self.text) or None, [self.calls[i] for i in ordered])
+                choice["finish_reason"] = None
+                obj.pop("usage", None)  # counted; the client is told the sum at the end
+                # Text in the same chunk still goes out; the finish is the next round's.
+                return not delta or delta == {"role": "assistant"}
             empty = empty and not delta and not choice.get("finish_reason")
         return empty
+
+    def _renumbered(self, call: Any) -> Any:
+        if type(call) is dict:
+            index = call.get("index")
+            call["index"] = self.client_index.setdefault(index, len(self.client_index))
+        return call
 
     def _gathered(self, call: Any) -> bool:
         if type(call) is not dict:

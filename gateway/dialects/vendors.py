@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.config import ModelOptions
 from gateway.dialects import kimi_search
@@ -198,7 +198,7 @@ def _write_search(
         dropped.append("search_config.deepable")
     if kind == "qwen":
         body["enable_search"] = True
-        qwen: JSON = dict(body.get("search_options") or {})
+        qwen: JSON = dict(_object(body.get("search_options")))
         if search.deep:
             qwen["search_strategy"] = "max"
         if search.return_result:
@@ -216,17 +216,24 @@ def _write_search(
             web_search["content_size"] = "high"
         body["tools"] = [*(body.get("tools") or []), {"type": "web_search", "web_search": web_search}]
     elif kind == "moonshot":
-        body["tools"] = [*(body.get("tools") or []), kimi_search.TOOL]
+        tools = body.get("tools") or []
+        if not any(kimi_search.is_search_call(t) for t in tools):  # the client may have declared it itself
+            body["tools"] = [*tools, kimi_search.TOOL]
         # $web_search works only with thinking off.
         if ext.reasoning.requested and ext.reasoning.on:
             dropped.append("enable_thinking")
         body.pop("reasoning_effort", None)
         body["thinking"] = {"type": "disabled"}
     else:  # openai
-        openai: JSON = dict(body.get("web_search_options") or {})
+        openai: JSON = dict(_object(body.get("web_search_options")))
         if search.deep:
             openai["search_context_size"] = "high"
         body["web_search_options"] = openai
+
+
+def _object(value: Any) -> JSON:
+    """A client's own vendor field, kept when it is an object (anything else is replaced)."""
+    return value if isinstance(value, dict) else {}
 
 
 def zhipu_engine(engine: str | None) -> str | None:

@@ -20,6 +20,7 @@ from gateway.http.openapi import openapi_document
 from gateway.http.relayed import CHAT_API, MESSAGES_API, RESPONSES_API, RelayedEndpoint
 from gateway.http.routes import exchange_of, router
 from gateway.http.usage import router as usage_router
+from gateway.protocol import messages
 from gateway.relay import Exchanges
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -134,7 +135,9 @@ def _error_response(request: Request, exc: GatewayError) -> Response:
     if exchange is not None:
         exchange.fail(exc)
     headers = {k.decode(): v.decode() for k, v in exc.response_headers()}
-    return Response(exc.to_json(), status_code=exc.status, media_type="application/json", headers=headers)
+    # Anthropic clients read errors in Anthropic's shape, on every Messages path.
+    body = messages.error_body(exc) if request.url.path.startswith("/v1/messages") else exc.to_json()
+    return Response(body, status_code=exc.status, media_type="application/json", headers=headers)
 
 
 def _endpoint(path: str) -> str:

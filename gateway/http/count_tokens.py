@@ -30,6 +30,9 @@ router = APIRouter(tags=["messages"])
 log = logging.getLogger("gateway.count_tokens")
 IMAGE_TOKENS = 1600
 COUNT_TIMEOUT = 5.0  # seconds an upstream count may take before the estimate answers instead
+# What Anthropic's count takes; it refuses the rest of a Messages body (`max_tokens`, `stream`, ...),
+# which clients often send to count exactly what they are about to send.
+COUNTED_FIELDS = frozenset({"messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"})
 
 
 @router.post("/v1/messages/count_tokens")
@@ -62,7 +65,8 @@ async def _upstream_count(runtime: Runtime, deployment: Deployment, model: str, 
     so that the estimate answers. A client mistake the upstream caught is the client's 4xx."""
     upstream = deployment.upstream
     try:
-        payload = orjson.dumps({**body, "model": deployment.model_for(model)})
+        counted = {k: v for k, v in body.items() if k in COUNTED_FIELDS}
+        payload = orjson.dumps({**counted, "model": deployment.model_for(model)})
     except orjson.JSONEncodeError:  # parsing takes 1,024 levels of nesting, writing JSON only 254
         raise InvalidRequest("The request is nested too deeply.", code="nested_too_deeply") from None
     built = UpstreamRequest(

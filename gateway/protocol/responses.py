@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from gateway.checks import bad_type, json_object_body, missing, optional_bool, optional_int, required_model
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.extensions import sess_id_of
 from gateway.protocol.hints import Hints
 from gateway.types import JSON
@@ -37,12 +37,16 @@ def parse_responses_request(raw: bytes) -> ResponsesRequest:
         raise bad_type("instructions", "a string", body["instructions"])
     if body.get("previous_response_id") is not None and not isinstance(body["previous_response_id"], str):
         raise bad_type("previous_response_id", "a string", body["previous_response_id"])
+    optional_bool(body, "store")
     for name in ("tools",):
         if body.get(name) is not None and not isinstance(body[name], list):
             raise bad_type(name, "an array", body[name])
     for name in ("reasoning", "text", "metadata"):
         if body.get(name) is not None and not isinstance(body[name], dict):
             raise bad_type(name, "an object", body[name])
+    for name in _ECHOED:
+        if isinstance(body.get(name), dict | list):
+            _writable(body[name], name)
     stream = optional_bool(body, "stream") or False
     hints = Hints(
         sess_id_of(body.pop("sess_id", None)),
@@ -52,6 +56,17 @@ def parse_responses_request(raw: bytes) -> ResponsesRequest:
     )
     body.pop("retries", None)
     return ResponsesRequest(body, model, stream, ext=hints)
+
+
+# Fields a Response repeats from its request: what the gateway writes back must be writable.
+_ECHOED = ("text", "reasoning", "metadata", "tools", "tool_choice", "instructions")
+
+
+def _writable(value: Any, name: str) -> None:
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:  # parsing takes 1,024 levels of nesting, writing JSON only 254
+        raise InvalidRequest(f"`{name}` is nested too deeply.", param=name, code="nested_too_deeply") from None
 
 
 def error_events(error: GatewayError) -> bytes:

@@ -25,9 +25,17 @@ import orjson
 from gateway.accounting.keys import Principal
 from gateway.config import Timeouts, UpstreamConfig
 from gateway.dialects import kimi_search
-from gateway.dialects.base import ENDPOINT_NOT_FOUND, RoundTrip, Target, UpstreamRequest, added, redact
+from gateway.dialects.base import (
+    ENDPOINT_NOT_FOUND,
+    DecodedReply,
+    RoundTrip,
+    Target,
+    UpstreamRequest,
+    added,
+    redact,
+)
 from gateway.dialects.openai import DONE_EVENT
-from gateway.dialects.registry import CHAT, STREAM_ERRORS, Translator, translator_for
+from gateway.dialects.registry import CHAT, RESPONSES, STREAM_ERRORS, Translator, native_responses, translator_for
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -165,7 +173,9 @@ class Relay:
             fallback = self._router.match(name)
             if fallback is None or not principal.may_use(name):
                 continue
-            deployments = self._serving(api, self._health.order(self._router.order(fallback), name, time.monotonic()))
+            deployments = self._serving(
+                api, self._health.order(self._router.order(fallback), name, time.monotonic()), request
+            )
             if not deployments:
                 continue
             log.warning("model %s failed, falling back to %s", request.model, name)
@@ -183,15 +193,20 @@ class Relay:
         raise error
 
     @staticmethod
-    def _serving(api: str, deployments: list[Deployment]) -> list[Deployment]:
+    def _serving(api: str, deployments: list[Deployment], request: RelayedRequest) -> list[Deployment]:
         if api == CHAT:  # every upstream serves chat
             return deployments
-        return [d for d in deployments if translator_for(api, d.upstream) is not None]
+        serving = [d for d in deployments if translator_for(api, d.upstream) is not None]
+        if api == RESPONSES and (request.body.get("store") is True or request.body.get("previous_response_id")):
+            # State lives only with an upstream that has the API itself; without one, the translation
+            # refuses it with a 400 naming the field.
+            return [d for d in serving if native_responses(d.upstream)] or serving
+        return serving
 
     def _attempts(self, route: Route, request: RelayedRequest, api: str) -> list[Deployment]:
         """The deployments to try, in order: healthy first; as many as allowed, or as the client asked."""
         ordered = self._router.order(route, sticky=request.ext.sess_id)
-        deployments = self._serving(api, self._health.order(ordered, request.model, time.monotonic()))
+        deployments = self._serving(api, self._health.order(ordered, request.model, time.monotonic()), request)
         if not deployments:
             return []
         retries = request.ext.retries
@@ -289,29 +304,54 @@ class Relay:
             if response.status >= 300:
                 raise _status_error(dialect, response, body, built, upstream)
             reply = decoding(upstream, dialect.decode_reply, body, request)
-            rounds = 0
-            while reply.turn is not None and rounds < kimi_search.MAX_ROUNDS:
-                rounds += 1
-                built = kimi_search.next_round(built, reply.turn)
-                response = await self._transports[upstream.name].open(built)
-                body = await _read_or_close(response, None if total is None else attempt.started + total, upstream.name)
-                if response.status >= 300:
-                    raise _status_error(dialect, response, body, built, upstream)
-                spent = reply.usage
-                reply = decoding(upstream, dialect.decode_reply, body, request)
-                reply.usage = added(spent, reply.usage)
-                reply.body = kimi_search.with_usage(reply.body, reply.usage)
             if reply.turn is not None:
-                raise UpstreamProtocolError(
-                    f"The upstream `{upstream.name}` still called its search tool after {rounds} rounds."
-                )
+                reply = await self._more_rounds(exchange, request, dialect, built, upstream, reply, attempt, total)
         except UpstreamError as exc:
             exc.message = redact(exc.message, upstream)
             raise
         attempt.end("ok")
         exchange.replied = True
-        exchange.usage = reply.usage or estimated_usage(exchange, reply_text_length(reply.body))
+        # Added to what failed attempts' finished rounds already used (usually nothing).
+        exchange.usage = added(exchange.usage, reply.usage or estimated_usage(exchange, reply_text_length(reply.body)))
         return Reply(reply.body, _reply_headers(built, request, model))
+
+    async def _more_rounds(
+        self,
+        exchange: Exchange,
+        request: RelayedRequest,
+        dialect: Translator,
+        built: UpstreamRequest,
+        upstream: UpstreamConfig,
+        reply: DecodedReply,
+        attempt: Attempt,
+        total: float | None,
+    ) -> DecodedReply:
+        """Further rounds with the upstream while its reply asks for one (`DecodedReply.turn`); the reply
+        is the last round's, its usage every round's. When a later round fails, the rounds before it
+        were served: their usage stays on the exchange."""
+        transport = self._transports[upstream.name]
+        deadline = None if total is None else attempt.started + total
+        rounds = 0
+        while reply.turn is not None:
+            try:
+                if rounds == kimi_search.MAX_ROUNDS:
+                    raise UpstreamProtocolError(
+                        f"The upstream `{upstream.name}` still called its search tool after {rounds} rounds."
+                    )
+                rounds += 1
+                built = kimi_search.next_round(built, reply.turn)
+                response = await transport.open(built)
+                body = await _read_or_close(response, deadline, upstream.name)
+                if response.status >= 300:
+                    raise _status_error(dialect, response, body, built, upstream)
+                spent = reply.usage
+                reply = decoding(upstream, dialect.decode_reply, body, request)
+            except UpstreamError:
+                exchange.usage = added(exchange.usage, reply.usage)
+                raise
+            reply.usage = added(spent, reply.usage)
+            reply.body = kimi_search.with_usage(reply.body, reply.usage)
+        return reply
 
     async def _stream_once(
         self, exchange: Exchange, request: StreamedRequest, api: str, deployment: Deployment, model: str
@@ -394,7 +434,12 @@ class _Rounds:
         self._built = kimi_search.next_round(self._built, turn)
         response = await self._transport.open(self._built)
         if response.status >= 300:
-            raise _status_error(self._dialect, response, await response.read(), self._built, self._upstream)
+            try:
+                body = await response.read()
+            except BaseException:
+                response.close()
+                raise
+            raise _status_error(self._dialect, response, body, self._built, self._upstream)
         return response
 
 

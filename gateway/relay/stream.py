@@ -83,11 +83,15 @@ class Stream:
                 yield events, True
             tail = b"".join(decoding(self._upstream, self._decoder.finish))
             rounds = self.rounds
-            while rounds is not None and (turn := rounds.decoder.take_turn()) is not None:
+            # A round-tripping decoder's `finish` gives nothing when it asks for another round.
+            while rounds is not None and not tail:
                 if not rounds.left:
                     raise UpstreamProtocolError(
                         f"The upstream `{self._upstream.name}` still called its search tool after {MAX_ROUNDS} rounds."
                     )
+                turn = rounds.decoder.take_turn()
+                if turn is None:
+                    break
                 self._response.close()
                 self._response = await rounds.open(turn)
                 self._chunks = self._response.iter_chunks()
@@ -121,6 +125,8 @@ class Stream:
             return
         self._closed = True
         # First: nothing below feeds the decoder, and it may raise.
+        if self.rounds is not None:
+            self.rounds.decoder.end()
         self._exchange.usage = self._decoder.usage or estimated_usage(self._exchange, self._decoder.text_chars)
         if self._events is not None:
             await self._events.aclose()  # type: ignore[attr-defined]

@@ -155,7 +155,7 @@ def test_error_event_raises() -> None:
         ("max_tokens", "length"),
         ("tool_use", "tool_calls"),
         ("refusal", "content_filter"),
-        ("pause_turn", "stop"),
+        ("pause_turn", "length"),
         (None, "stop"),
     ],
 )

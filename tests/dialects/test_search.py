@@ -110,7 +110,7 @@ def test_openai_stream_sources_in_a_usage_chunk_reach_a_client_that_did_not_ask_
         _chunk({}, "stop"),
         _chunk(None, usage=usage, search_info={"search_results": [{"url": "https://late.example"}]}),
     )
-    decoder = OpenAIStreamDecoder("m", include_usage=False)
+    decoder = OpenAIStreamDecoder("m", include_usage=False, search=True)
     events = [orjson.loads(e[6:]) for e in decoder.feed(wire) if e.startswith(b"data: {")]
     assert events[-1]["choices"] == [] and "usage" not in events[-1]
     assert events[-1]["citations"] == ["https://late.example"]
@@ -120,7 +120,9 @@ def test_openai_stream_sources_in_a_usage_chunk_reach_a_client_that_did_not_ask_
 def test_openai_stream_without_sources_is_unchanged() -> None:
     usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     wire = _sse(_chunk({"role": "assistant", "content": "hi"}), _chunk({}, "stop"), _chunk(None, usage=usage))
-    events = [orjson.loads(e[6:]) for e in OpenAIStreamDecoder("m", False).feed(wire) if e.startswith(b"data: {")]
+    events = [
+        orjson.loads(e[6:]) for e in OpenAIStreamDecoder("m", False, search=True).feed(wire) if e.startswith(b"data: {")
+    ]
     assert len(events) == 2 and all("citations" not in e for e in events)
 
 
@@ -149,3 +151,17 @@ def test_anthropic_server_tool_input_is_not_a_client_tool_call() -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["citations"] == ["https://a.example", "https://b.example"]
     assert decoder.usage is not None and decoder.usage.billed_units == 1
+
+
+def test_anthropic_paused_search_turn_is_cut_short_not_complete() -> None:
+    from gateway.dialects.anthropic_helper import finish_reason
+
+    assert finish_reason("pause_turn") == "length"
+
+
+def test_negative_counts_from_a_vendor_are_zero() -> None:
+    from gateway.dialects.dashscope import openai_usage
+
+    usage = openai_usage({"input_tokens": -3, "output_tokens": 2, "plugins": {"search": {"count": -5}}})
+    assert usage == {"prompt_tokens": 0, "completion_tokens": 2, "total_tokens": 2}
+    assert openai_usage({"input_tokens": 1, "plugins": "junk", "prompt_tokens_details": 7}) is not None

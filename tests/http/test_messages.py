@@ -134,7 +134,7 @@ def test_count_tokens_from_anthropic_upstreams_estimated_for_others(
         model=model, system="Be brief.", messages=[{"role": "user", "content": text}]
     )
     counted = response.parse()
-    if model == "claude-text":  # Anthropic's own count, asked of the upstream with the body as sent
+    if model == "claude-text":  # Anthropic's own count, asked of the upstream with what it counts
         assert counted.input_tokens == COUNTED_BASE + 10
         assert response.headers["x-gateway-token-count"] == "upstream"
         sent = anthropic_server[0].requests[-1]
@@ -146,6 +146,33 @@ def test_count_tokens_from_anthropic_upstreams_estimated_for_others(
         claude.messages.count_tokens(model="no-such-model", messages=USER)
     with pytest.raises(anthropic.BadRequestError):
         claude.messages.count_tokens(model=model, messages=[{"role": "robot", "content": "x"}])  # type: ignore[list-item,typeddict-item]
+
+
+def test_count_tokens_takes_a_whole_messages_body(claude: anthropic.Anthropic, gateway: RunningGateway) -> None:
+    """Clients count the body they are about to send: the fields Anthropic's count refuses
+    (`max_tokens`, `stream`, `temperature`, ...) are not sent to it."""
+    body = {"model": "claude-text", "max_tokens": 64, "stream": True, "temperature": 0.5, "metadata": {"user_id": "u"},
+            "messages": USER}  # fmt: skip
+    reply = httpx.post(f"{gateway.url}/v1/messages/count_tokens", headers={"x-api-key": CLIENT_KEY}, json=body)
+    assert reply.status_code == 200 and reply.json() == {"input_tokens": COUNTED_BASE + 10}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"x-api-key": CLIENT_KEY}, {"model": "nope", "messages": USER}, 404),
+        ({"x-api-key": "sk-wrong"}, {"model": "claude-text", "messages": USER}, 401),
+        ({"x-api-key": CLIENT_KEY}, {"model": "claude-text", "messages": "hi"}, 400),
+        ({"x-api-key": CLIENT_KEY}, {"model": "claude-status-400", "messages": USER}, 400),
+    ],
+)
+def test_count_tokens_errors_are_anthropic_shaped(
+    gateway: RunningGateway, headers: dict[str, str], body: dict[str, Any], status: int
+) -> None:
+    reply = httpx.post(f"{gateway.url}/v1/messages/count_tokens", headers=headers, json=body)
+    assert reply.status_code == status
+    error = reply.json()
+    assert error["type"] == "error" and set(error["error"]) == {"type", "message"}, error
 
 
 @pytest.mark.parametrize(("status", "client_status"), [(400, 400), (500, 200), (401, 200)])

@@ -19,6 +19,14 @@ from tests.conftest import CLIENT_KEY, RunningGateway, sdk
 from tests.support.fake_openai import UPSTREAM_KEY, FakeOpenAI
 from tests.support.spec import Checker
 
+
+def _deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
 TOOLS: list[Any] = [
     {
         "type": "function",
@@ -103,6 +111,9 @@ def test_plain_text_and_json_schema_output(client: openai.OpenAI, fake: FakeOpen
         ({"model": "gpt-test", "input": "x", "store": True}, "store"),
         ({"model": "gpt-test", "input": "x", "store": False, "previous_response_id": "resp_1"}, "previous_response_id"),
         ({"model": "gpt-test", "input": "x", "store": False, "previous_response_id": 7}, "previous_response_id"),
+        ({"model": "gpt-test", "input": "x", "store": "yes"}, "store"),
+        ({"model": "gpt-test", "input": "x", "store": False, "text": _deep(300)}, "text"),
+        ({"model": "gpt-test", "input": "x", "store": False, "metadata": _deep(300)}, "metadata"),
         ({"model": "gpt-test", "store": False}, "input"),
         ({"model": "gpt-test", "input": [{"type": "file_search_call"}], "store": False}, "input[0].type"),
         ({"model": "gpt-test", "input": "x", "store": False, "tools": [{"type": "web_search"}]}, "tools[0]"),
@@ -140,6 +151,8 @@ models:
   - {{name: vllm-native, upstream: vllm, upstream_model: qwen3}}
   - {{name: gpt-chat-only, upstream: chat-only, upstream_model: ok}}
   - {{name: gpt-broken, upstream: openai, upstream_model: fake-status-500}}
+  - {{name: gpt-mixed, upstream: chat-only, upstream_model: ok, weight: 1000}}
+  - {{name: gpt-mixed, upstream: openai, upstream_model: gpt-5, weight: 0.001}}
 """
     return start_gateway(parse_config(config))
 
@@ -194,3 +207,17 @@ def test_state_to_a_chat_only_upstream_is_refused(native_gateway: RunningGateway
     assert caught.value.body["param"] == "store"  # type: ignore[index]
     reply = client.responses.create(model="gpt-chat-only", input="x", store=False)
     assert reply.status == "completed"
+
+
+def test_state_goes_to_the_deployment_that_can_keep_it(
+    native_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI
+) -> None:
+    """A model served both ways: stateless requests may go either way (here, by weight, to chat);
+    `store: true` and `previous_response_id` go only where the upstream keeps state."""
+    client = sdk(native_gateway.url, checker)
+    client.responses.create(model="gpt-mixed", input="x", store=False)
+    assert fake.requests[-1].path == "/v1/chat/completions"
+    first = client.responses.create(model="gpt-mixed", input="first", store=True)
+    assert fake.requests[-1].path == "/v1/responses"
+    second = client.responses.create(model="gpt-mixed", input="second", previous_response_id=first.id)
+    assert second.output_text == "You said: second (after: first)"

@@ -4,7 +4,9 @@ last chunk of a stream whether or not the client asked for usage."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -236,3 +238,46 @@ def test_kimi_still_searching_after_the_last_round_is_the_upstreams_failure(
     assert caught.value.status_code == 502 and len(fake.requests) == 5
     with pytest.raises(openai.APIError, match="after 4 rounds"):
         list(client.chat.completions.create(model="via-moonshot", messages=question, extra_body=EXTRA, stream=True))
+
+
+def test_kimi_turn_with_the_clients_own_tool_goes_to_the_client(
+    search_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI
+) -> None:
+    """The client cannot answer `$web_search`: it never sees that call, buffered or streamed, and its
+    own call is numbered from 0 (the SDK's stream helper needs that)."""
+    client = sdk(search_gateway.url, checker)
+    question = [{"role": "user", "content": "search-and-tool"}]
+    reply = client.chat.completions.create(model="via-moonshot", messages=question, extra_body=EXTRA)
+    calls = reply.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"] and reply.choices[0].finish_reason == "tool_calls"
+    with client.chat.completions.stream(model="via-moonshot", messages=question, extra_body=EXTRA) as stream:
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert [(c.function.name, c.function.arguments) for c in calls] == [("get_weather", '{"city":"Paris"}')]
+    assert len(fake.requests) == 2  # one round each: the gateway did not answer a turn with the client's tool
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_kimi_rounds_served_before_a_failure_are_billed(
+    search_gateway: RunningGateway, checker: Checker, stream: bool
+) -> None:
+    client = sdk(search_gateway.url, checker)
+    question = [{"role": "user", "content": "fail-after-search"}]
+    with pytest.raises(openai.APIError):
+        reply = client.chat.completions.create(model="via-moonshot", messages=question, extra_body=EXTRA, stream=stream)
+        list(reply) if stream else None  # type: ignore[call-overload]
+    search_gateway.app.runtime.flush_observers()
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    usage = asyncio.run(search_gateway.app.runtime.ledger.usage("tester", day))["via-moonshot"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (20, 6)  # the first round, exactly
+
+
+def test_client_search_options_of_the_wrong_kind_are_not_a_5xx(
+    search_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI
+) -> None:
+    client = sdk(search_gateway.url, checker)
+    for junk in ("ab", 5, [1]):
+        client.chat.completions.create(
+            model="via-qwen", messages=SEARCH["messages"], extra_body={**EXTRA, "search_options": junk}
+        )
+        assert fake.requests[-1].body["search_options"] == {"search_strategy": "max", "enable_source": True}

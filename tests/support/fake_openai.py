@@ -337,8 +337,13 @@ class FakeOpenAI:
             await resp.write(event({"content": piece}))
         if annotations:  # OpenAI: the annotations in a delta of their own, after the text
             await resp.write(event({"annotations": annotations}))
-        await resp.write(event({}, "stop"))
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if vendor == "moonshot":  # Kimi streams its usage inside the last choice, whatever was asked
+            finish = event({}, "stop").replace(b'"finish_reason": "stop"}', b'"finish_reason": "stop", "usage": '
+                                               + json.dumps(usage).encode() + b"}")  # fmt: skip
+            await resp.write(finish)
+        else:
+            await resp.write(event({}, "stop"))
+        if vendor != "moonshot" and (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(
                 event({}, None, usage=usage).replace(
                     b'"choices": [{"index": 0, "delta": {}, "finish_reason": null}]', b'"choices": []'
@@ -357,7 +362,9 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
     """Kimi with its `$web_search` tool, as Moonshot documents the loop: a first turn calling the tool
     (finish_reason tool_calls); a turn that answers it with the arguments sent back unchanged, under
     the call's id, gets the answer; any other answer is a 400. Thinking must be off. `search-twice`
-    in the question makes the model search again after the first answer, `search-forever` always."""
+    in the question makes the model search again after the first answer, `search-forever` always;
+    `search-and-tool` calls the client's `get_weather` beside the search; `fail-after-search` fails
+    (500) once the search was answered."""
     messages = body["messages"]
     if body.get("thinking") != {"type": "disabled"}:
         return openai_error(400, "thinking must be disabled to use $web_search", "invalid_request_error", None)
@@ -372,6 +379,8 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
         if not ok:
             return openai_error(400, f"tool answer does not match the call: {answer}", "invalid_request_error", None)
     question = _last_user_text(body)
+    if answered and "fail-after-search" in question:
+        return openai_error(500, "fake upstream says 500", "server_error", None)
     wanted = 99 if "search-forever" in question else 2 if "search-twice" in question else 1
     usage = {
         "prompt_tokens": 20 + 1024 * len(answered),
@@ -382,6 +391,9 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
         call = {"index": 0, "id": f"$web_search-{len(answered)}", "type": "builtin_function",
                 "function": {"name": "$web_search", "arguments": KIMI_SEARCH_ARGUMENTS}}  # fmt: skip
         message: dict[str, Any] = {"role": "assistant", "content": "", "tool_calls": [call]}
+        if "search-and-tool" in question:  # the client's own tool called in the same turn
+            weather = {"name": "get_weather", "arguments": '{"city":"Paris"}'}
+            message["tool_calls"].append({"index": 1, "id": "call_w", "type": "function", "function": weather})
         finish = "tool_calls"
     else:
         message = {"role": "assistant", "content": KIMI_ANSWER}
@@ -400,19 +412,19 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
 
     await resp.write(event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
     if finish == "tool_calls":
-        call = message["tool_calls"][0]
-        first = {**call, "function": {"name": "$web_search", "arguments": ""}}
-        await resp.write(event([{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}]))
-        arguments = call["function"]["arguments"]
-        for piece in (arguments[:20], arguments[20:]):
-            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
-            await resp.write(event([{"index": 0, "delta": delta, "finish_reason": None}]))
+        for call in message["tool_calls"]:
+            index, name = call["index"], call["function"]["name"]
+            first = {**call, "function": {"name": name, "arguments": ""}}
+            await resp.write(event([{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}]))
+            arguments = call["function"]["arguments"]
+            for piece in (arguments[:10], arguments[10:]):
+                delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                await resp.write(event([{"index": 0, "delta": delta, "finish_reason": None}]))
     else:
         for piece in (KIMI_ANSWER[:8], KIMI_ANSWER[8:]):
             await resp.write(event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}]))
-    await resp.write(event([{"index": 0, "delta": {}, "finish_reason": finish}]))
-    if (body.get("stream_options") or {}).get("include_usage"):
-        await resp.write(event([], usage=usage))
+    # Kimi streams its usage inside the last choice, whatever was asked.
+    await resp.write(event([{"index": 0, "delta": {}, "finish_reason": finish, "usage": usage}]))
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp

@@ -13,10 +13,11 @@ class LedgerRecorder(Observer):
 
     def finished(self, exchange: Exchange) -> None:
         # A reply that started counts, even if the upstream failed or the client left mid-stream:
-        # the upstream did (and bills) the work up to there. An exchange finishes once, whatever its
-        # attempts and retries were, so a request is recorded once.
+        # the upstream did (and bills) the work up to there. So does a request that failed after
+        # some rounds with its upstream were served (usage set, no reply). An exchange finishes once,
+        # whatever its attempts and retries were, so a request is recorded once.
         model = exchange.served_model or exchange.model
-        if exchange.replied and exchange.key_name is not None and model is not None:
+        if (exchange.replied or exchange.usage is not None) and exchange.key_name is not None and model is not None:
             self._ledger.record(record_of(exchange, model))
 
 
