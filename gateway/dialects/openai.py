@@ -149,6 +149,7 @@ class OpenAIStreamDecoder:
             citations = self._citations
             if citations is not None:
                 citations.from_chat(obj, "delta")
+                obj.pop("citations", None)  # an upstream's own, gathered: they go on the last chunk
                 self._id = obj["id"]  # a trailing chunk of sources carries the stream's id
             choices = obj["choices"]
             usage_chunk = None

@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from gateway.config import parse_config
+from gateway.dialects.vendors import PROFILES
 from tests.conftest import CLIENT_KEY, GOLDEN, RunningGateway, sdk
 from tests.support.fake_anthropic import ANTHROPIC_KEY, FakeAnthropic
 from tests.support.fake_dashscope import DASHSCOPE_KEY, SOURCES, FakeDashScope
@@ -30,7 +31,7 @@ CITED = {
     "via-dashscope": [s["url"] for s in SOURCES],
     "claude-search": ["https://claude.example/weather", "https://claude.example/news"],
 }
-STREAM_CITED = {**CITED, "via-openai": CITED["via-openai"][1:], "via-zhipu": CITED["via-zhipu"][1:]}
+STREAM_CITED = CITED
 
 
 @pytest.fixture
@@ -41,6 +42,13 @@ def search_gateway(
     anthropic_server: tuple[FakeAnthropic, AiohttpServer],
     dashscope_server: tuple[FakeDashScope, AiohttpServer],
 ) -> RunningGateway:
+    plain = ("doubao", "gemini", "vllm", "sglang", "generic")  # no search in their chat APIs
+    more_upstreams = "".join(
+        f"  - {{name: {v}, dialect: openai, vendor: {v}, base_url: '{fake_url}/vendor/{v}/v1', "
+        f"api_key: {UPSTREAM_KEY}}}\n"
+        for v in plain
+    )
+    more_models = "".join(f"  - {{name: via-{v}, upstream: {v}, upstream_model: m}}\n" for v in plain)
     config = f"""
 keys: [{{name: tester, key: {CLIENT_KEY}}}]
 upstreams:
@@ -53,9 +61,9 @@ upstreams:
       api_key: {UPSTREAM_KEY}}}
   - {{name: dashscope, dialect: dashscope, base_url: '{dashscope_server[1].url}', api_key: {DASHSCOPE_KEY}}}
   - {{name: claude, dialect: anthropic, base_url: '{anthropic_server[1].url}', api_key: {ANTHROPIC_KEY}}}
-models:
+{more_upstreams}models:
   - {{name: via-openai, upstream: openai, upstream_model: gpt-5-search-api, options: {{search: true}}}}
-  - {{name: via-openai-plain, upstream: openai, upstream_model: gpt-5}}
+{more_models}  - {{name: via-openai-plain, upstream: openai, upstream_model: gpt-5}}
   - {{name: via-zhipu, upstream: zhipu, upstream_model: glm-4.6}}
   - {{name: via-qwen, upstream: qwen, upstream_model: qwen-plus}}
   - {{name: via-qwen-no-search, upstream: qwen, upstream_model: qwen-turbo, options: {{search: false}}}}
@@ -281,3 +289,23 @@ def test_client_search_options_of_the_wrong_kind_are_not_a_5xx(
             model="via-qwen", messages=SEARCH["messages"], extra_body={**EXTRA, "search_options": junk}
         )
         assert fake.requests[-1].body["search_options"] == {"search_strategy": "max", "enable_source": True}
+
+
+@pytest.mark.parametrize("vendor", sorted(PROFILES))
+def test_each_vendor_profile_streams_what_it_returns_as_citations(
+    search_gateway: RunningGateway, checker: Checker, vendor: str
+) -> None:
+    """Per vendor profile, streamed with search asked for: the sources the vendor returns in its own
+    shape (OpenAI's annotations, GLM's web_search), or an aggregator upstream's own `citations`, reach
+    the client on the last chunk. Kimi returns none (its search results stay with Moonshot)."""
+    client = sdk(search_gateway.url, checker)
+    chunks: list[Any] = list(
+        client.chat.completions.create(
+            model=f"via-{vendor}", messages=SEARCH["messages"], extra_body=EXTRA, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    expected = {"openai": CITED["via-openai"], "zhipu": CITED["via-zhipu"], "moonshot": None}
+    assert chunks[-1].model_extra.get("citations") == expected.get(vendor, ["https://example.com/source"])
+    assert all("citations" not in c.model_extra for c in chunks[:-1])
+    assert chunks[-1].usage is not None and checker.checked == len(chunks)

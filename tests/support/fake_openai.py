@@ -329,7 +329,8 @@ class FakeOpenAI:
             }
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
-        await resp.write(event({"role": "assistant", "content": ""}, **top))  # GLM: results come first
+        # GLM's results come first; an aggregator upstream's own `citations` come on its first chunk.
+        await resp.write(event({"role": "assistant", "content": ""}, citations=["https://example.com/source"], **top))
         if field:
             for piece in ("Let me ", "think about it."):
                 await resp.write(event({field: piece}))
