@@ -1,0 +1,439 @@
+"""The speed suite, in one run on one machine (issue 10): everything measured against the same instant
+nginx upstream, one process each, the server on CPU 0 and the load generator and upstream on CPU 1.
+
+throughput  the upstream alone; the floor (bench/floor.py: a bare aiohttp pass-through on uvicorn, our
+            stack); the gateway with everything on (a key with rpm, tpm and a budget, prices, usage
+            to Redis, metrics, the JSON access log to a file); LiteLLM's proxy (installed into
+            .bench/litellm from PyPI). Buffered and streamed (42 events, usage captured): requests/s
+            at 32 connections (wrk), p50 and p99 at one, the added latency (target minus upstream
+            alone), and the ratios gateway/floor and gateway/LiteLLM.
+paced       an upstream streaming 40 events 25 ms apart; N concurrent streams (default 2,000) through
+            one gateway worker, then straight from the upstream: added time to first token, added
+            p99 gap between events, the gateway's CPU and peak resident memory.
+soak        mixed buffered and streamed traffic, some clients leaving mid-stream, for --soak-minutes;
+            the gateway's resident memory sampled every 10 s and its growth.
+
+    python3 dev.py bench                      # the older figures (bench/run.py)
+    .venv/bin/python bench/suite.py --part all --json bench-results.json
+    .venv/bin/python bench/suite.py --part throughput --profile   # a py-spy flame graph of the gateway
+
+Not part of CI. Needs wrk, nginx (with the echo module: Debian's nginx-light has it), redis-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import COMPLETION, KEY, Result, _free_port, _nginx_quote, _on_cpu, _wait_port, _wrk
+from sse_client import StreamTimes, one_stream, percentile, request_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_HOME = ROOT / ".bench"
+STREAM_EVENTS = 42  # role, 39 content, finish, usage
+PACED_EVENTS, PACED_GAP = 40, 0.025
+LITELLM_VERSION = "litellm[proxy]"
+
+
+def _chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> str:
+    obj: dict[str, Any] = {"id": "chatcmpl-suite", "object": "chat.completion.chunk", "created": 1763700000,
+                           "model": "gpt-4o-mini", "choices": []}  # fmt: skip
+    if delta is not None:
+        obj["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    if usage is not None:
+        obj["usage"] = usage
+    return "data: " + json.dumps(obj, separators=(",", ":")) + "\n\n"
+
+
+def stream_events(content_events: int) -> list[str]:
+    usage = {"prompt_tokens": 9, "completion_tokens": content_events, "total_tokens": 9 + content_events}
+    return [
+        _chunk({"role": "assistant", "content": ""}),
+        *(_chunk({"content": f" w{i}"}) for i in range(content_events)),
+        _chunk({}, "stop"),
+        _chunk(None, usage=usage),
+    ]
+
+
+def _nginx_conf(work: Path, port: int) -> str:
+    streamed = "".join(stream_events(STREAM_EVENTS - 3)) + "data: [DONE]\n\n"
+    (work / "streamed.sse").write_text(streamed)
+    (work / "streamed.sse").chmod(0o644)
+    paced = "\n".join(
+        f"      echo -n {_nginx_quote(event)}; echo_flush; echo_sleep {PACED_GAP};"
+        for event in stream_events(PACED_EVENTS - 3)
+    )
+    module = next(
+        (p for p in (f"/usr/{d}/nginx/modules/ngx_http_echo_module.so" for d in ("lib", "share")) if Path(p).exists()),
+        None,
+    )  # fmt: skip
+    if module is None:
+        raise SystemExit("nginx's echo module is missing (apt-get install libnginx-mod-http-echo)")
+    return f"""
+load_module {module};
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx.err warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 10000; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fcgi;
+  uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /buffered/v1/chat/completions {{
+      default_type application/json;
+      return 200 {_nginx_quote(json.dumps(COMPLETION, separators=(",", ":")))};
+    }}
+    location = /streamed/v1/chat/completions {{
+      default_type "text/event-stream; charset=utf-8";
+      error_page 405 =200 $uri;
+      alias {work}/streamed.sse;
+    }}
+    location = /paced/v1/chat/completions {{
+      default_type "text/event-stream; charset=utf-8";
+      echo_read_request_body;
+{paced}
+      echo -n 'data: [DONE]\\n\\n';
+    }}
+  }}
+}}
+"""
+
+
+@contextmanager
+def _process(cmd: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None,
+             wait: float = 30) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    out = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT if out else None)  # fmt: skip
+    try:
+        _wait_port(port, wait)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if out is not None:
+            out.close()
+
+
+def _gateway_cmd(work: Path, port: int) -> list[str]:
+    gateway = str(Path(sys.executable).parent / "gateway")
+    return [
+        *_on_cpu(0),
+        gateway,
+        "serve",
+        "--config",
+        str(work / "gateway.yaml"),
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
+def _gateway_config(work: Path, up_port: int, redis_port: int) -> None:
+    up = f"http://127.0.0.1:{up_port}"
+    (work / "gateway.yaml").write_text(f"""
+redis_url: redis://127.0.0.1:{redis_port}/0
+keys:
+  - {{name: bench, key: {KEY}, rpm: 1000000000, tpm: 1000000000000, budget: 1000000000}}
+upstreams:
+  - {{name: buffered, dialect: openai, vendor: openai, base_url: "{up}/buffered/v1", api_key: sk-up}}
+  - {{name: streamed, dialect: openai, vendor: openai, base_url: "{up}/streamed/v1", api_key: sk-up}}
+  - {{name: paced, dialect: openai, vendor: openai, base_url: "{up}/paced/v1", api_key: sk-up}}
+models:
+  - {{name: bench-buffered, upstream: buffered}}
+  - {{name: bench-streamed, upstream: streamed}}
+  - {{name: bench-paced, upstream: paced}}
+prices:
+  - {{model: "bench-*", input: 0.15, output: 0.6}}
+""")
+
+
+# Everything on: metrics, the JSON access log (to a file), usage to Redis, limits. The upstream pool
+# is sized for the paced scenario's thousands of concurrent streams (one connection each).
+GATEWAY_ENV = {"GATEWAY_METRICS": "true", "GATEWAY_ACCESS_LOG": "true", "GATEWAY_LOG_FORMAT": "json",
+               "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_UPSTREAM_POOL_SIZE": "8192"}  # fmt: skip
+
+
+def _litellm() -> Path:
+    """LiteLLM's proxy in its own virtual environment under .bench/ (installed once)."""
+    venv = BENCH_HOME / "litellm"
+    exe = venv / "bin" / "litellm"
+    if not exe.exists():
+        print("installing LiteLLM's proxy into .bench/litellm (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        subprocess.run([*pip, LITELLM_VERSION], check=True)
+    return exe
+
+
+def _litellm_config(work: Path, up_port: int) -> Path:
+    path = work / "litellm.yaml"
+    up = f"http://127.0.0.1:{up_port}"
+    path.write_text(f"""
+model_list:
+  - model_name: bench-buffered
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{up}/buffered/v1", api_key: sk-up}}
+  - model_name: bench-streamed
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{up}/streamed/v1", api_key: sk-up}}
+general_settings:
+  master_key: {KEY}
+litellm_settings:
+  drop_params: true
+""")
+    return path
+
+
+def _measure(url: str, mode: str, seconds: int, work: Path) -> dict[str, Result]:
+    body = {"model": f"bench-{mode}", "messages": [{"role": "user", "content": "Hi"}], "stream": mode == "streamed"}
+    _wrk(url, body, 32, 2, work)  # warm-up
+    return {"c32": _wrk(url, body, 32, seconds, work), "c1": _wrk(url, body, 1, seconds, work)}
+
+
+def _throughput(work: Path, up_port: int, seconds: int, profile: bool, skip_litellm: bool) -> dict[str, Any]:
+    results: dict[str, dict[str, dict[str, Result]]] = {}
+    for mode in ("buffered", "streamed"):
+        results.setdefault("upstream", {})[mode] = _measure(
+            f"http://127.0.0.1:{up_port}/{mode}/v1/chat/completions", mode, seconds, work
+        )
+    port = _free_port()
+    floor = [*_on_cpu(0), sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(port),
+             "--upstream", f"buffered=http://127.0.0.1:{up_port}/buffered/v1/chat/completions",
+             "--upstream", f"streamed=http://127.0.0.1:{up_port}/streamed/v1/chat/completions"]  # fmt: skip
+    with _process(floor, port):
+        for mode in ("buffered", "streamed"):
+            results.setdefault("floor", {})[mode] = _measure(
+                f"http://127.0.0.1:{port}/{mode}/v1/chat/completions", mode, seconds, work
+            )
+    port = _free_port()
+    with _process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access.log") as proc:
+        spy = _py_spy(proc.pid, work, seconds * 4 + 10) if profile else None
+        for mode in ("buffered", "streamed"):
+            results.setdefault("gateway", {})[mode] = _measure(
+                f"http://127.0.0.1:{port}/v1/chat/completions", mode, seconds, work
+            )
+        if spy is not None:
+            spy.wait()
+            print(f"profile: {work / 'gateway-profile.svg'} copied to {ROOT / 'bench-profile.svg'}")
+            shutil.copy(work / "gateway-profile.svg", ROOT / "bench-profile.svg")
+    served = (work / "access.log").read_bytes().count(b"\n")
+    if not skip_litellm:
+        port = _free_port()
+        cmd = [*_on_cpu(0), str(_litellm()), "--config", str(_litellm_config(work, up_port)), "--port", str(port),
+               "--host", "127.0.0.1", "--num_workers", "1"]  # fmt: skip
+        env = {"LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION", "DISABLE_SCHEMA_UPDATE": "true"}
+        with _process(cmd, port, env, work / "litellm.log", wait=180):
+            for mode in ("buffered", "streamed"):
+                results.setdefault("litellm", {})[mode] = _measure(
+                    f"http://127.0.0.1:{port}/v1/chat/completions", mode, seconds, work
+                )
+    return {"results": results, "gateway_access_lines": served}
+
+
+def _py_spy(pid: int, work: Path, seconds: int) -> subprocess.Popen[bytes]:
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=True)
+    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--nonblocking",
+                             "-o", str(work / "gateway-profile.svg")], stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def _print_throughput(data: dict[str, Any]) -> dict[str, Any]:
+    results = data["results"]
+    summary: dict[str, Any] = {}
+    print("\n| target | mode | req/s (c=32) | p50 / p99 ms (c=1) | added p50 / p99 ms |")
+    print("|---|---|---|---|---|")
+    for target in ("upstream", "floor", "gateway", "litellm"):
+        for mode in ("buffered", "streamed"):
+            if target not in results:
+                continue
+            r, up = results[target][mode], results["upstream"][mode]
+            added = (r["c1"].p50_ms - up["c1"].p50_ms, r["c1"].p99_ms - up["c1"].p99_ms)
+            summary.setdefault(target, {})[mode] = {
+                "rps_c32": round(r["c32"].rps), "p50_ms_c1": r["c1"].p50_ms, "p99_ms_c1": r["c1"].p99_ms,
+                "added_p50_ms": round(added[0], 3), "added_p99_ms": round(added[1], 3),
+            }  # fmt: skip
+            print(f"| {target} | {mode} | {r['c32'].rps:,.0f} | {r['c1'].p50_ms:.3f} / {r['c1'].p99_ms:.3f} | "
+                  f"{added[0]:.3f} / {added[1]:.3f} |")  # fmt: skip
+    print()
+    for mode in ("buffered", "streamed"):
+        gw = summary["gateway"][mode]["rps_c32"]
+        ratios = {"gateway/floor": gw / summary["floor"][mode]["rps_c32"]}
+        if "litellm" in summary:
+            ratios["gateway/litellm"] = gw / max(1, summary["litellm"][mode]["rps_c32"])
+        summary.setdefault("ratios", {})[mode] = {k: round(v, 2) for k, v in ratios.items()}
+        print(f"{mode}: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    return summary
+
+
+async def _paced_streams(port: int, path: str, n: int) -> list[StreamTimes]:
+    body = json.dumps({"model": "bench-paced", "messages": [{"role": "user", "content": "Hi"}],
+                       "stream": True}).encode()  # fmt: skip
+    request = request_bytes(port, path, body, KEY)
+    tasks = []
+    for _ in range(n):  # opened over about a second, as clients arrive, not in one burst
+        tasks.append(asyncio.create_task(one_stream(port, request)))
+        await asyncio.sleep(1.0 / n)
+    return list(await asyncio.gather(*tasks))
+
+
+def _stream_stats(streams: list[StreamTimes]) -> dict[str, float]:
+    ok = [s for s in streams if s.status == 200 and s.done and s.events]
+    ttft = [(s.events[0] - s.sent) * 1000 for s in ok]
+    gaps = [(b - a) * 1000 for s in ok for a, b in zip(s.events[1:], s.events[2:], strict=False)]
+    return {"streams": len(streams), "complete": len(ok), "ttft_p50_ms": percentile(ttft, 50),
+            "ttft_p99_ms": percentile(ttft, 99), "gap_p50_ms": percentile(gaps, 50),
+            "gap_p99_ms": percentile(gaps, 99)}  # fmt: skip
+
+
+def _proc_sample(pid: int) -> tuple[float, int]:
+    """(CPU seconds used, resident bytes) of a process and its children."""
+    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    cpu, rss = 0.0, 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in pids:
+        stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu += (int(stat[11]) + int(stat[12])) / tick
+        rss += int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+    return cpu, rss
+
+
+def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
+    direct = asyncio.run(_paced_streams(up_port, "/paced/v1/chat/completions", n))
+    port = _free_port()
+    with _process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-paced.log") as proc:
+        peak = 0
+        cpu0, _ = _proc_sample(proc.pid)
+        started = time.perf_counter()
+
+        async def run() -> list[StreamTimes]:
+            nonlocal peak
+            task = asyncio.create_task(_paced_streams(port, "/v1/chat/completions", n))
+            while not task.done():
+                peak = max(peak, _proc_sample(proc.pid)[1])
+                await asyncio.sleep(0.2)
+            return await task
+
+        through = asyncio.run(run())
+        cpu1, _ = _proc_sample(proc.pid)
+        wall = time.perf_counter() - started
+    up, gw = _stream_stats(direct), _stream_stats(through)
+    out = {"streams": n, "events_per_stream": PACED_EVENTS, "gap_ms": PACED_GAP * 1000, "upstream": up, "gateway": gw,
+           "added_ttft_p50_ms": gw["ttft_p50_ms"] - up["ttft_p50_ms"],
+           "added_gap_p99_ms": gw["gap_p99_ms"] - up["gap_p99_ms"],
+           "gateway_cpu_percent": 100 * (cpu1 - cpu0) / wall, "gateway_peak_rss_mb": peak / 2**20}  # fmt: skip
+    print(f"\npaced: {n} concurrent streams of {PACED_EVENTS} events {PACED_GAP * 1000:.0f} ms apart, one worker")
+    print("| | complete | TTFT p50 / p99 ms | gap p50 / p99 ms |")
+    print("|---|---|---|---|")
+    for name, s in (("upstream alone", up), ("via gateway", gw)):
+        print(f"| {name} | {s['complete']}/{s['streams']} | {s['ttft_p50_ms']:.1f} / {s['ttft_p99_ms']:.1f} | "
+              f"{s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} |")  # fmt: skip
+    print(f"added TTFT p50 {out['added_ttft_p50_ms']:.2f} ms, added gap p99 {out['added_gap_p99_ms']:.2f} ms, "
+          f"gateway CPU {out['gateway_cpu_percent']:.0f}%, peak RSS {out['gateway_peak_rss_mb']:.0f} MB")  # fmt: skip
+    return out
+
+
+def _soak(work: Path, minutes: float) -> dict[str, Any]:
+    port = _free_port()
+    with _process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-soak.log") as proc:
+        samples: list[tuple[float, float]] = []
+        counts = {"buffered": 0, "streamed": 0, "left": 0, "failed": 0}
+
+        async def client(i: int, deadline: float) -> None:
+            kinds = ("buffered", "streamed", "paced-left")
+            n = i
+            while time.perf_counter() < deadline:
+                kind = kinds[n % 3]
+                n += 1
+                model = "bench-paced" if kind == "paced-left" else f"bench-{kind}"
+                body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hi"}],
+                                   "stream": kind != "buffered"}).encode()  # fmt: skip
+                times = await one_stream(port, request_bytes(port, "/v1/chat/completions", body, KEY),
+                                         cut_after=5 if kind == "paced-left" else None)  # fmt: skip
+                if times.status != 200:
+                    counts["failed"] += 1
+                else:
+                    counts["left" if kind == "paced-left" else kind] += 1
+
+        async def run() -> None:
+            started = time.perf_counter()
+            deadline = started + minutes * 60
+            tasks = [asyncio.create_task(client(i, deadline)) for i in range(24)]
+            while time.perf_counter() < deadline:
+                samples.append((time.perf_counter() - started, _proc_sample(proc.pid)[1] / 2**20))
+                await asyncio.sleep(10)
+            await asyncio.gather(*tasks)
+
+        asyncio.run(run())
+    first = statistics.median(m for t, m in samples if 60 <= t < 120) if len(samples) > 12 else samples[0][1]
+    last = statistics.median(m for _, m in samples[-6:])
+    out = {"minutes": minutes, "requests": counts, "rss_mb_samples": [round(m, 1) for _, m in samples],
+           "rss_mb_after_warmup": first, "rss_mb_at_end": last, "growth_mb": last - first}  # fmt: skip
+    print(f"\nsoak: {minutes:g} min, {counts}; RSS after the first minute {first:.1f} MB, at the end {last:.1f} MB, "
+          f"growth {last - first:+.1f} MB")  # fmt: skip
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("all", "throughput", "paced", "soak"), default="all")
+    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    parser.add_argument("--streams", type=int, default=2000, help="concurrent streams in the paced scenario")
+    parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no package index needed)")
+    parser.add_argument("--profile", action="store_true", help="record a py-spy flame graph of the gateway")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets, here and in children
+    for tool in ("wrk", "nginx", "redis-server"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (python3 dev.py bench installs it)")
+    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        up_port, redis_port = _free_port(), _free_port()
+        (work / "nginx.conf").write_text(_nginx_conf(work, up_port))
+        _gateway_config(work, up_port, redis_port)
+        GATEWAY_ENV["GATEWAY_LEDGER_SPOOL_DIR"] = str(work / "spool")
+        redis = [*_on_cpu(1), "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(work), "--loglevel", "warning"]  # fmt: skip
+        nginx = [*_on_cpu(1), "nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
+        with _process(redis, redis_port), _process(nginx, up_port):
+            if args.part in ("all", "throughput"):
+                data = _throughput(work, up_port, args.seconds, args.profile, args.no_litellm)
+                report["throughput"] = _print_throughput(data)
+            if args.part in ("all", "paced"):
+                report["paced"] = _paced(work, up_port, args.streams)
+            if args.part in ("all", "soak"):
+                report["soak"] = _soak(work, args.soak_minutes)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
