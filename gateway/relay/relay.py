@@ -282,14 +282,17 @@ class Relay:
         attempt = exchange.attempt(upstream.name, deployment.model_for(model))
         # The idle timeout bounds the wait for the headers too (their read is a read): a timer of
         # our own is needed only for a shorter limit.
-        headers = timeouts.headers if _shorter(timeouts.headers, timeouts.idle) else None
-        try:
-            async with asyncio.timeout(headers):
-                response = await self._transports[upstream.name].open(built)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"The upstream `{upstream.name}` sent no response headers within {timeouts.headers:g} s."
-            ) from None
+        opening = self._transports[upstream.name].open(built)
+        if not _shorter(timeouts.headers, timeouts.idle):
+            response = await opening  # no timer at all: even an unarmed one costs per request
+        else:
+            try:
+                async with asyncio.timeout(timeouts.headers):
+                    response = await opening
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"The upstream `{upstream.name}` sent no response headers within {timeouts.headers:g} s."
+                ) from None
         attempt.answered(response.status)
         return dialect, built, attempt, response
 
@@ -364,15 +367,21 @@ class Relay:
         chunks = response.iter_chunks()
         timeouts = self._timeouts_of(deployment)
         first: list[bytes] = []
-        first_token = timeouts.first_token if _shorter(timeouts.first_token, timeouts.idle) else None
+
+        async def first_events() -> list[bytes]:
+            async for data in chunks:
+                events: list[bytes] = decoding(upstream, decoder.feed, data)
+                if events:
+                    return events
+            ended: list[bytes] = decoding(upstream, decoder.finish)
+            return ended
+
         try:
-            async with asyncio.timeout(first_token):
-                async for data in chunks:
-                    first = decoding(upstream, decoder.feed, data)
-                    if first:
-                        break
-                else:
-                    first = decoding(upstream, decoder.finish)
+            if not _shorter(timeouts.first_token, timeouts.idle):
+                first = await first_events()
+            else:
+                async with asyncio.timeout(timeouts.first_token):
+                    first = await first_events()
         except TimeoutError:
             response.close()
             raise UpstreamTimeout(
