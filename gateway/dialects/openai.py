@@ -134,14 +134,7 @@ class OpenAIStreamDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
-        plain = self._citations is None  # no search: nothing to gather, no rounds
         for event in self._parser.feed(data):
-            if plain and verbatim(event.data):
-                # Most chunks need no change: the upstream's own bytes go out, unparsed.
-                chunk = event.data if self._include_usage else event.data.replace(b',"usage":null', b"")
-                self.text_chars += text_bytes(chunk)
-                out.append(b"data: " + chunk + b"\n\n")
-                continue
             if event.data == b"[DONE]":
                 self._saw_done = True
                 continue
@@ -312,44 +305,6 @@ class _SearchRound:
         if type(arguments) is str:
             entry["function"]["arguments"] += arguments
         return True
-
-
-# A chunk goes out as the upstream sent it when it has every field the spec requires, written as
-# OpenAI writes them (compact), and nothing the gateway must read or change: no usage, no tool calls
-# (their index may be missing), no reasoning under another name, no finish reason, no error.
-_VERBATIM_NEEDS = (b'"object":"chat.completion.chunk"', b'"created":', b'"model":"', b'"delta":{', b'"index":',
-                   b'"finish_reason":null')  # fmt: skip
-_VERBATIM_NOT = (b'"usage":{', b'"tool_calls"', b'"function_call"', b'"reasoning":', b'"error"', b'"choices":[]')
-
-
-def verbatim(data: bytes) -> bool:
-    """Whether a stream event's JSON needs no change for the client (a byte check, no parsing)."""
-    if not data.startswith(b'{"id":"') or data.startswith(b'{"id":""') or not data.endswith(b"}"):
-        return False
-    for needed in _VERBATIM_NEEDS:
-        if needed not in data:
-            return False
-    if not all(forbidden not in data for forbidden in _VERBATIM_NOT):
-        return False
-    if not data.isascii():  # what goes out unparsed must still be text the client can decode
-        try:
-            data.decode()
-        except UnicodeDecodeError:
-            return False
-    return True
-
-
-def text_bytes(data: bytes) -> int:
-    """About how much text a verbatim chunk carries (content and reasoning_content), for the usage
-    estimate of a stream whose upstream never reports usage."""
-    n = 0
-    for field in (b'"content":"', b'"reasoning_content":"'):
-        start = data.find(field)
-        if start >= 0:
-            start += len(field)
-            end = data.find(b'"', start)
-            n += max(0, end - start)
-    return n
 
 
 def json_object(data: bytes, what: str) -> dict[str, Any]:
