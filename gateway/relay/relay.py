@@ -28,7 +28,6 @@ from gateway.dialects import kimi_search
 from gateway.dialects.base import (
     ENDPOINT_NOT_FOUND,
     DecodedReply,
-    RoundTrip,
     Target,
     UpstreamRequest,
     added,
@@ -332,21 +331,12 @@ class Relay:
         """Further rounds with the upstream while its reply asks for one (`DecodedReply.turn`); the reply
         is the last round's, its usage every round's. When a later round fails, the rounds before it
         were served: their usage stays on the exchange."""
-        transport = self._transports[upstream.name]
+        rounds = _Rounds(self._transports[upstream.name], dialect, built, upstream)
         deadline = None if total is None else attempt.started + total
-        rounds = 0
         while reply.turn is not None:
             try:
-                if rounds == kimi_search.MAX_ROUNDS:
-                    raise UpstreamProtocolError(
-                        f"The upstream `{upstream.name}` still called its search tool after {rounds} rounds."
-                    )
-                rounds += 1
-                built = kimi_search.next_round(built, reply.turn)
-                response = await transport.open(built)
+                response = await rounds.open(reply.turn)
                 body = await _read_or_close(response, deadline, upstream.name)
-                if response.status >= 300:
-                    raise _status_error(dialect, response, body, built, upstream)
                 spent = reply.usage
                 reply = decoding(upstream, dialect.decode_reply, body, request)
             except UpstreamError:
@@ -415,23 +405,18 @@ class Relay:
             error_tail=STREAM_ERRORS[api],
         )
         if getattr(decoder, "search_rounds", False):
-            stream.rounds = _Rounds(decoder, self._transports[upstream.name], dialect, built, upstream)
+            stream.rounds = _Rounds(self._transports[upstream.name], dialect, built, upstream)
         return stream
 
 
 class _Rounds:
-    """The further rounds of one stream with its upstream (see `DecodedReply.turn`): each is the last
-    request with the turn's messages added, on the same upstream."""
+    """The further rounds of one request with its upstream (see `DecodedReply.turn`), buffered or
+    streamed: each is the last request with the turn's messages added, on the same upstream, at most
+    `kimi_search.MAX_ROUNDS` of them."""
 
     def __init__(
-        self,
-        decoder: RoundTrip,
-        transport: Transport,
-        dialect: Translator,
-        built: UpstreamRequest,
-        upstream: UpstreamConfig,
+        self, transport: Transport, dialect: Translator, built: UpstreamRequest, upstream: UpstreamConfig
     ) -> None:
-        self.decoder = decoder
         self._transport = transport
         self._dialect = dialect
         self._built = built
@@ -439,6 +424,12 @@ class _Rounds:
         self.left = kimi_search.MAX_ROUNDS
 
     async def open(self, turn: list[JSON]) -> UpstreamResponse:
+        """The next round's response, its status a success (an error status raises)."""
+        if not self.left:
+            raise UpstreamProtocolError(
+                f"The upstream `{self._upstream.name}` still called its search tool "
+                f"after {kimi_search.MAX_ROUNDS} rounds."
+            )
         self.left -= 1
         self._built = kimi_search.next_round(self._built, turn)
         response = await self._transport.open(self._built)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import orjson
 
 from gateway.config import UpstreamConfig
 from gateway.dialects.base import RoundTrip, StreamDecoder, Usage, redact
-from gateway.dialects.kimi_search import MAX_ROUNDS
 from gateway.dialects.normalize import text_length
 from gateway.dialects.openai import error_events
 from gateway.errors import GatewayError, UpstreamProtocolError, UpstreamTimeout
@@ -23,10 +22,8 @@ log = logging.getLogger("gateway.relay")
 
 
 class Rounds(Protocol):
-    """Opens the further rounds of a stream whose decoder asks for them (`RoundTrip`)."""
-
-    decoder: RoundTrip
-    left: int  # rounds still allowed
+    """Opens the further rounds of a stream whose decoder asks for them (a `RoundTrip`); raises an
+    `UpstreamError` when no more are allowed or the round failed."""
 
     async def open(self, turn: list[JSON]) -> UpstreamResponse: ...
 
@@ -66,7 +63,8 @@ class Stream:
         self._error_tail = error_tail  # the client API's end of a stream that failed
         self._events: AsyncIterator[tuple[bytes, bool]] | None = None
         self._closed = False
-        self.rounds: Rounds | None = None  # further rounds with the upstream the decoder may ask for
+        # Further rounds with the upstream, set only when the decoder is a `RoundTrip` that may ask for them.
+        self.rounds: Rounds | None = None
 
     def events(self) -> AsyncIterator[tuple[bytes, bool]]:
         if self._events is None:
@@ -85,11 +83,7 @@ class Stream:
             rounds = self.rounds
             # A round-tripping decoder's `finish` gives nothing when it asks for another round.
             while rounds is not None and not tail:
-                if not rounds.left:
-                    raise UpstreamProtocolError(
-                        f"The upstream `{self._upstream.name}` still called its search tool after {MAX_ROUNDS} rounds."
-                    )
-                turn = rounds.decoder.take_turn()
+                turn = cast(RoundTrip, self._decoder).take_turn()
                 if turn is None:
                     break
                 self._response.close()
@@ -126,7 +120,7 @@ class Stream:
         self._closed = True
         # First: nothing below feeds the decoder, and it may raise.
         if self.rounds is not None:
-            self.rounds.decoder.end()
+            cast(RoundTrip, self._decoder).end()
         self._exchange.usage = self._decoder.usage or estimated_usage(self._exchange, self._decoder.text_chars)
         if self._events is not None:
             await self._events.aclose()  # type: ignore[attr-defined]
