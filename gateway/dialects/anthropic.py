@@ -19,11 +19,11 @@ import orjson
 from gateway.config import UpstreamConfig
 from gateway.dialects.anthropic_helper import JSON_TOOL, anthropic_error, finish_reason, openai_usage
 from gateway.dialects.anthropic_stream import AnthropicStreamDecoder
-from gateway.dialects.base import DecodedReply, Target, UpstreamRequest, error_parts, upstream_status_error
+from gateway.dialects.base import DecodedReply, Target, UpstreamRequest, decode_error
 from gateway.dialects.citations import Citations
 from gateway.dialects.openai import json_object
 from gateway.dialects.vendors import EFFORT_BUDGET, budget_for, clamp_effort, effort_for_budget
-from gateway.errors import InvalidRequest, UpstreamStatusError
+from gateway.errors import InvalidRequest
 from gateway.extensions import Search
 from gateway.request import ChatRequest
 from gateway.types import JSON
@@ -86,10 +86,7 @@ class AnthropicDialect:
     def stream_decoder(self, request: ChatRequest) -> AnthropicStreamDecoder:
         return AnthropicStreamDecoder(request.model, request.include_usage, json_tool_name(request))
 
-    def decode_error(
-        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
-    ) -> UpstreamStatusError:
-        return upstream_status_error(status, error_parts(body), headers, upstream)
+    decode_error = staticmethod(decode_error)
 
 
 # --- request -----------------------------------------------------------------------------------

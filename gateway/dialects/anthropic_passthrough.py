@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 
-from gateway.config import UpstreamConfig
 from gateway.dialects.anthropic import anthropic_headers, messages_url
 from gateway.dialects.anthropic_helper import anthropic_error, openai_usage
 from gateway.dialects.base import (
@@ -15,12 +14,11 @@ from gateway.dialects.base import (
     Target,
     UpstreamRequest,
     Usage,
-    error_parts,
-    upstream_status_error,
+    decode_error,
 )
 from gateway.dialects.openai import json_object
 from gateway.dialects.sse import SSEParser
-from gateway.errors import UpstreamProtocolError, UpstreamStatusError
+from gateway.errors import UpstreamProtocolError
 from gateway.protocol.messages import MessagesRequest
 from gateway.types import JSON
 
@@ -42,10 +40,7 @@ class AnthropicPassthrough:
     def stream_decoder(self, request: MessagesRequest) -> PassthroughDecoder:
         return PassthroughDecoder()
 
-    def decode_error(
-        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
-    ) -> UpstreamStatusError:
-        return upstream_status_error(status, error_parts(body), headers, upstream)
+    decode_error = staticmethod(decode_error)
 
 
 class PassthroughDecoder:

@@ -174,6 +174,12 @@ def upstream_status_error(
     return err
 
 
+def decode_error(status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig) -> UpstreamStatusError:
+    """An upstream's non-2xx answer, whatever the shape of its error body: the `decode_error` of
+    every translator (`decode_error = staticmethod(decode_error)`)."""
+    return upstream_status_error(status, error_parts(body), headers, upstream)
+
+
 ENDPOINT_NOT_FOUND = "upstream_endpoint_not_found"
 
 

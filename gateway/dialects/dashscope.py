@@ -23,23 +23,21 @@ from typing import Any
 
 import orjson
 
-from gateway.config import UpstreamConfig
 from gateway.dialects import normalize
 from gateway.dialects.base import (
     DecodedReply,
     Target,
     UpstreamRequest,
     Usage,
+    decode_error,
     embedded_error,
-    error_parts,
-    upstream_status_error,
 )
 from gateway.dialects.citations import Citations
 from gateway.dialects.normalize import token_count
 from gateway.dialects.openai import DONE_EVENT, json_object, openai_headers, sse_event
 from gateway.dialects.sse import SSEParser
 from gateway.dialects.vendors import PROFILES, write_request
-from gateway.errors import UpstreamProtocolError, UpstreamStatusError
+from gateway.errors import UpstreamProtocolError
 from gateway.request import ChatRequest
 from gateway.types import JSON
 
@@ -88,10 +86,7 @@ class DashScopeDialect:
     def stream_decoder(self, request: ChatRequest) -> DashScopeStreamDecoder:
         return DashScopeStreamDecoder(request.model, request.include_usage)
 
-    def decode_error(
-        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
-    ) -> UpstreamStatusError:
-        return upstream_status_error(status, error_parts(body), headers, upstream)
+    decode_error = staticmethod(decode_error)
 
 
 class DashScopeStreamDecoder:

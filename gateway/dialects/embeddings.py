@@ -7,19 +7,17 @@ from typing import Any
 
 import orjson
 
-from gateway.config import UpstreamConfig
 from gateway.dialects.base import (
     DecodedReply,
     Target,
     UpstreamRequest,
     Usage,
+    decode_error,
     embedded_error,
-    error_parts,
-    upstream_status_error,
 )
 from gateway.dialects.normalize import token_count
 from gateway.dialects.openai import json_object, openai_headers
-from gateway.errors import UpstreamProtocolError, UpstreamStatusError
+from gateway.errors import UpstreamProtocolError
 from gateway.protocol.embeddings import EmbeddingsRequest
 
 
@@ -53,10 +51,7 @@ class EmbeddingsTranslator:
     def stream_decoder(self, request: EmbeddingsRequest) -> Any:
         raise AssertionError("embeddings do not stream")
 
-    def decode_error(
-        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
-    ) -> UpstreamStatusError:
-        return upstream_status_error(status, error_parts(body), headers, upstream)
+    decode_error = staticmethod(decode_error)
 
 
 def _fill_in(obj: dict[str, Any], data: list[Any], model: str) -> bool:

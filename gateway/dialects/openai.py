@@ -18,14 +18,13 @@ from gateway.dialects.base import (
     UpstreamRequest,
     Usage,
     added,
+    decode_error,
     embedded_error,
-    error_parts,
-    upstream_status_error,
 )
 from gateway.dialects.citations import Citations
 from gateway.dialects.sse import SSEParser
 from gateway.dialects.vendors import VendorProfile, write_request
-from gateway.errors import GatewayError, UpstreamProtocolError, UpstreamStatusError
+from gateway.errors import GatewayError, UpstreamProtocolError
 from gateway.request import ChatRequest
 from gateway.types import JSON
 
@@ -88,10 +87,7 @@ class OpenAIDialect:
         search = request.ext.search is not None
         return OpenAIStreamDecoder(request.model, request.include_usage, search, search and self._search_rounds)
 
-    def decode_error(
-        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
-    ) -> UpstreamStatusError:
-        return upstream_status_error(status, error_parts(body), headers, upstream)
+    decode_error = staticmethod(decode_error)
 
 
 class OpenAIStreamDecoder:

@@ -10,20 +10,18 @@ from typing import Any
 
 import orjson
 
-from gateway.config import UpstreamConfig
 from gateway.dialects.base import (
     DecodedReply,
     Target,
     UpstreamRequest,
     Usage,
+    decode_error,
     embedded_error,
-    error_parts,
-    upstream_status_error,
 )
 from gateway.dialects.normalize import token_count
 from gateway.dialects.openai import json_object, openai_headers
 from gateway.dialects.sse import SSEParser
-from gateway.errors import UpstreamProtocolError, UpstreamStatusError
+from gateway.errors import UpstreamProtocolError
 from gateway.protocol.responses import ResponsesRequest
 
 # The events that end a Response stream; each carries the whole Response, usage included.
@@ -46,10 +44,7 @@ class ResponsesPassthrough:
     def stream_decoder(self, request: ResponsesRequest) -> PassthroughEvents:
         return PassthroughEvents()
 
-    def decode_error(
-        self, status: int, body: bytes, headers: dict[str, str], upstream: UpstreamConfig
-    ) -> UpstreamStatusError:
-        return upstream_status_error(status, error_parts(body), headers, upstream)
+    decode_error = staticmethod(decode_error)
 
 
 class PassthroughEvents:
