@@ -114,6 +114,34 @@ def _nginx_quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
+def nginx_conf(work: Path, port: int, locations: str, top: str = "", connections: int = 1024) -> str:
+    """The upstream nginx: one worker, no logs, temporary files in `work`; the instant buffered
+    completion at /buffered/v1/chat/completions, and `locations` (nginx `location` blocks) beside it."""
+    return f"""
+{top}
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx.err warn;
+worker_rlimit_nofile {connections * 2};
+events {{ worker_connections {connections}; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fcgi;
+  uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /buffered/v1/chat/completions {{
+      default_type application/json;
+      return 200 {_nginx_quote(json.dumps(COMPLETION, separators=(",", ":")))};
+    }}
+{locations}
+  }}
+}}
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -201,23 +229,7 @@ def main() -> int:
         ):
             (work / name).write_text(text)
             (work / name).chmod(0o644)
-        (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fcgi;
-  uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{up_port};
-    location = /buffered/v1/chat/completions {{
-      default_type application/json;
-      return 200 {_nginx_quote(json.dumps(COMPLETION, separators=(",", ":")))};
-    }}
+        locations = f"""
     # Too long for `return` (nginx caps a parameter at 4 KiB): files, which nginx serves to a POST
     # only through this internal redirect.
     location = /long/v1/chat/completions {{
@@ -234,9 +246,8 @@ http {{
       default_type "text/event-stream; charset=utf-8";
       return 200 {_nginx_quote(_stream_body())};
     }}
-  }}
-}}
-""")
+"""
+        (work / "nginx.conf").write_text(nginx_conf(work, up_port, locations))
         (work / "gateway.yaml").write_text(f"""
 keys: [{{name: bench, key: {KEY}}}]
 upstreams:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import COMPLETION, KEY, Result, _free_port, _nginx_quote, _on_cpu, _wait_port, _wrk
+from run import KEY, Result, _free_port, _nginx_quote, _on_cpu, _wait_port, _wrk, nginx_conf
 from sse_client import StreamTimes, one_stream, percentile, request_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,25 +83,7 @@ def _nginx_conf(work: Path, port: int) -> str:
     )  # fmt: skip
     if module is None:
         raise SystemExit("nginx's echo module is missing (apt-get install libnginx-mod-http-echo)")
-    return f"""
-load_module {module};
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-worker_rlimit_nofile 20000;
-events {{ worker_connections 10000; }}
-http {{
-  access_log off;
-  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fcgi;
-  uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    location = /buffered/v1/chat/completions {{
-      default_type application/json;
-      return 200 {_nginx_quote(json.dumps(COMPLETION, separators=(",", ":")))};
-    }}
+    locations = f"""
     location = /streamed/v1/chat/completions {{
       default_type "text/event-stream; charset=utf-8";
       error_page 405 =200 $uri;
@@ -112,10 +94,8 @@ http {{
       echo_read_request_body;
 {paced}
       echo -n 'data: [DONE]\\n\\n';
-    }}
-  }}
-}}
-"""
+    }}"""
+    return nginx_conf(work, port, locations, top=f"load_module {module};", connections=10000)
 
 
 @contextmanager
