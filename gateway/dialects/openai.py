@@ -155,7 +155,7 @@ class OpenAIStreamDecoder:
                     if not choices and (citations is None or not citations.pending()):
                         continue  # the usage-only chunk the gateway asked for on its own behalf
                 elif choices and usage is not None:
-                    usage_chunk = self._usage_chunk(obj, obj.pop("usage"))
+                    usage_chunk = {**_empty_chunk(obj["id"], obj["created"], obj["model"]), "usage": obj.pop("usage")}
             for choice in choices:
                 self.text_chars += normalize.text_length(choice["delta"])
                 if choice.get("finish_reason"):
@@ -181,10 +181,6 @@ class OpenAIStreamDecoder:
         if self._round is not None:
             self._round.reported = True
 
-    def _usage_chunk(self, obj: JSON, usage: Any) -> JSON:
-        return {"id": obj["id"], "object": "chat.completion.chunk", "created": obj["created"],
-                "model": obj["model"], "choices": [], "usage": usage}  # fmt: skip
-
     def _stream_id(self) -> str:
         if self._id is None:
             self._id = normalize.completion_id()
@@ -198,8 +194,7 @@ class OpenAIStreamDecoder:
             raise UpstreamProtocolError("The upstream closed the stream before the reply was complete.")
         citations = self._citations
         if citations is not None and citations.pending():  # sources that came after the last chunk
-            tail = self._usage_chunk({"id": self._stream_id(), "created": self._created, "model": self._model}, None)
-            del tail["usage"]
+            tail = _empty_chunk(self._stream_id(), self._created, self._model)
             citations.attach(tail)
             return [sse_event(tail), DONE_EVENT]
         return [DONE_EVENT]
@@ -301,6 +296,11 @@ class _SearchRound:
         if type(arguments) is str:
             entry["function"]["arguments"] += arguments
         return True
+
+
+def _empty_chunk(stream_id: Any, created: Any, model: Any) -> JSON:
+    """A chunk with no choices: for the usage, or for sources that came after the last chunk."""
+    return {"id": stream_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": []}
 
 
 def json_object(data: bytes, what: str) -> dict[str, Any]:
