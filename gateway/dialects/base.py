@@ -102,7 +102,9 @@ class StreamDecoder(Protocol):
 
     text_chars: int  # characters of generated text relayed so far
 
-    def feed(self, data: bytes) -> list[bytes]: ...
+    def feed(self, data: bytes) -> list[bytes]:
+        """Whole client SSE events, ready to send; an element may hold several (a chunk relayed as it came)."""
+        ...
 
     def finish(self) -> list[bytes]:
         """Called when the upstream body ended; raises if it ended before the reply was complete."""

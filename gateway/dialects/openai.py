@@ -105,6 +105,7 @@ class OpenAIStreamDecoder:
         "_include_usage",
         "_model",
         "_parser",
+        "_plain",
         "_round",
         "_saw_done",
         "_spent",
@@ -127,14 +128,54 @@ class OpenAIStreamDecoder:
         self.search_rounds = search_rounds  # the gateway may run further rounds (`take_turn`)
         self._round = _SearchRound() if search_rounds else None
         self._spent: Usage | None = None  # the usage of the rounds before this one
+        self._plain = not search  # nothing to gather, no rounds: chunks may go out unchanged
 
     def feed(self, data: bytes) -> list[bytes]:
+        pieces = self._parser.data_only(data) if self._plain else None
+        if pieces is None:
+            return self._events([event.data for event in self._parser.feed(data)])
+        # Most chunks need no change: each is parsed and checked, and goes out as the upstream's bytes.
         out: list[bytes] = []
-        for event in self._parser.feed(data):
-            if event.data == b"[DONE]":
+        unchanged = True  # every event of `data` goes out as it came: `data` itself is the output
+        last = len(pieces) - 1
+        for i, piece in enumerate(pieces):
+            if piece == b"[DONE]":
+                self._saw_done = True
+                unchanged = unchanged and i == last  # [DONE] goes out from `finish`, not here
+                continue
+            try:
+                obj = orjson.loads(piece)
+            except orjson.JSONDecodeError:
+                obj = None  # the full treatment says what is wrong with it
+            text = plain_chunk(obj)
+            if text is None:
+                unchanged = False
+                out += self._events([piece])
+                continue
+            self.text_chars += text
+            if not self._finished and obj["choices"][0]["finish_reason"] is not None:
+                self._finished = True
+            if "usage" in obj and not self._include_usage:  # `"usage": null`, as OpenAI writes it when asked
+                piece = piece.replace(b',"usage":null', b"", 1)
+                if b'"usage"' in piece:
+                    unchanged = False
+                    del obj["usage"]
+                    out.append(sse_event(obj))
+                    continue
+                unchanged = False
+            out.append(b"data: " + piece + b"\n\n")
+        if unchanged and out:
+            return [data[: -len(DONE_EVENT)] if pieces[last] == b"[DONE]" else data]
+        return out
+
+    def _events(self, datas: list[bytes]) -> list[bytes]:
+        """Events that take the full treatment: normalized, usage captured, sources gathered."""
+        out: list[bytes] = []
+        for data in datas:
+            if data == b"[DONE]":
                 self._saw_done = True
                 continue
-            obj = json_object(event.data, "stream event")
+            obj = json_object(data, "stream event")
             if "error" in obj and "choices" not in obj:
                 raise embedded_error(obj)
             usage = normalize.chunk(obj, self._model, self._stream_id, self._created)
@@ -296,6 +337,40 @@ class _SearchRound:
         if type(arguments) is str:
             entry["function"]["arguments"] += arguments
         return True
+
+
+_PLAIN_DELTA = frozenset({"role", "content", "reasoning_content", "refusal"})
+
+
+def plain_chunk(obj: Any) -> int | None:
+    """The characters of text in a chunk that needs no change for the client (every field the spec
+    requires, of its type; one choice with only text in its delta; no usage, error or tool calls):
+    None for any other, which then takes the full treatment (`normalize.chunk`)."""
+    if type(obj) is not dict or obj.get("object") != "chat.completion.chunk":
+        return None
+    stream_id, model, choices = obj.get("id"), obj.get("model"), obj.get("choices")
+    if type(stream_id) is not str or not stream_id or type(model) is not str or not model:
+        return None
+    if type(obj.get("created")) is not int or type(choices) is not list or len(choices) != 1:
+        return None
+    if obj.get("usage", 0) is not None and "usage" in obj:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or type(choice.get("index")) is not int or "usage" in choice:
+        return None
+    reason = choice.get("finish_reason", 0)
+    delta = choice.get("delta")
+    if (reason is not None and reason not in normalize.FINISH_REASONS) or type(delta) is not dict:
+        return None
+    text = 0
+    for name, value in delta.items():
+        if name not in _PLAIN_DELTA:
+            return None
+        if type(value) is str:
+            text += len(value) if name != "role" and name != "refusal" else 0
+        elif value is not None:
+            return None
+    return text
 
 
 def _empty_chunk(stream_id: Any, created: Any, model: Any) -> JSON:

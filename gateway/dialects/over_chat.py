@@ -59,9 +59,10 @@ class ChatEvents:
 
     def feed(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
-        for chunk in self._chat.feed(data):
+        # The chat decoder's events are one `data:` line each; an element of its list may hold several.
+        for chunk in b"".join(self._chat.feed(data)).split(b"\n\n"):
             if not chunk.startswith(b"data: {"):
-                continue  # [DONE]: the other API has its own end
+                continue  # [DONE], or the empty piece after the last event: the other API has its own end
             obj = orjson.loads(chunk[6:])
             out += self._start(obj)
             for choice in obj.get("choices") or []:

@@ -43,6 +43,18 @@ class SSEParser:
             self._line(line, events)
         return events
 
+    def data_only(self, chunk: bytes) -> list[bytes] | None:
+        """The data of each event in `chunk` when it is nothing but whole one-line `data: ` events
+        and nothing is held from earlier pieces (how OpenAI-compatible upstreams write): a split
+        instead of a walk line by line. None otherwise: `feed` it."""
+        if self._buffer or self._data or self._pending_cr or chunk[:6] != b"data: " or chunk[-2:] != b"\n\n":
+            return None
+        pieces = chunk[6:-2].split(b"\n\ndata: ")
+        # Any other line (a second data line, a field, a comment) or a CR shows in the count.
+        if chunk.count(b"\n") != 2 * len(pieces) or b"\r" in chunk:
+            return None
+        return pieces
+
     def finish(self) -> list[SSEEvent]:
         """End of stream: a final event without its blank line is discarded, as the spec says."""
         self._buffer = b""

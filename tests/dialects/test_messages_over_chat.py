@@ -184,3 +184,21 @@ def test_a_stream_becomes_anthropic_s_event_sequence() -> None:
     assert [data["index"] for name, data in parsed if name == "content_block_stop"] == [0, 1, 2, 3]
     delta = parsed[-2][1]
     assert delta["delta"]["stop_reason"] == "tool_use" and delta["usage"]["output_tokens"] == 7
+
+
+def test_chat_chunks_relayed_whole_become_the_same_events_as_one_by_one() -> None:
+    """The chat decoder relays a read of plain chunks as it came, several events to an element."""
+    request = parse_messages_request(
+        json.dumps({"model": "m", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "Hi"}]})
+    )
+    chunks = [_chunk({"role": "assistant", "content": ""}), _chunk({"content": "Hi"}), _chunk({"content": " there"}),
+              _chunk({}, "stop"), _usage_chunk(), b"data: [DONE]\n\n"]  # fmt: skip
+
+    def events(pieces: list[bytes]) -> bytes:
+        chat = TRANSLATORS[(MESSAGES, "generic")].chat_request(request)  # type: ignore[attr-defined]
+        decoder = MessageEvents(TRANSLATORS[(CHAT, "generic")].stream_decoder(chat), "m")
+        return b"".join([e for piece in pieces for e in decoder.feed(piece)] + decoder.finish())
+
+    whole = events([b"".join(chunks[:4]), *chunks[4:]])  # the text chunks in one read
+    assert whole == events(chunks)
+    assert whole.count(b"event: content_block_delta") == 2

@@ -200,3 +200,81 @@ def test_a_404_is_the_clients_only_when_it_is_about_the_model(
 )
 def test_error_bodies_of_many_shapes(body: bytes, message: str) -> None:
     assert message in DIALECT.decode_error(400, body, {}, UPSTREAM).message
+
+
+PLAIN = (
+    b'{"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "service_tier": "default",'
+    b' "choices": [{"index": 0, "delta": {"content": "Hi \\u00e9"}, "logprobs": null, "finish_reason": null}]}'
+)
+
+
+def test_chunks_that_need_no_change_go_out_as_the_upstreams_bytes() -> None:
+    """Parsed and checked, but not written again: spacing, escapes and field order stay the upstream's."""
+    decoder = DIALECT.stream_decoder(_request(stream=True))
+    assert decoder.feed(b"data: " + PLAIN + b"\n\n") == [b"data: " + PLAIN + b"\n\n"]
+    assert decoder.feed(b"data: " + PLAIN + b"\n\ndata: [DONE]\n\n") == [b"data: " + PLAIN + b"\n\n"]
+    assert decoder.text_chars == 2 * len("Hi é")
+    # The `"usage": null` OpenAI writes when the gateway asked for usage goes for a client that did not.
+    with_null = b"data: " + PLAIN[:-1] + b',"usage":null}\n\n'
+    assert DIALECT.stream_decoder(_request(stream=True)).feed(with_null) == [b"data: " + PLAIN + b"\n\n"]
+    asked = DIALECT.stream_decoder(_request(stream=True, stream_options={"include_usage": True}))
+    assert asked.feed(with_null) == [with_null]
+
+
+# Chunks of many shapes, sloppy ones among them: the pass-through and the full treatment must agree.
+_TEXT = st.one_of(st.none(), st.text(max_size=4), st.integers(0, 3))
+_DELTA = st.dictionaries(
+    st.sampled_from(["role", "content", "reasoning_content", "reasoning", "refusal", "tool_calls", "x"]),
+    st.one_of(_TEXT, st.just([{"id": "t", "function": {"name": "f", "arguments": "{}"}}])),
+    max_size=3,
+)
+_CHOICE = st.fixed_dictionaries(
+    {"delta": st.one_of(_DELTA, st.none(), st.just("d"))},
+    optional={
+        "index": st.one_of(st.integers(0, 2), st.just("0")),
+        "finish_reason": st.sampled_from([None, "stop", "length", "end_turn", "weird", 3]),
+        "logprobs": st.none(),
+        "usage": st.just({"prompt_tokens": 2, "completion_tokens": 1}),
+    },
+)
+_CHUNK = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.sampled_from(["c1", "", 5]),
+        "object": st.sampled_from(["chat.completion.chunk", "chat.completion"]),
+        "created": st.sampled_from([1, "1", 1.5]),
+        "model": st.sampled_from(["m", ""]),
+        "choices": st.one_of(st.lists(_CHOICE, max_size=2), st.none()),
+        "usage": st.one_of(st.none(), st.just({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})),
+        "service_tier": st.just("default"),
+    },
+)
+
+
+def _full_treatment(decoder: object) -> object:
+    decoder._plain = False  # type: ignore[attr-defined]
+    return decoder
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_CHUNK, min_size=1, max_size=4), st.booleans(), st.booleans(), st.booleans())
+def test_the_pass_through_agrees_with_the_full_treatment(
+    chunks: list[dict[str, object]], include_usage: bool, spaced: bool, done: bool
+) -> None:
+    raw = b"".join(
+        b"data: " + (json.dumps(c, ensure_ascii=False).encode() if spaced else orjson.dumps(c)) + b"\n\n"
+        for c in chunks
+    ) + (b"data: [DONE]\n\n" if done else b"")
+    request = _request(stream=True, **({"stream_options": {"include_usage": True}} if include_usage else {}))
+    fast, full = DIALECT.stream_decoder(request), _full_treatment(DIALECT.stream_decoder(request))
+    outcomes = []
+    for decoder in (fast, full):
+        decoder._id = "chatcmpl-made"  # type: ignore[attr-defined]  # the id the gateway gives a chunk without one
+        try:
+            events = decoder.feed(raw)
+        except UpstreamProtocolError as exc:
+            outcomes.append(("error", exc.message))
+            continue
+        parsed = [orjson.loads(e[6:]) for e in b"".join(events).split(b"\n\n")[:-1]]
+        outcomes.append((parsed, decoder.usage, decoder.text_chars, decoder._finished, decoder._saw_done))  # type: ignore[attr-defined]
+    assert outcomes[0] == outcomes[1]

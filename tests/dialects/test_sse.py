@@ -37,3 +37,24 @@ def test_unterminated_last_event_is_dropped() -> None:
     parser = SSEParser()
     assert parser.feed(b"data: partial") == []
     assert parser.finish() == []
+
+
+def test_data_only_splits_whole_one_line_data_events() -> None:
+    assert SSEParser().data_only(b'data: {"a":1}\n\ndata: [DONE]\n\n') == [b'{"a":1}', b"[DONE]"]
+
+
+def test_data_only_leaves_everything_else_to_feed() -> None:
+    for raw in (
+        b": ping\n\ndata: a\n\n",  # a comment
+        b"event: e\ndata: a\n\n",  # a field
+        b"data: a\ndata: b\n\n",  # two data lines
+        b"data: a\r\n\r\n",  # CR line ends
+        b"data:a\n\n",  # no space
+        b"data: a\n\ndata: b",  # an event cut off
+        b"data: a\n",
+    ):
+        assert SSEParser().data_only(raw) is None, raw
+    parser = SSEParser()
+    parser.feed(b"data: held")
+    assert parser.data_only(b"data: a\n\n") is None  # something is held from an earlier piece
+    assert parser.feed(b"\n\n") == [SSEEvent(None, b"held")]
