@@ -131,12 +131,13 @@ class OpenAIStreamDecoder:
         self._plain = not search  # nothing to gather, no rounds: chunks may go out unchanged
 
     def feed(self, data: bytes) -> list[bytes]:
-        pieces = self._parser.data_only(data) if self._plain else None
-        if pieces is None:
+        found = self._parser.data_only(data) if self._plain else None
+        if found is None:
             return self._events([event.data for event in self._parser.feed(data)])
+        pieces, events = found
         # Most chunks need no change: each is parsed and checked, and goes out as the upstream's bytes.
         out: list[bytes] = []
-        unchanged = True  # every event of `data` goes out as it came: `data` itself is the output
+        unchanged = True  # every event goes out as it came: `events` itself is the output
         last = len(pieces) - 1
         for i, piece in enumerate(pieces):
             if piece == b"[DONE]":
@@ -165,7 +166,7 @@ class OpenAIStreamDecoder:
                 unchanged = False
             out.append(b"data: " + piece + b"\n\n")
         if unchanged and out:
-            return [data[: -len(DONE_EVENT)] if pieces[last] == b"[DONE]" else data]
+            return [events[: -len(DONE_EVENT)] if pieces[last] == b"[DONE]" else events]
         return out
 
     def _events(self, datas: list[bytes]) -> list[bytes]:

@@ -43,17 +43,26 @@ class SSEParser:
             self._line(line, events)
         return events
 
-    def data_only(self, chunk: bytes) -> list[bytes] | None:
-        """The data of each event in `chunk` when it is nothing but whole one-line `data: ` events
-        and nothing is held from earlier pieces (how OpenAI-compatible upstreams write): a split
-        instead of a walk line by line. None otherwise: `feed` it."""
-        if self._buffer or self._data or self._pending_cr or chunk[:6] != b"data: " or chunk[-2:] != b"\n\n":
+    def data_only(self, chunk: bytes) -> tuple[list[bytes], bytes] | None:
+        """When the events `chunk` completes are nothing but one-line `data: ` events (how
+        OpenAI-compatible upstreams write): the data of each and the bytes of them all, found with a
+        split instead of a walk line by line; the rest is held for the next piece, as `feed` holds
+        it. None (nothing consumed) for anything else: `feed` it."""
+        if self._data or self._pending_cr or b"\r" in chunk:
             return None
-        pieces = chunk[6:-2].split(b"\n\ndata: ")
-        # Any other line (a second data line, a field, a comment) or a CR shows in the count.
-        if chunk.count(b"\n") != 2 * len(pieces) or b"\r" in chunk:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if buffer[:6] != b"data: ":
             return None
-        return pieces
+        end = buffer.rfind(b"\n\n") + 2
+        if end < 2:  # no event ends here yet
+            self._buffer = buffer
+            return [], b""
+        pieces = buffer[6 : end - 2].split(b"\n\ndata: ")
+        # Any other line (a second data line, a field, a comment) shows in the count.
+        if buffer.count(b"\n", 0, end) != 2 * len(pieces):
+            return None
+        self._buffer = buffer[end:]
+        return pieces, buffer[:end]
 
     def finish(self) -> list[SSEEvent]:
         """End of stream: a final event without its blank line is discarded, as the spec says."""

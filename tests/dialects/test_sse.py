@@ -40,7 +40,8 @@ def test_unterminated_last_event_is_dropped() -> None:
 
 
 def test_data_only_splits_whole_one_line_data_events() -> None:
-    assert SSEParser().data_only(b'data: {"a":1}\n\ndata: [DONE]\n\n') == [b'{"a":1}', b"[DONE]"]
+    raw = b'data: {"a":1}\n\ndata: [DONE]\n\n'
+    assert SSEParser().data_only(raw) == ([b'{"a":1}', b"[DONE]"], raw)
 
 
 def test_data_only_leaves_everything_else_to_feed() -> None:
@@ -50,11 +51,26 @@ def test_data_only_leaves_everything_else_to_feed() -> None:
         b"data: a\ndata: b\n\n",  # two data lines
         b"data: a\r\n\r\n",  # CR line ends
         b"data:a\n\n",  # no space
-        b"data: a\n\ndata: b",  # an event cut off
-        b"data: a\n",
     ):
         assert SSEParser().data_only(raw) is None, raw
     parser = SSEParser()
-    parser.feed(b"data: held")
-    assert parser.data_only(b"data: a\n\n") is None  # something is held from an earlier piece
-    assert parser.feed(b"\n\n") == [SSEEvent(None, b"held")]
+    parser.feed(b"data: a\n")  # a data line of an event not ended yet
+    assert parser.data_only(b"\ndata: b\n\n") is None
+    assert parser.feed(b"\ndata: b\n\n") == [SSEEvent(None, b"a"), SSEEvent(None, b"b")]
+
+
+def _data_only_else_feed(*pieces: bytes) -> list[bytes]:
+    parser = SSEParser()
+    out: list[bytes] = []
+    for piece in pieces:
+        found = parser.data_only(piece)
+        out += found[0] if found is not None else [e.data for e in parser.feed(piece)]
+    return out
+
+
+def test_data_only_holds_what_a_piece_leaves_unfinished() -> None:
+    raw = b'data: {"a":1}\n\ndata: {"b":2}\n\n: ping\n\ndata: x\ndata: y\n\ndata: [DONE]\n\n'
+    whole = [e.data for e in _parse(raw)]
+    for i in range(len(raw)):
+        for j in range(i, len(raw)):
+            assert _data_only_else_feed(raw[:i], raw[i:j], raw[j:]) == whole, (i, j)
