@@ -7,9 +7,9 @@ throughput  the upstream alone; the floor (bench/floor.py: a bare aiohttp pass-t
             .bench/litellm from PyPI). Buffered and streamed (42 events, usage captured): requests/s
             at 32 connections (wrk), p50 and p99 at one, the added latency (target minus upstream
             alone), and the ratios gateway/floor and gateway/LiteLLM.
-paced       an upstream streaming 40 events 25 ms apart; N concurrent streams (default 2,000) through
-            one gateway worker, then straight from the upstream: added time to first token, added
-            p99 gap between events, the gateway's CPU and peak resident memory.
+paced       an upstream streaming 40 events 25 ms apart; N concurrent streams (default 2,000) straight
+            from the upstream, through the floor, and through one gateway worker: added time to first
+            token, added p99 gap between events, the gateway's CPU and peak resident memory.
 soak        mixed buffered and streamed traffic, some clients leaving mid-stream, for --soak-minutes;
             the gateway's resident memory sampled every 10 s and its growth.
 
@@ -117,6 +117,12 @@ def _process(cmd: list[str], port: int, env: dict[str, str] | None = None, log: 
             out.close()
 
 
+def _floor_cmd(port: int, up_port: int, *modes: str) -> list[str]:
+    """bench/floor.py on CPU 0, relaying /<mode>/... to the upstream's same path."""
+    routes = [f"--upstream={mode}=http://127.0.0.1:{up_port}/{mode}/v1/chat/completions" for mode in modes]
+    return [*_on_cpu(0), sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(port), *routes]
+
+
 def _gateway_cmd(work: Path, port: int) -> list[str]:
     gateway = str(Path(sys.executable).parent / "gateway")
     return [
@@ -199,10 +205,7 @@ def _throughput(work: Path, up_port: int, seconds: int, profile: bool, skip_lite
             f"http://127.0.0.1:{up_port}/{mode}/v1/chat/completions", mode, seconds, work
         )
     port = _free_port()
-    floor = [*_on_cpu(0), sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(port),
-             "--upstream", f"buffered=http://127.0.0.1:{up_port}/buffered/v1/chat/completions",
-             "--upstream", f"streamed=http://127.0.0.1:{up_port}/streamed/v1/chat/completions"]  # fmt: skip
-    with _process(floor, port):
+    with _process(_floor_cmd(port, up_port, "buffered", "streamed"), port):
         for mode in ("buffered", "streamed"):
             results.setdefault("floor", {})[mode] = _measure(
                 f"http://127.0.0.1:{port}/{mode}/v1/chat/completions", mode, seconds, work
@@ -302,6 +305,10 @@ def _proc_sample(pid: int) -> tuple[float, int]:
 
 def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
     direct = asyncio.run(_paced_streams(up_port, "/paced/v1/chat/completions", n))
+    # The same stack doing nothing else: what opening and relaying that many streams costs by itself.
+    port = _free_port()
+    with _process(_floor_cmd(port, up_port, "paced"), port):
+        bare = asyncio.run(_paced_streams(port, "/paced/v1/chat/completions", n))
     port = _free_port()
     with _process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-paced.log") as proc:
         peak = 0
@@ -319,15 +326,16 @@ def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
         through = asyncio.run(run())
         cpu1, _ = _proc_sample(proc.pid)
         wall = time.perf_counter() - started
-    up, gw = _stream_stats(direct), _stream_stats(through)
-    out = {"streams": n, "events_per_stream": PACED_EVENTS, "gap_ms": PACED_GAP * 1000, "upstream": up, "gateway": gw,
+    up, floor, gw = _stream_stats(direct), _stream_stats(bare), _stream_stats(through)
+    out = {"streams": n, "events_per_stream": PACED_EVENTS, "gap_ms": PACED_GAP * 1000, "upstream": up,
+           "floor": floor, "gateway": gw,
            "added_ttft_p50_ms": gw["ttft_p50_ms"] - up["ttft_p50_ms"],
            "added_gap_p99_ms": gw["gap_p99_ms"] - up["gap_p99_ms"],
            "gateway_cpu_percent": 100 * (cpu1 - cpu0) / wall, "gateway_peak_rss_mb": peak / 2**20}  # fmt: skip
     print(f"\npaced: {n} concurrent streams of {PACED_EVENTS} events {PACED_GAP * 1000:.0f} ms apart, one worker")
     print("| | complete | TTFT p50 / p99 ms | gap p50 / p99 ms |")
     print("|---|---|---|---|")
-    for name, s in (("upstream alone", up), ("via gateway", gw)):
+    for name, s in (("upstream alone", up), ("via the floor", floor), ("via gateway", gw)):
         print(f"| {name} | {s['complete']}/{s['streams']} | {s['ttft_p50_ms']:.1f} / {s['ttft_p99_ms']:.1f} | "
               f"{s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} |")  # fmt: skip
     print(f"added TTFT p50 {out['added_ttft_p50_ms']:.2f} ms, added gap p99 {out['added_gap_p99_ms']:.2f} ms, "
