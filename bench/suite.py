@@ -6,7 +6,8 @@ throughput  the upstream alone; the floor (bench/floor.py: a bare aiohttp pass-t
             to Redis, metrics, the JSON access log to a file); LiteLLM's proxy (installed into
             .bench/litellm from PyPI). Buffered and streamed (42 events, usage captured): requests/s
             at 32 connections (wrk), p50 and p99 at one, the added latency (target minus upstream
-            alone), and the ratios gateway/floor and gateway/LiteLLM.
+            alone), and the ratios gateway/floor and gateway/LiteLLM. Every target is measured in
+            turn, --rounds times over (3); each figure is the median of its rounds.
 paced       an upstream streaming 40 events 25 ms apart; N concurrent streams (default 2,000) straight
             from the upstream, through the floor, and through one gateway worker: added time to first
             token, added p99 gap between events, the gateway's CPU and peak resident memory.
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -198,41 +199,58 @@ def _measure(url: str, mode: str, seconds: int, work: Path) -> dict[str, Result]
     return {"c32": _wrk(url, body, 32, seconds, work), "c1": _wrk(url, body, 1, seconds, work)}
 
 
-def _throughput(work: Path, up_port: int, seconds: int, profile: bool, skip_litellm: bool) -> dict[str, Any]:
-    results: dict[str, dict[str, dict[str, Result]]] = {}
-    for mode in ("buffered", "streamed"):
-        results.setdefault("upstream", {})[mode] = _measure(
-            f"http://127.0.0.1:{up_port}/{mode}/v1/chat/completions", mode, seconds, work
-        )
-    port = _free_port()
-    with _process(_floor_cmd(port, up_port, "buffered", "streamed"), port):
-        for mode in ("buffered", "streamed"):
-            results.setdefault("floor", {})[mode] = _measure(
-                f"http://127.0.0.1:{port}/{mode}/v1/chat/completions", mode, seconds, work
-            )
-    port = _free_port()
-    with _process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access.log") as proc:
-        spy = _py_spy(proc.pid, work, seconds * 4 + 10) if profile else None
-        for mode in ("buffered", "streamed"):
-            results.setdefault("gateway", {})[mode] = _measure(
-                f"http://127.0.0.1:{port}/v1/chat/completions", mode, seconds, work
-            )
-        if spy is not None:
-            spy.wait()
-            print(f"profile: {work / 'gateway-profile.svg'} copied to {ROOT / 'bench-profile.svg'}")
-            shutil.copy(work / "gateway-profile.svg", ROOT / "bench-profile.svg")
-    served = (work / "access.log").read_bytes().count(b"\n")
-    if not skip_litellm:
+def _throughput(
+    work: Path, up_port: int, seconds: int, rounds: int, profile: bool, skip_litellm: bool
+) -> dict[str, Any]:
+    """Every target measured in turn, `rounds` times over (all running at once, idle when not
+    measured): each figure is the median of its rounds, so that a noisy moment weighs on one only."""
+    urls = {"upstream": f"http://127.0.0.1:{up_port}/{{mode}}/v1/chat/completions"}
+    with ExitStack() as running:
         port = _free_port()
-        cmd = [*_on_cpu(0), str(_litellm()), "--config", str(_litellm_config(work, up_port)), "--port", str(port),
-               "--host", "127.0.0.1", "--num_workers", "1"]  # fmt: skip
-        env = {"LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION", "DISABLE_SCHEMA_UPDATE": "true"}
-        with _process(cmd, port, env, work / "litellm.log", wait=180):
-            for mode in ("buffered", "streamed"):
-                results.setdefault("litellm", {})[mode] = _measure(
-                    f"http://127.0.0.1:{port}/v1/chat/completions", mode, seconds, work
-                )
-    return {"results": results, "gateway_access_lines": served}
+        running.enter_context(_process(_floor_cmd(port, up_port, "buffered", "streamed"), port))
+        urls["floor"] = f"http://127.0.0.1:{port}/{{mode}}/v1/chat/completions"
+        port = _free_port()
+        gateway = running.enter_context(_process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access.log"))
+        urls["gateway"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+        if not skip_litellm:
+            port = _free_port()
+            cmd = [*_on_cpu(0), str(_litellm()), "--config", str(_litellm_config(work, up_port)), "--port",
+                   str(port), "--host", "127.0.0.1", "--num_workers", "1"]  # fmt: skip
+            env = {"LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION", "DISABLE_SCHEMA_UPDATE": "true"}
+            running.enter_context(_process(cmd, port, env, work / "litellm.log", wait=180))
+            urls["litellm"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+        measured: dict[str, dict[str, list[dict[str, Result]]]] = {}
+        for round_ in range(rounds):
+            for target, url in urls.items():
+                profiled = profile and round_ == 0 and target == "gateway"
+                spy = _py_spy(gateway.pid, work, seconds * 4 + 10) if profiled else None
+                for mode in ("buffered", "streamed"):
+                    measured.setdefault(target, {}).setdefault(mode, []).append(
+                        _measure(url.format(mode=mode), mode, seconds, work)
+                    )
+                if spy is not None:
+                    spy.wait()
+                    print(f"profile: {work / 'gateway-profile.svg'} copied to {ROOT / 'bench-profile.svg'}")
+                    shutil.copy(work / "gateway-profile.svg", ROOT / "bench-profile.svg")
+    results = {
+        target: {mode: {c: _median([r[c] for r in runs]) for c in ("c32", "c1")} for mode, runs in modes.items()}
+        for target, modes in measured.items()
+    }
+    spread = {
+        target: {mode: [round(r["c32"].rps) for r in runs] for mode, runs in modes.items()}
+        for target, modes in measured.items()
+    }
+    served = (work / "access.log").read_bytes().count(b"\n")
+    return {"results": results, "rounds": spread, "gateway_access_lines": served}
+
+
+def _median(runs: list[Result]) -> Result:
+    return Result(
+        rps=statistics.median(r.rps for r in runs),
+        requests=round(statistics.median(r.requests for r in runs)),
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+    )
 
 
 def _py_spy(pid: int, work: Path, seconds: int) -> subprocess.Popen[bytes]:
@@ -257,10 +275,13 @@ def _print_throughput(data: dict[str, Any]) -> dict[str, Any]:
             summary.setdefault(target, {})[mode] = {
                 "rps_c32": round(r["c32"].rps), "p50_ms_c1": r["c1"].p50_ms, "p99_ms_c1": r["c1"].p99_ms,
                 "added_p50_ms": round(added[0], 3), "added_p99_ms": round(added[1], 3),
+                "rps_c32_rounds": data["rounds"][target][mode],
             }  # fmt: skip
             print(f"| {target} | {mode} | {r['c32'].rps:,.0f} | {r['c1'].p50_ms:.3f} / {r['c1'].p99_ms:.3f} | "
                   f"{added[0]:.3f} / {added[1]:.3f} |")  # fmt: skip
-    print()
+    print("\nreq/s (c=32) by round: " + "; ".join(
+        f"{target} {mode} {rounds}" for target, modes in data["rounds"].items() for mode, rounds in modes.items()
+    ))  # fmt: skip
     for mode in ("buffered", "streamed"):
         gw = summary["gateway"][mode]["rps_c32"]
         ratios = {"gateway/floor": gw / summary["floor"][mode]["rps_c32"]}
@@ -388,6 +409,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("all", "throughput", "paced", "soak"), default="all")
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; each figure is their median")
     parser.add_argument("--streams", type=int, default=2000, help="concurrent streams in the paced scenario")
     parser.add_argument("--soak-minutes", type=float, default=10.0)
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no package index needed)")
@@ -412,7 +434,7 @@ def main() -> int:
         nginx = [*_on_cpu(1), "nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
         with _process(redis, redis_port), _process(nginx, up_port):
             if args.part in ("all", "throughput"):
-                data = _throughput(work, up_port, args.seconds, args.profile, args.no_litellm)
+                data = _throughput(work, up_port, args.seconds, args.rounds, args.profile, args.no_litellm)
                 report["throughput"] = _print_throughput(data)
             if args.part in ("all", "paced"):
                 report["paced"] = _paced(work, up_port, args.streams)
