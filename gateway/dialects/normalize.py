@@ -69,7 +69,7 @@ def chunk(obj: JSON, model: str, stream_id: Callable[[], str], created: int) -> 
         tool_calls = delta.get("tool_calls")
         if isinstance(tool_calls, list):
             for i, call in enumerate(tool_calls):
-                if not isinstance(call.get("index"), int):
+                if isinstance(call, dict) and not isinstance(call.get("index"), int):
                     call["index"] = i
         choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), False)
     usage = obj.get("usage")
@@ -136,9 +136,11 @@ def _envelope(obj: JSON, kind: str, model: str, make_id: Callable[[], str], crea
 
 
 def _finish_reason(value: Any, has_tool_calls: bool) -> str | None:
-    if value is None or value in FINISH_REASONS:
-        return value if value is not None or not has_tool_calls else "tool_calls"
-    return FOREIGN_FINISH_REASONS.get(value, "stop")
+    if value is None:
+        return "tool_calls" if has_tool_calls else None
+    if type(value) is not str:
+        return "stop"
+    return value if value in FINISH_REASONS else FOREIGN_FINISH_REASONS.get(value, "stop")
 
 
 def _rename_reasoning(message: JSON) -> None:

@@ -145,7 +145,8 @@ class OpenAIStreamDecoder:
                 unchanged = unchanged and i == last  # [DONE] goes out from `finish`, not here
                 continue
             try:
-                obj = orjson.loads(piece)
+                # Only an object with nothing around it goes out as it came (consumers read `data: {`).
+                obj: Any = orjson.loads(piece) if piece[:1] == b"{" and piece[-1:] == b"}" else None
             except orjson.JSONDecodeError:
                 obj = None  # the full treatment says what is wrong with it
             text = plain_chunk(obj)
@@ -361,7 +362,9 @@ def plain_chunk(obj: Any) -> int | None:
         return None
     reason = choice.get("finish_reason", 0)
     delta = choice.get("delta")
-    if (reason is not None and reason not in normalize.FINISH_REASONS) or type(delta) is not dict:
+    if type(delta) is not dict:
+        return None
+    if reason is not None and (type(reason) is not str or reason not in normalize.FINISH_REASONS):
         return None
     text = 0
     for name, value in delta.items():

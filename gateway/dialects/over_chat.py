@@ -66,7 +66,7 @@ class ChatEvents:
             obj = orjson.loads(chunk[6:])
             out += self._start(obj)
             for choice in obj.get("choices") or []:
-                out += self._delta(choice.get("delta") or {})
+                out += self._delta(_text_only(choice.get("delta")))
                 if choice.get("finish_reason"):
                     self._finish_reason = choice["finish_reason"]
         return out
@@ -77,3 +77,22 @@ class ChatEvents:
 
     def _delta(self, delta: JSON) -> list[bytes]:
         raise NotImplementedError
+
+
+def _text_only(delta: Any) -> JSON:
+    """A chat delta with only text where the other APIs want text: fields of other types (an upstream's
+    mistake) are left out, calls without an object to read are dropped."""
+    if type(delta) is not dict:
+        return {}
+    out: JSON = {name: value for name in ("content", "reasoning_content") if type(value := delta.get(name)) is str}
+    calls = delta.get("tool_calls")
+    if type(calls) is list:
+        kept = []
+        for call in calls:
+            if type(call) is not dict:
+                continue
+            function = call.get("function")
+            function = function if type(function) is dict else {}
+            kept.append({**call, "function": {k: v for k, v in function.items() if type(v) is str}})
+        out["tool_calls"] = kept
+    return out

@@ -48,15 +48,16 @@ class SSEParser:
         OpenAI-compatible upstreams write): the data of each and the bytes of them all, found with a
         split instead of a walk line by line; the rest is held for the next piece, as `feed` holds
         it. None (nothing consumed) for anything else: `feed` it."""
-        if self._data or self._pending_cr or b"\r" in chunk:
+        if self._data or self._event is not None or self._pending_cr or b"\r" in chunk:
             return None
         buffer = self._buffer + chunk if self._buffer else chunk
         if buffer[:6] != b"data: ":
             return None
         end = buffer.rfind(b"\n\n") + 2
-        if end < 2:  # no event ends here yet
-            self._buffer = buffer
-            return [], b""
+        if end < 2:
+            # No event ends here: `feed` holds only the last partial line, where holding it all here
+            # would copy and search a growing buffer on every read of a long event.
+            return None
         pieces = buffer[6 : end - 2].split(b"\n\ndata: ")
         # Any other line (a second data line, a field, a comment) shows in the count.
         if buffer.count(b"\n", 0, end) != 2 * len(pieces):

@@ -202,3 +202,21 @@ def test_chat_chunks_relayed_whole_become_the_same_events_as_one_by_one() -> Non
     whole = events([b"".join(chunks[:4]), *chunks[4:]])  # the text chunks in one read
     assert whole == events(chunks)
     assert whole.count(b"event: content_block_delta") == 2
+
+
+def test_chunks_of_any_framing_and_types_keep_their_text() -> None:
+    """Spaces around a chunk's JSON, and text fields an upstream got wrong, neither lose text nor fail."""
+    request = parse_messages_request(
+        json.dumps({"model": "m", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "Hi"}]})
+    )
+    chat = TRANSLATORS[(MESSAGES, "generic")].chat_request(request)  # type: ignore[attr-defined]
+    decoder = MessageEvents(TRANSLATORS[(CHAT, "generic")].stream_decoder(chat), "m")
+    wire = (
+        _chunk({"role": "assistant", "content": ""})
+        + b"data:  " + _chunk({"content": "Hello"})[6:]
+        + _chunk({"content": 1, "tool_calls": ["x", {"index": 0, "function": {"name": "f", "arguments": 2}}]})
+        + _chunk({}, "stop") + _usage_chunk() + b"data: [DONE]\n\n"
+    )  # fmt: skip
+    out = b"".join(decoder.feed(wire) + decoder.finish())
+    assert b'"text":"Hello"' in out
+    assert b'"stop_reason":"end_turn"' in out

@@ -278,3 +278,19 @@ def test_the_pass_through_agrees_with_the_full_treatment(
         parsed = [orjson.loads(e[6:]) for e in b"".join(events).split(b"\n\n")[:-1]]
         outcomes.append((parsed, decoder.usage, decoder.text_chars, decoder._finished, decoder._saw_done))  # type: ignore[attr-defined]
     assert outcomes[0] == outcomes[1]
+
+
+def test_only_a_bare_object_goes_out_as_it_came() -> None:
+    """Consumers of the relayed events (the other APIs' translators, the content log) read `data: {`:
+    an object with spaces around it is written again."""
+    for framed in (b" " + PLAIN, b"\t" + PLAIN, PLAIN + b"  "):
+        out = DIALECT.stream_decoder(_request(stream=True)).feed(b"data: " + framed + b"\n\n")
+        assert len(out) == 1 and out[0].startswith(b"data: {") and out[0].endswith(b"}\n\n")
+        assert orjson.loads(out[0][6:]) == orjson.loads(PLAIN)
+
+
+def test_finish_reasons_of_any_type() -> None:
+    bad = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+           "choices": [{"index": 0, "delta": {}, "finish_reason": ["stop"]}]}  # fmt: skip
+    out = DIALECT.stream_decoder(_request(stream=True)).feed(b"data: " + orjson.dumps(bad) + b"\n\n")
+    assert orjson.loads(out[0][6:])["choices"][0]["finish_reason"] == "stop"

@@ -51,8 +51,14 @@ def test_data_only_leaves_everything_else_to_feed() -> None:
         b"data: a\ndata: b\n\n",  # two data lines
         b"data: a\r\n\r\n",  # CR line ends
         b"data:a\n\n",  # no space
+        b"data: a\n",  # no event ends: `feed` holds only the partial line
+        b"data: a",
     ):
         assert SSEParser().data_only(raw) is None, raw
+    named = SSEParser()
+    named.feed(b"event: e\n")  # a name held for the next event
+    assert named.data_only(b"data: a\n\n") is None
+    assert named.feed(b"data: a\n\n") == [SSEEvent("e", b"a")]
     parser = SSEParser()
     parser.feed(b"data: a\n")  # a data line of an event not ended yet
     assert parser.data_only(b"\ndata: b\n\n") is None
