@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -202,32 +203,38 @@ def _measure(url: str, mode: str, seconds: int, work: Path) -> dict[str, Result]
 def _throughput(
     work: Path, up_port: int, seconds: int, rounds: int, profile: bool, skip_litellm: bool
 ) -> dict[str, Any]:
-    """Every target measured in turn, `rounds` times over (all running at once, idle when not
-    measured): each figure is the median of its rounds, so that a noisy moment weighs on one only."""
+    """Every target measured in turn, `rounds` times over (all started at once, the others stopped
+    while one is measured): each figure is the median of its rounds, so that a noisy moment weighs on
+    one only."""
     urls = {"upstream": f"http://127.0.0.1:{up_port}/{{mode}}/v1/chat/completions"}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     with ExitStack() as running:
         port = _free_port()
-        running.enter_context(_process(_floor_cmd(port, up_port, "buffered", "streamed"), port))
+        procs["floor"] = running.enter_context(_process(_floor_cmd(port, up_port, "buffered", "streamed"), port))
         urls["floor"] = f"http://127.0.0.1:{port}/{{mode}}/v1/chat/completions"
         port = _free_port()
         gateway = running.enter_context(_process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access.log"))
+        procs["gateway"] = gateway
         urls["gateway"] = f"http://127.0.0.1:{port}/v1/chat/completions"
         if not skip_litellm:
             port = _free_port()
             cmd = [*_on_cpu(0), str(_litellm()), "--config", str(_litellm_config(work, up_port)), "--port",
                    str(port), "--host", "127.0.0.1", "--num_workers", "1"]  # fmt: skip
             env = {"LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION", "DISABLE_SCHEMA_UPDATE": "true"}
-            running.enter_context(_process(cmd, port, env, work / "litellm.log", wait=180))
+            procs["litellm"] = running.enter_context(_process(cmd, port, env, work / "litellm.log", wait=180))
             urls["litellm"] = f"http://127.0.0.1:{port}/v1/chat/completions"
         measured: dict[str, dict[str, list[dict[str, Result]]]] = {}
         for round_ in range(rounds):
             for target, url in urls.items():
                 profiled = profile and round_ == 0 and target == "gateway"
                 spy = _py_spy(gateway.pid, work, seconds * 4 + 10) if profiled else None
-                for mode in ("buffered", "streamed"):
-                    measured.setdefault(target, {}).setdefault(mode, []).append(
-                        _measure(url.format(mode=mode), mode, seconds, work)
-                    )
+                # The others stand still meanwhile: an idle server's own timers (LiteLLM has several)
+                # would take the measured one's CPU.
+                with _paused([p for name, p in procs.items() if name != target]):
+                    for mode in ("buffered", "streamed"):
+                        measured.setdefault(target, {}).setdefault(mode, []).append(
+                            _measure(url.format(mode=mode), mode, seconds, work)
+                        )
                 if spy is not None:
                     spy.wait()
                     print(f"profile: {work / 'gateway-profile.svg'} copied to {ROOT / 'bench-profile.svg'}")
@@ -242,6 +249,23 @@ def _throughput(
     }
     served = (work / "access.log").read_bytes().count(b"\n")
     return {"results": results, "rounds": spread, "gateway_access_lines": served}
+
+
+@contextmanager
+def _paused(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """SIGSTOP the processes (and their children) for the block, SIGCONT after."""
+    pids = [pid for proc in procs for pid in (proc.pid, *_children(proc.pid))]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _median(runs: list[Result]) -> Result:
@@ -314,7 +338,7 @@ def _stream_stats(streams: list[StreamTimes]) -> dict[str, float]:
 
 def _proc_sample(pid: int) -> tuple[float, int]:
     """(CPU seconds used, resident bytes) of a process and its children."""
-    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    pids = [pid, *_children(pid)]
     cpu, rss = 0.0, 0
     tick = os.sysconf("SC_CLK_TCK")
     for p in pids:
