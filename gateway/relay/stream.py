@@ -155,5 +155,11 @@ def decoding(upstream: UpstreamConfig, decode: Callable[..., D], *args: object) 
     """Run a dialect's decoding step; a reply too deeply nested to write out again is the upstream's fault."""
     try:
         return decode(*args)
-    except orjson.JSONEncodeError:
-        raise UpstreamProtocolError(f"The upstream `{upstream.name}` sent a reply nested too deeply.") from None
+    except TypeError as exc:  # what orjson raises when it cannot write (`orjson.JSONEncodeError` is TypeError)
+        if "Recursion limit" in str(exc):
+            raise UpstreamProtocolError(f"The upstream `{upstream.name}` sent a reply nested too deeply.") from None
+        # A shape of reply the decoder did not expect: the upstream's, but worth a look at the decoder.
+        log.warning("could not decode a reply of upstream %s", upstream.name, exc_info=True)
+        raise UpstreamProtocolError(
+            f"The upstream `{upstream.name}` sent a reply the gateway could not read."
+        ) from None
