@@ -451,7 +451,8 @@ async def _read_or_close(response: UpstreamResponse, deadline: float | None, ups
     """The whole body, by the deadline (`time.perf_counter`); when the wait is cancelled (the client
     left) or too long, the upstream connection is closed."""
     try:
-        if deadline is None:
+        if deadline is None or response.complete:
+            # Nothing to wait for, so no timer: entering `asyncio.timeout` costs about 10 us a request.
             return await response.read()
         async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
             return await response.read()

@@ -12,6 +12,11 @@ class UpstreamResponse(Protocol):
     status: int
     headers: dict[str, str]  # lower-case names
 
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived already, so that reading it cannot wait."""
+        ...
+
     async def read(self) -> bytes:
         """The whole body; releases the connection."""
         ...

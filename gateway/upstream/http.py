@@ -59,6 +59,10 @@ class HttpResponse:
         self.status = resp.status
         self.headers = {k.lower(): v for k, v in resp.headers.items()}
 
+    @property
+    def complete(self) -> bool:
+        return self._resp.content.is_eof()
+
     async def read(self) -> bytes:
         try:
             return await self._resp.read()

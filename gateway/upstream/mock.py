@@ -37,6 +37,7 @@ class MockResponse:
         self._chunks = list(chunks)
         self._delay = delay
         self.closed = False
+        self.complete = not delay or len(self._chunks) <= 1  # reading it cannot wait
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_chunks()])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ from gateway.config import parse_config
 from gateway.dialects.base import UpstreamRequest
 from gateway.errors import InvalidRequest, UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
 from gateway.relay import Exchange, Relay
+from gateway.relay.relay import _read_or_close
 from gateway.request import parse_chat_request
 from gateway.routing import Router
 from gateway.upstream.mock import MockResponse, MockTransport
@@ -337,3 +339,17 @@ async def test_a_deployment_that_keeps_failing_cools_down_and_goes_last() -> Non
     assert outcomes[:2] == [failing, failing]
     assert outcomes[2] == [("first", "connect_error", True), ("second", "ok", False)]  # the third in a row
     assert outcomes[3:] == [[("second", "ok", False)]] * 2  # `first` is tried last now, so not at all
+
+
+async def test_a_body_already_here_is_read_past_the_deadline_and_one_still_coming_is_not() -> None:
+    """No timer for a body that has arrived (reading it cannot wait); the total deadline still holds
+    for one that has not."""
+    past = time.perf_counter() - 1
+    here = MockResponse(200, chunks=[b'{"a":', b"1}"])
+    assert here.complete
+    assert await _read_or_close(here, past, "up") == b'{"a":1}'
+    coming = MockResponse(200, chunks=[b'{"a":', b"1}"], delay=0.5)
+    assert not coming.complete
+    with pytest.raises(UpstreamTimeout, match="total time"):
+        await _read_or_close(coming, time.perf_counter() + 0.05, "up")
+    assert coming.closed

@@ -95,3 +95,38 @@ async def test_a_pooled_connection_the_upstream_closed_is_retried_once() -> None
         await transport.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_reply_is_complete_once_its_whole_body_has_arrived() -> None:
+    """`complete` says reading cannot wait (the relay then arms no timer): not while the body trickles."""
+    body_sent = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\n{}")
+        await writer.drain()
+        await body_sent.wait()
+        writer.write(b"  ")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = HttpTransport(pool_size=1, connect_timeout=1, read_timeout=1)
+    request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/v1/chat/completions", {}, b"{}", "vendor")
+    try:
+        response = await transport.open(request)
+        await asyncio.sleep(0.05)
+        assert not response.complete  # two of its four bytes are still to come
+        body_sent.set()
+        for _ in range(100):
+            if response.complete:
+                break
+            await asyncio.sleep(0.01)
+        assert response.complete
+        assert await response.read() == b"{}  "
+    finally:
+        await transport.aclose()
+        server.close()
+        await server.wait_closed()
