@@ -289,22 +289,19 @@ models:
     return 0
 
 
+def gateway_cmd(work: Path, port: int) -> list[str]:
+    """One gateway worker on CPU 0, with the config `work/gateway.yaml`."""
+    config = str(work / "gateway.yaml")
+    return [*_on_cpu(0), str(Path(sys.executable).parent / "gateway"), "serve", "--config", config,
+            "--port", str(port), "--workers", "1"]  # fmt: skip
+
+
 @contextmanager
 def _gateway(work: Path, port: int, env: dict[str, str], log: Path | None = None) -> Iterator[None]:
     """One gateway worker with extra environment; its standard output (the access log) goes to `log`."""
     out = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [
-            *_on_cpu(0),
-            str(Path(sys.executable).parent / "gateway"),
-            "serve",
-            "--config",
-            str(work / "gateway.yaml"),
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
+        gateway_cmd(work, port),
         env={**os.environ, "GATEWAY_LOG_LEVEL": "warning", **env},
         stdout=out if out is not None else subprocess.DEVNULL,
     )

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import KEY, Result, _free_port, _nginx_quote, _on_cpu, _wait_port, _wrk, nginx_conf
+from run import KEY, Result, _free_port, _nginx_quote, _on_cpu, _wait_port, _wrk, gateway_cmd, nginx_conf
 from sse_client import StreamTimes, one_stream, percentile, request_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,21 +125,6 @@ def _floor_cmd(port: int, up_port: int, *modes: str) -> list[str]:
     return [*_on_cpu(0), sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(port), *routes]
 
 
-def _gateway_cmd(work: Path, port: int) -> list[str]:
-    gateway = str(Path(sys.executable).parent / "gateway")
-    return [
-        *_on_cpu(0),
-        gateway,
-        "serve",
-        "--config",
-        str(work / "gateway.yaml"),
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-
-
 def _gateway_config(work: Path, up_port: int, redis_port: int) -> None:
     up = f"http://127.0.0.1:{up_port}"
     (work / "gateway.yaml").write_text(f"""
@@ -213,7 +198,7 @@ def _throughput(
         procs["floor"] = running.enter_context(_process(_floor_cmd(port, up_port, "buffered", "streamed"), port))
         urls["floor"] = f"http://127.0.0.1:{port}/{{mode}}/v1/chat/completions"
         port = _free_port()
-        gateway = running.enter_context(_process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access.log"))
+        gateway = running.enter_context(_process(gateway_cmd(work, port), port, GATEWAY_ENV, work / "access.log"))
         procs["gateway"] = gateway
         urls["gateway"] = f"http://127.0.0.1:{port}/v1/chat/completions"
         if not skip_litellm:
@@ -355,7 +340,7 @@ def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
     with _process(_floor_cmd(port, up_port, "paced"), port):
         bare = asyncio.run(_paced_streams(port, "/paced/v1/chat/completions", n))
     port = _free_port()
-    with _process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-paced.log") as proc:
+    with _process(gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-paced.log") as proc:
         peak = 0
         cpu0, _ = _proc_sample(proc.pid)
         started = time.perf_counter()
@@ -390,7 +375,7 @@ def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
 
 def _soak(work: Path, minutes: float) -> dict[str, Any]:
     port = _free_port()
-    with _process(_gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-soak.log") as proc:
+    with _process(gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-soak.log") as proc:
         samples: list[tuple[float, float]] = []
         counts = {"buffered": 0, "streamed": 0, "left": 0, "failed": 0}
 
