@@ -355,7 +355,7 @@ def plain_chunk(obj: Any) -> int | None:
         return None
     if type(obj.get("created")) is not int or type(choices) is not list or len(choices) != 1:
         return None
-    if obj.get("usage", 0) is not None and "usage" in obj:
+    if obj.get("usage") is not None:  # a null usage (OpenAI's on every chunk when asked) needs no change
         return None
     choice = choices[0]
     if type(choice) is not dict or type(choice.get("index")) is not int or "usage" in choice:
