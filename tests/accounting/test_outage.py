@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.accounting.ledger.redis import LOG_ENTRIES
 from tests.conftest import CLIENT_KEY, RedisBackend, config_yaml
 from tests.support.gateway_cli import USER, make_key, spread, usage_json
 from tests.support.process import GatewayProcess
@@ -31,13 +32,18 @@ async def _load(
     `outage[0]` seconds in and started again `outage[1]` seconds in. (status, streamed) per request."""
     done: list[tuple[int, bool]] = []
     deadline = time.monotonic() + seconds
+    # Each client waits `pace` between starts, so that the load stays under the per-key request
+    # log's cap (LOG_ENTRIES, trimmed approximately) on a fast machine too.
+    pace = seconds * CONCURRENCY / (0.8 * LOG_ENTRIES)
 
     async def client(n: int) -> None:
         async with httpx.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
             i = 0
+            start = time.monotonic()
             while time.monotonic() < deadline:
                 stream = (n + i) % 2 == 1
                 i += 1
+                await asyncio.sleep(start + i * pace - time.monotonic())
                 body = {"model": "echo", "messages": USER, "stream": stream}
                 if stream:
                     body["stream_options"] = {"include_usage": True}
