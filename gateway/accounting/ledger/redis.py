@@ -67,6 +67,9 @@ BATCH_MARKER_TTL = 7 * 86400  # a spool replayed within it cannot count a writte
 SESSION_TTL = 7 * 86400
 LOG_ENTRIES = 10_000  # per key, approximately (`XADD MAXLEN ~`)
 QUEUE_ENTRIES = 200_000  # log entries held in memory while Redis is unreachable
+# Log entries that start a flush before the interval is over: a busy replica writes smaller batches
+# more often, so that no one flush holds the event loop (or Redis) for milliseconds.
+FLUSH_ENTRIES = 256
 
 # KEYS[1]: the writer's marker; KEYS[2]: the key's days set; KEYS[3]: the key's log stream; then the
 # hashes and sets the entries name by index. ARGV: marker TTL, session TTL, log cap, JSON payload
@@ -190,6 +193,10 @@ class RedisLedger:
         self._replayed: list[Path] = []  # spool files whose batches are in `_unwritten`
         self._registered: set[str] = set()  # key names known to be in the `gw:{usage}:keys` set
         self._task: asyncio.Task[None] | None = None
+        # Log entries recorded since the last batches were made. While Redis is down no batches are
+        # made, so it wakes the flush once at most: an outage is retried once an interval.
+        self._fresh = 0
+        self._wake = asyncio.Event()
         self._failing = False
 
     def record(self, record: UsageRecord) -> None:
@@ -203,6 +210,9 @@ class RedisLedger:
             LEDGER_DROPPED.inc()  # the totals above still count it; only its log entry is lost
             return
         self._queued_entries += 1
+        self._fresh += 1
+        if self._fresh == FLUSH_ENTRIES:
+            self._wake.set()
         entries = self._records.get(record.principal)
         if entries is None:
             entries = self._records[record.principal] = []
@@ -219,7 +229,10 @@ class RedisLedger:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            self._wake.clear()
             try:
                 await self.flush()
             except Exception:  # a bug must not stop every later write
@@ -283,6 +296,7 @@ class RedisLedger:
         for principal, records in self._records.items():
             batch_of(principal).records.extend(records)
         self._pending, self._teams, self._sessions, self._records = {}, {}, {}, {}
+        self._fresh = 0
         return list(by_principal.values())
 
     async def _apply(self, batch: Batch) -> None:
@@ -297,7 +311,9 @@ class RedisLedger:
             keys.append(session_key(p, who, sess_id))
             sessions.append([len(keys), _counters(totals)])
         # Lua's cjson turns an empty array into an object; `ipairs` walks either the same way.
-        records = b"[" + b",".join(orjson.dumps(r.decode()) for r in batch.records) + b"]"
+        # Each entry goes in as a JSON string; one dumps of the decoded list is about ten times
+        # quicker than one per entry (2,000 entries: 0.45 ms against 4.2).
+        records = orjson.dumps([r.decode() for r in batch.records])
         payload = b'{"e":%s,"s":%s,"r":%s}' % (orjson.dumps(entries), orjson.dumps(sessions), records)
         await self._script(keys=keys, args=[BATCH_MARKER_TTL, SESSION_TTL, self._log_entries, payload, batch.seq])
 

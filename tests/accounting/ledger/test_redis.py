@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ import redis
 
 from gateway.accounting.ledger import UsageRecord
 from gateway.accounting.ledger.base import UsageQuery, bounded_metadata
-from gateway.accounting.ledger.redis import RedisLedger, usage_key
+from gateway.accounting.ledger.redis import FLUSH_ENTRIES, RedisLedger, usage_key
 from gateway.config import parse_config
 from gateway.dialects.base import Usage
 from tests.conftest import RunningGateway, checked_http, config_yaml
@@ -34,6 +34,14 @@ def _wait_for(read: Callable[[], object], expected: object, seconds: float = 5) 
         time.sleep(0.05)
         value = read()
     return value
+
+
+async def _polled(read: Callable[[], Awaitable[object]], seconds: float = 5) -> None:
+    """Until `read()` is truthy, or `seconds` are over."""
+    for _ in range(int(seconds / 0.02)):
+        if await read():
+            return
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -132,6 +140,48 @@ async def test_a_batch_resent_after_it_landed_is_not_counted_twice(redis_url: st
     }
     assert (await ledger.usage("bob", _today()))["m2"]["requests"] == 1.0
     assert len(await ledger.requests("alice", 10)) == 2  # one log entry per request, however often sent
+    await ledger.aclose()
+
+
+async def test_a_busy_ledger_writes_before_its_interval_is_over(redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, flush_interval=60)
+    await ledger.start()
+    for i in range(FLUSH_ENTRIES - 1):
+        ledger.record(UsageRecord("fay", "m", Usage(1, 1, 2), request_id=f"r{i}"))
+    await asyncio.sleep(0.2)
+    assert await ledger.usage("fay", _today()) == {}  # fewer entries wait for the interval
+    ledger.record(UsageRecord("fay", "m", Usage(1, 1, 2), request_id="last"))
+    await _polled(lambda: ledger.usage("fay", _today()))
+    assert (await ledger.usage("fay", _today()))["m"]["requests"] == FLUSH_ENTRIES
+    assert (await ledger.requests("fay", 1))[0]["request_id"] == "last"
+    await ledger.aclose()
+
+
+async def test_a_busy_ledger_waits_out_its_interval_while_redis_is_down(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    ledger = RedisLedger(redis_url, flush_interval=0.5, timeout=0.2)
+    await ledger.start()
+    tries = 0
+    flush = ledger.flush
+
+    async def counted() -> bool:
+        nonlocal tries
+        tries += 1
+        return await flush()
+
+    ledger.flush = counted  # type: ignore[method-assign]
+    redis_server.stop()
+    try:
+        for _ in range(3):  # a busy second: entries enough for several early flushes
+            for i in range(FLUSH_ENTRIES * 2):
+                ledger.record(UsageRecord("gus", "m", Usage(1, 1, 2), request_id=f"r{i}"))
+            await asyncio.sleep(0.3)
+        assert 1 <= tries <= 3  # one try per interval, not one per batch of entries
+    finally:
+        redis_server.start()
+    await _polled(lambda: ledger.flush())
+    assert (await ledger.usage("gus", _today()))["m"]["requests"] == FLUSH_ENTRIES * 6
     await ledger.aclose()
 
 
