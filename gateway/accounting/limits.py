@@ -28,7 +28,9 @@ A hold whose process died is dropped after its deadline.
 
 Everything of one key is read and written by one Lua script, atomically, in one slot. The requests
 that arrive in one event-loop turn go in one script call per key, with the settlements of finished
-requests (which wait up to `SETTLE_DELAY` to share a call); several calls may be in flight.
+requests (which wait up to `SETTLE_DELAY` to share a call); several calls may be in flight. A replica
+busy with a key far from its limits admits most of its requests from a lease instead, counted in
+Redis ahead (see `leases`): no call on the request's path, and the limits stay as exact.
 
 When Redis cannot be reached, limits fail open by default (the request is served, a warning is logged
 once, `gateway_rate_limit_errors_total` counts it, `/readyz` says degraded) and budgets use the last
@@ -52,7 +54,8 @@ from typing import Any
 import orjson
 
 from gateway.accounting.keys import Principal
-from gateway.accounting.limits_script import SYNC, Admission, Hold, Pending, Scope, ScriptCall
+from gateway.accounting.leases import Lease, lease_size
+from gateway.accounting.limits_script import SYNC, Admission, Hold, Pending, Scope, ScriptCall, duration, scope_headers
 from gateway.accounting.prices import PriceTable
 from gateway.accounting.redis_client import REDIS_ERRORS, rejected
 from gateway.errors import GatewayError
@@ -89,32 +92,6 @@ class LimitsUnavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "limits_unavailable"
-
-
-def limit_headers(
-    rpm: int | None, tpm: int | None, requests: int, tokens: int, request_reset: int, token_reset: int
-) -> Headers:
-    """OpenAI's `x-ratelimit-*` headers for the limits a key has."""
-    out: Headers = []
-    if rpm is not None:
-        out += [
-            (b"x-ratelimit-limit-requests", str(rpm).encode()),
-            (b"x-ratelimit-remaining-requests", str(max(rpm - requests, 0)).encode()),
-            (b"x-ratelimit-reset-requests", duration(request_reset if requests else 0).encode()),
-        ]
-    if tpm is not None:
-        out += [
-            (b"x-ratelimit-limit-tokens", str(tpm).encode()),
-            (b"x-ratelimit-remaining-tokens", str(max(tpm - tokens, 0)).encode()),
-            (b"x-ratelimit-reset-tokens", duration(token_reset if tokens else 0).encode()),
-        ]
-    return out
-
-
-def duration(seconds: int) -> str:
-    """As OpenAI writes them: `0s`, `17s`, `1m0s`."""
-    seconds = max(seconds, 0)
-    return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
 
 
 def estimate_tokens(body_bytes: int) -> int:
@@ -166,6 +143,10 @@ class Limiter:
         self._failing = False
         self._hold_prefix = os.urandom(6).hex()  # hold ids: unique per process, then a counter
         self._hold_ids = itertools.count()
+        self._leases: dict[tuple[object, ...], Lease] = {}  # by shape: the one admissions take from
+        self._live: set[Lease] = set()  # leases whose second is not over
+        self._asking: set[tuple[object, ...]] = set()  # shapes with a lease asked for, unanswered
+        self._rates: dict[tuple[object, ...], list[int]] = {}  # by shape: see `_busy`
 
     # --- admission ---
 
@@ -194,26 +175,34 @@ class Limiter:
         if not scopes and principal.budget is None:
             return None
         now = time.time()
-        hold = None
+        second = int(now)
+        counted = estimate if any(s.tpm is not None for s in scopes) else 0
+        reservation, period = 0.0, ""
         if principal.budget is not None:
             period = budget_period(principal.budget_period, now)
             output = (self._reserve_output if max_output is None else max_output) * max(choices, 1)
             reservation = self._prices.reservation(model, estimate, output)
-            base = f"{self._prefix}:{{{principal.name}}}"
-            hold = Hold(
-                f"{base}:budget:{period}",
-                f"{base}:holds:{period}",
-                f"{self._hold_prefix}{next(self._hold_ids)}:{reservation!r}",
-                reservation,
-                _label(principal.budget_period, period),
-            )
-        counted = estimate if any(s.tpm is not None for s in scopes) else 0
-        second = int(now)
+        shape = (principal.name, scopes, principal.budget, period)
+        busy = self._busy(shape, second)
+        lease = self._leases.get(shape)
+        if lease is not None:
+            taken = lease.take(counted, reservation, asyncio.get_running_loop().time())
+            if taken is not None:
+                return taken
+        hold = None
+        if principal.budget is not None:
+            hold = self._hold(principal, period, reservation)
         if time.monotonic() < self._down_until:
             return self._admit_offline(principal, scopes, counted, hold, second)
+        asked = None
+        size = lease_size(busy[2], busy[1]) if shape not in self._asking else 0
+        if size:
+            self._asking.add(shape)
+            lease_hold = None if hold is None else self._hold(principal, period, 2 * size * reservation)
+            asked = Lease(principal.name, shape, scopes, size, 2 * size * counted, lease_hold)
         future = asyncio.get_running_loop().create_future()
         self._queue(principal.name).admissions.append(
-            ((scopes, counted, hold, principal.budget, second + HOLD_SECONDS, second), future)
+            ((scopes, counted, hold, principal.budget, second + HOLD_SECONDS, second, asked), future)
         )
         self._kick()
         try:
@@ -224,8 +213,11 @@ class Limiter:
             raise
         if result is None:  # Redis unreachable
             return self._admit_offline(principal, scopes, counted, hold, second)
-        refused, counts, spent, held, second = result
-        headers = _headers(scopes, counts)
+        refused, counts, spent, held, second, leased, _ = result
+        if leased:  # what the lease counted is not this request's to see
+            assert asked is not None
+            counts = [[r - asked.size, t - asked.granted_tokens, *resets] for r, t, *resets in counts]
+        headers = scope_headers(scopes, counts)
         if hold is not None:
             self._balances[(principal.name, hold.period)] = float(spent) + float(held)
         if refused > 0:
@@ -245,6 +237,54 @@ class Limiter:
             assert hold is not None
             raise self._over_budget(principal, hold, float(spent) + float(held), headers)
         return Admission(principal.name, _token_rings(scopes), counted, hold, headers, second)
+
+    def _hold(self, principal: Principal, period: str, amount: float) -> Hold:
+        base = f"{self._prefix}:{{{principal.name}}}"
+        return Hold(
+            f"{base}:budget:{period}",
+            f"{base}:holds:{period}",
+            f"{self._hold_prefix}{next(self._hold_ids)}:{amount!r}",
+            amount,
+            _label(principal.budget_period, period),
+        )
+
+    def _busy(self, shape: tuple[object, ...], second: int) -> list[int]:
+        """Counts this replica's admissions of one shape: [this second, in it, in the one before]."""
+        busy = self._rates.get(shape)
+        if busy is None:
+            if len(self._rates) > 10_000:  # model names come from clients
+                self._rates.clear()
+            busy = self._rates[shape] = [second, 0, 0]
+        elif busy[0] != second:
+            busy[2] = busy[1] if busy[0] == second - 1 else 0
+            busy[0], busy[1] = second, 0
+        busy[1] += 1
+        return busy
+
+    # --- leases ---
+
+    def _start_lease(self, lease: Lease) -> None:
+        self._leases[lease.shape] = lease
+        self._live.add(lease)
+        asyncio.get_running_loop().call_at(lease.until, self._end_lease, lease)
+
+    def _end_lease(self, lease: Lease) -> None:
+        """Its second is over: give back what it did not use; its hold once its last request ends."""
+        if lease.over:
+            return
+        lease.over = True
+        self._live.discard(lease)
+        if self._leases.get(lease.shape) is lease:
+            del self._leases[lease.shape]
+        for unused in lease.unused():
+            if unused is not None:
+                self.settle(unused, 0, 0.0)
+        if not lease.in_flight:
+            self._release_lease(lease)
+
+    def _release_lease(self, lease: Lease) -> None:
+        if lease.hold is not None and lease.hold.reservation > 0:
+            self.settle(Admission(lease.key, (), 0, lease.hold, [], lease.second), 0, 0.0)
 
     def _admit_offline(
         self, principal: Principal, scopes: tuple[Scope, ...], counted: int, hold: Hold | None, second: int
@@ -300,6 +340,11 @@ class Limiter:
     def settle(self, admission: Admission, tokens: int, cost: float) -> None:
         """Replace a request's estimated tokens by what it used, and its hold by its cost (sent with
         the next script call of its key)."""
+        lease = admission.lease
+        if lease is not None:
+            lease.in_flight -= 1
+            if lease.over and not lease.in_flight:
+                self._release_lease(lease)
         if admission.hold is None and (not admission.token_rings or tokens == admission.estimate):
             return
         if admission.hold is not None:
@@ -348,6 +393,7 @@ class Limiter:
         """One script call for one key; every waiting admission gets an answer (None: unreachable),
         whatever happens."""
         results = None
+        sent = asyncio.get_running_loop().time()
         try:
             answer = await self._sync(keys=(call := ScriptCall(pending)).keys, args=[call.payload])
             results = orjson.loads(answer)
@@ -362,12 +408,18 @@ class Limiter:
         else:
             self._recovered()
         finally:
-            for _, future in pending.admissions:
+            for args, future in pending.admissions:
+                if args[6] is not None:
+                    self._asking.discard(args[6].shape)
                 if not future.done() and results is None:
                     future.set_result(None)
         if results is None:
             return
         for (args, future), result in zip(pending.admissions, results, strict=True):
+            lease = args[6]
+            if lease is not None and result[0] == 0 and result[5] == 1:
+                lease.granted(result[4], result[6], sent, result[1])
+                self._start_lease(lease)
             if not future.done():
                 future.set_result(result)
             else:  # its request was cancelled while waiting (the client left)
@@ -404,6 +456,8 @@ class Limiter:
 
     async def aclose(self) -> None:
         """Send the settlements still waiting (briefly)."""
+        for lease in list(self._live):
+            self._end_lease(lease)
         if self._scheduled is not None:
             self._scheduled.cancel()
         self._down_until = 0.0
@@ -414,23 +468,6 @@ class Limiter:
 
 def _token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:
     return tuple(s.tokens_key for s in scopes if s.tpm is not None)
-
-
-def _headers(scopes: tuple[Scope, ...], counts: list[list[int]]) -> Headers:
-    """The headers of the scope with the fewest requests left, and of the one with the fewest tokens left."""
-    if len(scopes) == 1:  # the usual case
-        s, c = scopes[0], counts[0]
-        return limit_headers(s.rpm, s.tpm, c[0], c[1], c[2], c[3])
-    requests = [(s.rpm - c[0], s, c) for s, c in zip(scopes, counts, strict=True) if s.rpm is not None]
-    tokens = [(s.tpm - c[1], s, c) for s, c in zip(scopes, counts, strict=True) if s.tpm is not None]
-    out: Headers = []
-    if requests:
-        _, s, c = min(requests, key=lambda item: item[0])
-        out += limit_headers(s.rpm, None, c[0], 0, c[2], 0)
-    if tokens:
-        _, s, c = min(tokens, key=lambda item: item[0])
-        out += limit_headers(None, s.tpm, 0, c[1], 0, c[3])
-    return out
 
 
 class LimitSettler(Observer):

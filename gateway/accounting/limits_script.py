@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.types import Headers
+
+if TYPE_CHECKING:
+    from gateway.accounting.leases import Lease
 
 BUDGET_TTL = {"day": 3 * 86400, "month": 62 * 86400, "total": 0}
 
@@ -17,12 +20,15 @@ BUDGET_TTL = {"day": 3 * 86400, "month": 62 * 86400, "total": 0}
 #   {s: settlements [[token ring indices], token delta, budget index, holds index, hold, reservation, cost,
 #                    confirmed (1: the hold is known to be in Redis), second of admission],
 #    a: admissions  [[[requests index, tokens index, rpm, tpm], ...], estimate,
-#                     budget index, holds index, budget, hold, reservation, deadline, budget TTL]}
+#                     budget index, holds index, budget, hold, reservation, deadline, budget TTL,
+#                     lease asked for: 0 or [requests, tokens, amount, hold]]}
 # (index 0: none). Returns JSON: per admission [refused (0; i: scope i; -1: budget), per scope
-# [requests, tokens, requests reset, tokens reset] as counted after it, spent, held, the second].
+# [requests, tokens, requests reset, tokens reset] as counted after it, spent, held, the second,
+# 1 if the lease was granted (else 0), microseconds into the second].
 SYNC = """
 -- Redis's clock, not the replicas': their skew cannot move a request to another second.
-local now = tonumber(redis.call('TIME')[1])
+local time = redis.call('TIME')
+local now, usec = tonumber(time[1]), tonumber(time[2])
 local batch = cjson.decode(ARGV[1])
 local rings = {}
 local function ring(key)
@@ -106,17 +112,39 @@ for _, a in ipairs(batch.a) do
     held = tonumber(redis.call('HGET', KEYS[a[3]], 'held') or '0')
     if refused == 0 and spent + held >= tonumber(a[5]) then refused = -1 end
   end
-  if refused == 0 then
+  local function count(n, tokens, hold, amount)
     for _, scope in ipairs(a[1]) do
-      add(KEYS[scope[1]], 1)
-      if scope[4] > 0 and a[2] > 0 then add(KEYS[scope[2]], a[2]) end
+      add(KEYS[scope[1]], n)
+      if scope[4] > 0 and tokens > 0 then add(KEYS[scope[2]], tokens) end
     end
-    if a[3] > 0 and tonumber(a[7]) > 0 then
-      redis.call('ZADD', KEYS[a[4]], a[8], a[6])
-      held = tonumber(redis.call('HINCRBYFLOAT', KEYS[a[3]], 'held', a[7]))
+    if a[3] > 0 and tonumber(amount) > 0 then
+      redis.call('ZADD', KEYS[a[4]], a[8], hold)
+      held = tonumber(redis.call('HINCRBYFLOAT', KEYS[a[3]], 'held', amount))
       if a[9] > 0 then
         redis.call('EXPIRE', KEYS[a[3]], a[9])
         redis.call('EXPIRE', KEYS[a[4]], a[9])
+      end
+    end
+  end
+  local leased = 0
+  if refused == 0 then
+    count(1, a[2], a[6], a[7])
+    -- A lease only while it is at most a 64th of every limit, and every limit stays within half
+    -- of it with the lease counted.
+    local lease = a[10]
+    if type(lease) == 'table' and lease[1] then
+      local amount, budget = tonumber(lease[3]), tonumber(a[5])
+      local ok = a[3] == 0 or (amount * 64 <= budget and (spent + held + amount) * 2 <= budget)
+      for _, scope in ipairs(a[1]) do
+        local r, t = ring(KEYS[scope[1]]), ring(KEYS[scope[2]])
+        if (scope[3] > 0 and (lease[1] * 64 > scope[3] or (r.total + lease[1]) * 2 > scope[3])) or
+           (scope[4] > 0 and (lease[2] * 64 > scope[4] or (t.total + lease[2]) * 2 > scope[4])) then
+          ok = false
+        end
+      end
+      if ok then
+        count(lease[1], lease[2], lease[4], lease[3])
+        leased = 1
       end
     end
   end
@@ -124,7 +152,7 @@ for _, a in ipairs(batch.a) do
     local r, t = ring(KEYS[scope[1]]), ring(KEYS[scope[2]])
     counts[#counts + 1] = {r.total, t.total, r.oldest + 60 - now, t.oldest + 60 - now}
   end
-  out[#out + 1] = {refused, counts, tostring(spent), tostring(held), now}
+  out[#out + 1] = {refused, counts, tostring(spent), tostring(held), now, leased, usec}
 end
 return cjson.encode(out)
 """
@@ -164,13 +192,15 @@ class Admission:
     headers: Headers
     second: int  # when it was counted (Unix seconds): where its token correction goes
     confirmed: bool = True  # counted by Redis (else admitted while Redis was unreachable)
+    lease: Lease | None = None  # the lease it was admitted from, without a call to Redis
 
 
 @dataclass(slots=True)
 class Pending:
     """What waits for a key's next script call."""
 
-    # ((scopes, counted tokens, hold, budget, hold deadline, second), the waiting request's future)
+    # ((scopes, counted tokens, hold, budget, hold deadline, second, lease asked for or None),
+    #  the waiting request's future)
     admissions: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = field(default_factory=list)
     settlements: list[tuple[Admission, int, float]] = field(default_factory=list)  # (admission, tokens, cost)
 
@@ -206,11 +236,19 @@ class ScriptCall:
                 repr(hold.reservation) if hold else "0",
                 deadline,
                 BUDGET_TTL[hold.period.split(" ")[0]] if hold else 0,
+                self._lease(lease),
             ]
-            for (scopes, counted, hold, budget, deadline, _), _ in pending.admissions
+            for (scopes, counted, hold, budget, deadline, _, lease), _ in pending.admissions
         ]
         # Lua's cjson reads an empty array as an empty object; `ipairs` walks both alike.
         self.payload = orjson.dumps({"s": settlements, "a": admissions})
+
+    @staticmethod
+    def _lease(lease: Lease | None) -> object:
+        if lease is None:
+            return 0
+        hold = lease.hold
+        return [lease.requests, lease.tokens, repr(hold.reservation) if hold else "0", hold.member if hold else ""]
 
     def _at(self, key: str | None) -> int:
         """The key's 1-based index in KEYS (0: none)."""
@@ -220,3 +258,46 @@ class ScriptCall:
             self.keys.append(key)
             self._index[key] = len(self.keys)
         return self._index[key]
+
+
+def limit_headers(
+    rpm: int | None, tpm: int | None, requests: int, tokens: int, request_reset: int, token_reset: int
+) -> Headers:
+    """OpenAI's `x-ratelimit-*` headers for the limits a key has."""
+    out: Headers = []
+    if rpm is not None:
+        out += [
+            (b"x-ratelimit-limit-requests", str(rpm).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(rpm - requests, 0)).encode()),
+            (b"x-ratelimit-reset-requests", duration(request_reset if requests else 0).encode()),
+        ]
+    if tpm is not None:
+        out += [
+            (b"x-ratelimit-limit-tokens", str(tpm).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(tpm - tokens, 0)).encode()),
+            (b"x-ratelimit-reset-tokens", duration(token_reset if tokens else 0).encode()),
+        ]
+    return out
+
+
+def duration(seconds: int) -> str:
+    """As OpenAI writes them: `0s`, `17s`, `1m0s`."""
+    seconds = max(seconds, 0)
+    return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
+
+
+def scope_headers(scopes: tuple[Scope, ...], counts: list[list[int]]) -> Headers:
+    """The headers of the scope with the fewest requests left, and of the one with the fewest tokens left."""
+    if len(scopes) == 1:  # the usual case
+        s, c = scopes[0], counts[0]
+        return limit_headers(s.rpm, s.tpm, c[0], c[1], c[2], c[3])
+    requests = [(s.rpm - c[0], s, c) for s, c in zip(scopes, counts, strict=True) if s.rpm is not None]
+    tokens = [(s.tpm - c[1], s, c) for s, c in zip(scopes, counts, strict=True) if s.tpm is not None]
+    out: Headers = []
+    if requests:
+        _, s, c = min(requests, key=lambda item: item[0])
+        out += limit_headers(s.rpm, None, c[0], 0, c[2], 0)
+    if tokens:
+        _, s, c = min(tokens, key=lambda item: item[0])
+        out += limit_headers(None, s.tpm, 0, c[1], 0, c[3])
+    return out

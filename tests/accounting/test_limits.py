@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from gateway.accounting.keys import Principal
-from gateway.accounting.limits import Limiter, duration, limit_headers
+from gateway.accounting.limits import Limiter
+from gateway.accounting.limits_script import duration, limit_headers
 from gateway.accounting.prices import PriceTable
 from gateway.accounting.redis_client import redis_client
 from gateway.config import ConfigError, Price, parse_config
