@@ -12,10 +12,12 @@ and every limit stays within half of it with the lease counted.
 The `x-ratelimit-remaining-*` headers of a request admitted from a lease count this replica's
 admissions exactly and other replicas' as they were when the lease was granted.
 
-The budget share of a lease is one hold in Redis (`LEASE_HOLD`): the requests admitted from it add
-their cost to `spent` as they end, and the hold is released once the lease is over and its last
-request has ended. Until then a request's cost counts twice (in `spent` and in the hold): budgets
-refuse early, never late. Pure: the Limiter does the I/O.
+The budget share of a lease is one hold in Redis (`Lease.hold`). What the requests admitted from a
+lease cost, and their token corrections, are summed in the replica and applied with the release of
+that hold once the lease is over and its last request has ended: until then the hold covers them, as
+a request's own hold does. Every change a lease makes after its grant (giving back, the final
+settlement) is guarded by a field the grant wrote in `gw:{<key name>}:leases` and the change deletes,
+so a call re-sent after its answer was lost changes nothing twice. Pure: the Limiter does the I/O.
 """
 
 from __future__ import annotations
@@ -43,21 +45,23 @@ class Lease:
     requests: int  # admissions left
     tokens: int  # estimated tokens left
     hold: Hold | None  # its budget share in Redis (reservation: the amount), None without a budget
+    id: str  # unique; its guards are `<id>` (the final settlement), `<id>:r` and `<id>:t` (giving back)
+    guards_key: str  # the key's hash of lease guards
     size: int = 0  # requests granted
     granted_tokens: int = 0
     second: int = 0  # Redis's second the block is counted in
     until: float = 0.0  # loop time after which it admits nothing
     counts: list[list[int]] = field(default_factory=list)  # per scope, as counted with the block
-    share: Hold | None = None  # what its admissions carry: the budget to add their cost to
     budget_left: float = 0.0
     in_flight: int = 0
     over: bool = False
+    cost: float = 0.0  # of its requests that have ended
+    token_delta: int = 0  # their tokens used minus their estimates
 
     def __post_init__(self) -> None:
         self.size, self.granted_tokens = self.requests, self.tokens
         if self.hold is not None:
             self.budget_left = self.hold.reservation
-            self.share = Hold(self.hold.budget_key, self.hold.holds_key, "", 0.0, self.hold.period)
 
     def granted(self, second: int, usec: int, sent: float, counts: list[list[int]]) -> None:
         """The script granted it in Redis's `second` (`usec` into it); its call was sent at loop
@@ -76,23 +80,41 @@ class Lease:
         self.budget_left -= reservation
         self.in_flight += 1
         rings = tuple(s.tokens_key for s in self.scopes if s.tpm is not None)
-        return Admission(self.key, rings, estimate, self.share, self.headers(), self.second, lease=self)
+        return Admission(self.key, rings, estimate, None, self.headers(), self.second, lease=self)
+
+    def settled(self, admission: Admission, tokens: int, cost: float) -> None:
+        """One of its requests has ended."""
+        self.in_flight -= 1
+        self.cost += cost
+        if admission.token_rings:
+            self.token_delta += tokens - admission.estimate
 
     def headers(self) -> Headers:
         """The rate limit headers as if the block's unused part were not counted."""
-        unused_tokens = self.tokens
-        counts = [[r - self.requests, t - unused_tokens, *resets] for r, t, *resets in self.counts]
+        counts = [[r - self.requests, t - self.tokens, *resets] for r, t, *resets in self.counts]
         return scope_headers(self.scopes, counts)
 
-    def unused(self) -> tuple[Admission | None, Admission | None]:
-        """What to give back when it is over, as settlements of no tokens: the unused requests
-        from every scope's requests ring, the unused tokens from every tokens ring."""
+    def unused(self) -> list[tuple[Admission, int, float]]:
+        """What to give back when its second is over, as settlements: the unused requests from every
+        scope's requests ring, the unused tokens from every tokens ring (each deletes its guard,
+        even with nothing to give back)."""
         requests = tuple(s.requests_key for s in self.scopes)
         tokens = tuple(s.tokens_key for s in self.scopes if s.tpm is not None)
-        return (
-            Admission(self.key, requests, self.requests, None, [], self.second) if self.requests else None,
-            Admission(self.key, tokens, self.tokens, None, [], self.second) if self.tokens and tokens else None,
-        )
+        return [
+            (Admission(self.key, requests, self.requests, None, [], self.second, guard=self._guard(":r")), 0, 0.0),
+            (Admission(self.key, tokens, self.tokens, None, [], self.second, guard=self._guard(":t")), 0, 0.0),
+        ]
+
+    def final(self) -> tuple[Admission, int, float]:
+        """The settlement once it is over and its last request has ended (or its grant is unknown):
+        its hold released, its requests' cost spent and their token corrections made."""
+        rings = tuple(s.tokens_key for s in self.scopes if s.tpm is not None)
+        # Unconfirmed: the guard, not the hold, says whether it was applied before.
+        last = Admission(self.key, rings, 0, self.hold, [], self.second, confirmed=False, guard=self._guard(""))
+        return last, self.token_delta, self.cost
+
+    def _guard(self, suffix: str) -> tuple[str, str]:
+        return self.guards_key, self.id + suffix
 
 
 def lease_size(last_second: int, this_second: int) -> int:

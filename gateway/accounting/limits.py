@@ -199,7 +199,9 @@ class Limiter:
         if size:
             self._asking.add(shape)
             lease_hold = None if hold is None else self._hold(principal, period, 2 * size * reservation)
-            asked = Lease(principal.name, shape, scopes, size, 2 * size * counted, lease_hold)
+            lease_id = f"{self._hold_prefix}L{next(self._hold_ids)}"
+            guards = f"{self._prefix}:{{{principal.name}}}:leases"
+            asked = Lease(principal.name, shape, scopes, size, 2 * size * counted, lease_hold, lease_id, guards)
         future = asyncio.get_running_loop().create_future()
         self._queue(principal.name).admissions.append(
             ((scopes, counted, hold, principal.budget, second + HOLD_SECONDS, second, asked), future)
@@ -269,22 +271,25 @@ class Limiter:
         asyncio.get_running_loop().call_at(lease.until, self._end_lease, lease)
 
     def _end_lease(self, lease: Lease) -> None:
-        """Its second is over: give back what it did not use; its hold once its last request ends."""
+        """Its second is over: give back what it did not use; the rest once its last request ends."""
         if lease.over:
             return
         lease.over = True
         self._live.discard(lease)
         if self._leases.get(lease.shape) is lease:
             del self._leases[lease.shape]
-        for unused in lease.unused():
-            if unused is not None:
-                self.settle(unused, 0, 0.0)
+        for settlement in lease.unused():
+            self._queue_settlement(*settlement)
         if not lease.in_flight:
-            self._release_lease(lease)
+            self._finish_lease(lease)
 
-    def _release_lease(self, lease: Lease) -> None:
-        if lease.hold is not None and lease.hold.reservation > 0:
-            self.settle(Admission(lease.key, (), 0, lease.hold, [], lease.second), 0, 0.0)
+    def _finish_lease(self, lease: Lease) -> None:
+        """Release its hold, spend what its requests cost and correct their tokens."""
+        if lease.hold is not None:
+            balance_key = (lease.key, lease.hold.period)
+            if balance_key in self._balances:
+                self._balances[balance_key] -= lease.hold.reservation
+        self._queue_settlement(*lease.final())
 
     def _admit_offline(
         self, principal: Principal, scopes: tuple[Scope, ...], counted: int, hold: Hold | None, second: int
@@ -341,16 +346,22 @@ class Limiter:
         """Replace a request's estimated tokens by what it used, and its hold by its cost (sent with
         the next script call of its key)."""
         lease = admission.lease
-        if lease is not None:
-            lease.in_flight -= 1
+        if lease is not None:  # settled with the lease's hold, once it is over and its requests ended
+            lease.settled(admission, tokens, cost)
+            if lease.hold is not None and (admission.key, lease.hold.period) in self._balances:
+                self._balances[(admission.key, lease.hold.period)] += cost
             if lease.over and not lease.in_flight:
-                self._release_lease(lease)
+                self._finish_lease(lease)
+            return
         if admission.hold is None and (not admission.token_rings or tokens == admission.estimate):
             return
         if admission.hold is not None:
             balance_key = (admission.key, admission.hold.period)
             if balance_key in self._balances:
                 self._balances[balance_key] += cost - admission.hold.reservation
+        self._queue_settlement(admission, tokens, cost)
+
+    def _queue_settlement(self, admission: Admission, tokens: int, cost: float) -> None:
         self._queue(admission.key).settlements.append((admission, tokens, cost))
         self._kick(settle_only=True)
 
@@ -411,6 +422,9 @@ class Limiter:
             for args, future in pending.admissions:
                 if args[6] is not None:
                     self._asking.discard(args[6].shape)
+                    if results is None:  # perhaps granted: release its hold, if it has one (guarded)
+                        args[6].over = True
+                        self._queue_settlement(*args[6].final())
                 if not future.done() and results is None:
                     future.set_result(None)
         if results is None:
@@ -464,6 +478,14 @@ class Limiter:
         self._send_pending()
         if self._calls:
             await asyncio.wait(self._calls, timeout=2)
+        if self._live:  # granted by a call that was in flight
+            for lease in list(self._live):
+                self._end_lease(lease)
+            if self._scheduled is not None:
+                self._scheduled.cancel()
+            self._send_pending()
+            if self._calls:
+                await asyncio.wait(self._calls, timeout=2)
 
 
 def _token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:

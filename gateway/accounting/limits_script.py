@@ -15,13 +15,17 @@ if TYPE_CHECKING:
     from gateway.accounting.leases import Lease
 
 BUDGET_TTL = {"day": 3 * 86400, "month": 62 * 86400, "total": 0}
+# Seconds a key's lease guards are kept after its last lease was granted: longer than any request.
+GUARD_TTL = 4 * 3600
 
 # KEYS: every Redis key the batch names. ARGV[1]: JSON
 #   {s: settlements [[token ring indices], token delta, budget index, holds index, hold, reservation, cost,
-#                    confirmed (1: the hold is known to be in Redis), second of admission],
+#                    confirmed (1: the hold is known to be in Redis), second of admission,
+#                    guard hash index, guard field (applied only if it deletes that field)],
 #    a: admissions  [[[requests index, tokens index, rpm, tpm], ...], estimate,
 #                     budget index, holds index, budget, hold, reservation, deadline, budget TTL,
-#                     lease asked for: 0 or [requests, tokens, amount, hold]]}
+#                     lease asked for: 0 or [requests, tokens, amount, hold, guard hash index, lease id,
+#                                            guard TTL]]}
 # (index 0: none). Returns JSON: per admission [refused (0; i: scope i; -1: budget), per scope
 # [requests, tokens, requests reset, tokens reset] as counted after it, spent, held, the second,
 # 1 if the lease was granted (else 0), microseconds into the second].
@@ -84,8 +88,8 @@ local function release_stale(budget, holds)
   end
 end
 for _, s in ipairs(batch.s) do
-  local apply = true
-  if s[4] > 0 and s[5] ~= '' then
+  local apply = s[10] == 0 or redis.call('HDEL', KEYS[s[10]], s[11]) == 1
+  if apply and s[4] > 0 and s[5] ~= '' then
     local removed = redis.call('ZREM', KEYS[s[4]], s[5]) == 1
     if removed then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'held', -tonumber(s[6])) end
     -- A confirmed hold found gone: this settlement was applied before (its first answer was lost).
@@ -144,6 +148,9 @@ for _, a in ipairs(batch.a) do
       end
       if ok then
         count(lease[1], lease[2], lease[4], lease[3])
+        local id = lease[6]
+        redis.call('HSET', KEYS[lease[5]], id, 1, id .. ':r', 1, id .. ':t', 1)
+        redis.call('EXPIRE', KEYS[lease[5]], lease[7])
         leased = 1
       end
     end
@@ -193,6 +200,7 @@ class Admission:
     second: int  # when it was counted (Unix seconds): where its token correction goes
     confirmed: bool = True  # counted by Redis (else admitted while Redis was unreachable)
     lease: Lease | None = None  # the lease it was admitted from, without a call to Redis
+    guard: tuple[str, str] | None = None  # (hash, field): its settlement applies only if it deletes it
 
 
 @dataclass(slots=True)
@@ -222,6 +230,8 @@ class ScriptCall:
                 repr(cost),
                 1 if a.confirmed else 0,
                 a.second,
+                self._at(a.guard[0] if a.guard else None),
+                a.guard[1] if a.guard else "",
             ]
             for a, tokens, cost in pending.settlements
         ]
@@ -243,12 +253,12 @@ class ScriptCall:
         # Lua's cjson reads an empty array as an empty object; `ipairs` walks both alike.
         self.payload = orjson.dumps({"s": settlements, "a": admissions})
 
-    @staticmethod
-    def _lease(lease: Lease | None) -> object:
+    def _lease(self, lease: Lease | None) -> object:
         if lease is None:
             return 0
         hold = lease.hold
-        return [lease.requests, lease.tokens, repr(hold.reservation) if hold else "0", hold.member if hold else ""]
+        amount, member = (repr(hold.reservation), hold.member) if hold else ("0", "")
+        return [lease.requests, lease.tokens, amount, member, self._at(lease.guards_key), lease.id, GUARD_TTL]
 
     def _at(self, key: str | None) -> int:
         """The key's 1-based index in KEYS (0: none)."""

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
 from gateway.accounting.keys import Principal
 from gateway.accounting.leases import MAX_LEASE, MIN_LEASE, lease_size
@@ -124,6 +126,86 @@ async def test_a_small_limit_gets_no_lease(redis_backend: RedisBackend) -> None:
         assert admission is not None and admission.lease is None
     assert calls[0] == 50
     await limiter.aclose()
+
+
+def _lossy(limiter: Limiter, lose: Callable[[bytes], bool]) -> None:
+    """Calls whose payload `lose` picks run in Redis, then their answer is lost (a timeout)."""
+    sync = limiter._sync
+
+    async def call(**kwargs: Any) -> Any:
+        answer = await sync(**kwargs)
+        if lose(kwargs["args"][0]):
+            raise redis.exceptions.TimeoutError("the answer was lost")
+        return answer
+
+    limiter._sync = call
+
+
+def _settled_exactly(backend: RedisBackend, key: str, requests: int, tokens: int, spent: float) -> None:
+    r = backend.client()
+    assert _ring_total(backend, f"gw:{{{key}}}:rl:requests") == requests
+    assert _ring_total(backend, f"gw:{{{key}}}:rl:tokens") == tokens
+    budget = r.hgetall(f"gw:{{{key}}}:budget:total")
+    assert float(budget["spent"]) == pytest.approx(spent)
+    assert float(budget["held"]) == pytest.approx(0, abs=1e-9)
+    assert r.zcard(f"gw:{{{key}}}:holds:total") == 0
+    assert r.hlen(f"gw:{{{key}}}:leases") == 0  # every guard used
+
+
+async def test_a_lease_s_settlements_resent_after_a_lost_answer_apply_once(redis_backend: RedisBackend) -> None:
+    limiter = Limiter(redis_client(redis_backend.url, timeout=2, cluster=redis_backend.cluster), PRICES)
+    lost = []
+
+    def lose(payload: bytes) -> bool:  # the first two calls with settlements only
+        if b'"a":[]' in payload and len(lost) < 2:
+            lost.append(payload)
+            return True
+        return False
+
+    _lossy(limiter, lose)
+    principal = Principal("resent", rpm=1_000_000, tpm=1_000_000_000, budget=1000.0, budget_period="total")
+    admitted = [await limiter.admit(principal, "m", 10) for _ in range(200)]
+    assert sum(a is not None and a.lease is not None for a in admitted) > 150
+    for admission in admitted:
+        assert admission is not None
+        limiter.settle(admission, 15, 0.001)
+    await asyncio.sleep(1.2)  # leases over: their give-backs and final settlements go (and are lost)
+    await asyncio.sleep(1.2)  # sent again once the second after the failure is over
+    await limiter.aclose()
+    assert len(lost) == 2
+    _settled_exactly(redis_backend, "resent", 200, 200 * 15, 0.2)
+
+
+async def test_a_lease_granted_by_a_call_whose_answer_was_lost_holds_nothing_for_long(
+    redis_backend: RedisBackend,
+) -> None:
+    limiter = Limiter(redis_client(redis_backend.url, timeout=2, cluster=redis_backend.cluster), PRICES)
+    lost = []
+
+    def lose(payload: bytes) -> bool:  # the first call that asks for a lease
+        if b'"a":[[' in payload and b"L" in payload.split(b'"a":', 1)[1] and not lost:
+            lost.append(payload)
+            return True
+        return False
+
+    _lossy(limiter, lose)
+    principal = Principal("lost", rpm=1_000_000, budget=1000.0, budget_period="total")
+    admitted = [await limiter.admit(principal, "m", 10) for _ in range(20)]
+    assert len(lost) == 1
+    for admission in admitted:
+        assert admission is not None
+        limiter.settle(admission, 15, 0.001)
+    await asyncio.sleep(1.2)
+    await limiter.aclose()
+    r = redis_backend.client()
+    budget = r.hgetall("gw:{lost}:budget:total")
+    assert float(budget["spent"]) == pytest.approx(0.02)  # the unknown admission's cost counted too
+    assert float(budget["held"]) == pytest.approx(0, abs=1e-9)
+    assert r.zcard("gw:{lost}:holds:total") == 0
+    # What the lost grant counted stays counted (it cannot be told apart): early refusals, never late.
+    # (Requests admitted in the second after the failure, without Redis, are not counted: fail-open.)
+    confirmed = sum(a is not None and a.confirmed for a in admitted)
+    assert _ring_total(redis_backend, "gw:{lost}:rl:requests") >= confirmed + 1 + 4
 
 
 def test_a_lease_is_asked_for_with_room_for_twice_the_last_second() -> None:
