@@ -17,6 +17,8 @@ Budgets. A key with a budget has, per budget period (`day`, `month`: UTC; or `to
 
     gw:{<key name>}:budget:<period>        hash: spent, held
     gw:{<key name>}:holds:<period>         sorted set: one hold per request in flight, by deadline
+                                           (and one per lease, see `leases`)
+    gw:{<key name>}:leases                 hash: the guards of leases not yet settled
 
 A request is admitted only while spent + held < budget; it then holds its reservation (its price per
 request, its estimated prompt, and its output cap priced; see `PriceTable.reservation`), released when
