@@ -31,6 +31,8 @@ from gateway.types import Headers
 # (so one script call a second suffices at a steady rate), at least MIN_LEASE and at most MAX_LEASE.
 MIN_LEASE = 4
 MAX_LEASE = 4096
+# The most of any limit one lease may take (the script checks it too).
+LEASE_SHARE = 64
 # A lease ends this long before Redis's second (as measured from when its call was sent) is over.
 MARGIN = 0.002
 
@@ -117,8 +119,23 @@ class Lease:
         return self.guards_key, self.id + suffix
 
 
-def lease_size(last_second: int, this_second: int) -> int:
+def lease_size(
+    last_second: int,
+    this_second: int,
+    scopes: tuple[Scope, ...] = (),
+    estimate: int = 0,
+    budget: float | None = None,
+    reservation: float = 0.0,
+) -> int:
     """How many requests to ask a lease for, given what the replica admitted for the key in the last
-    second and so far in this one; 0: not busy enough to ask."""
+    second and so far in this one, within a 64th of every limit (a lease takes twice a request's
+    estimate and reservation per request); 0: not busy enough, or the limits too small, to ask."""
     size = min(2 * max(last_second, this_second), MAX_LEASE)
+    for scope in scopes:
+        if scope.rpm is not None:
+            size = min(size, scope.rpm // LEASE_SHARE)
+        if scope.tpm is not None and estimate:
+            size = min(size, scope.tpm // (LEASE_SHARE * 2 * estimate))
+    if budget is not None and reservation > 0:
+        size = min(size, int(budget / (LEASE_SHARE * 2 * reservation)))
     return size if size >= MIN_LEASE else 0

@@ -197,7 +197,9 @@ class Limiter:
         if time.monotonic() < self._down_until:
             return self._admit_offline(principal, scopes, counted, hold, second)
         asked = None
-        size = lease_size(busy[2], busy[1]) if shape not in self._asking else 0
+        size = 0
+        if shape not in self._asking:
+            size = lease_size(busy[2], busy[1], scopes, counted, principal.budget, reservation)
         if size:
             self._asking.add(shape)
             lease_hold = None if hold is None else self._hold(principal, period, 2 * size * reservation)

@@ -7,19 +7,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
 from gateway.accounting.keys import Principal
 from gateway.accounting.leases import MAX_LEASE, MIN_LEASE, lease_size
 from gateway.accounting.limits import Limiter, RateLimited
-from gateway.accounting.limits_script import Admission
+from gateway.accounting.limits_script import Admission, Scope
 from gateway.accounting.prices import PriceTable
 from gateway.accounting.redis_client import redis_client
 from gateway.config.model import Price
-from tests.conftest import RedisBackend
+from tests.conftest import RedisBackend, config_yaml
+from tests.support.gateway_cli import make_key
+from tests.support.process import GatewayProcess
 
 PRICES = PriceTable([Price(model="m", request=0.001, input=1.0, output=2.0)])
 
@@ -128,6 +132,57 @@ async def test_a_small_limit_gets_no_lease(redis_backend: RedisBackend) -> None:
     await limiter.aclose()
 
 
+def test_two_gateways_serve_a_busy_key_from_leases_and_never_past_its_rpm(
+    tmp_path: Path, fake_url: str, redis_backend: RedisBackend
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(fake_url, redis_backend.url))
+    key = make_key(config, "--name", "thousand", "--rpm", "1000", env=redis_backend.env)
+    env = {"GATEWAY_ACCESS_LOG": "false", "GATEWAY_LEDGER_FLUSH_INTERVAL": "0.1", **redis_backend.env}
+    r = redis_backend.client()
+    with (
+        GatewayProcess(config, workdir=tmp_path, env=env) as one,
+        GatewayProcess(config, workdir=tmp_path, env=env) as two,
+    ):
+        before = _script_calls(r)
+        far = asyncio.run(_load([one.url, two.url], key, 400))  # under half the limit: leases
+        calls = _script_calls(r) - before
+        assert far == [200] * 400
+        assert calls < 100  # about 40; the ledger's writes are among these calls
+        statuses = far + asyncio.run(_load([one.url, two.url], key, 1000))
+        served = statuses.count(200)
+        assert set(statuses) == {200, 429}
+        # Never past the limit; short of it by at most the unused leases (a 64th of it each).
+        assert 1000 - 2 * (1000 // 64) <= served <= 1000
+        time.sleep(1.5)  # every lease over and given back
+        assert _ring_total(redis_backend, "gw:{thousand}:rl:requests") == served
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert r.hget(f"gw:{{thousand}}:usage:{day}:echo", "requests") == str(served)
+
+
+async def _load(urls: list[str], key: str, count: int, clients: int = 16) -> list[int]:
+    """`count` chat requests from `clients` clients at once, each sending one after another, over
+    `urls` in turn: the statuses."""
+    statuses: list[int] = []
+
+    async def client(n: int) -> None:
+        async with httpx.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+            for i in range(n, count, clients):
+                body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+                statuses.append((await http.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body)).status_code)
+
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    return statuses
+
+
+def _script_calls(r: Any) -> int:
+    """EVALSHA calls Redis has run (on every master of a cluster)."""
+    stats = r.info("commandstats")
+    if "cmdstat_evalsha" in stats:
+        return int(stats["cmdstat_evalsha"]["calls"])
+    return sum(int(node.get("cmdstat_evalsha", {}).get("calls", 0)) for node in stats.values())
+
+
 def _lossy(limiter: Limiter, lose: Callable[[bytes], bool]) -> None:
     """Calls whose payload `lose` picks run in Redis, then their answer is lost (a timeout)."""
     sync = limiter._sync
@@ -214,3 +269,10 @@ def test_a_lease_is_asked_for_with_room_for_twice_the_last_second() -> None:
     assert lease_size(300, 10) == 600
     assert lease_size(10, 300) == 600
     assert lease_size(10 * MAX_LEASE, 0) == MAX_LEASE
+    # Within a 64th of every limit, or none at all.
+    rpm, tpm = Scope("r", "t", 1000, None, ""), Scope("r", "t", None, 64 * 2 * 10 * 100, "")
+    assert lease_size(300, 0, (rpm,)) == 1000 // 64
+    assert lease_size(300, 0, (rpm, tpm), estimate=10) == 15
+    assert lease_size(300, 0, (tpm,), estimate=10) == 100
+    assert lease_size(300, 0, budget=64 * 2 * 0.5 * 7, reservation=0.5) == 7
+    assert lease_size(300, 0, (Scope("r", "t", 200, None, ""),)) == 0
