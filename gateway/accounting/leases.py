@@ -12,19 +12,22 @@ and every limit stays within half of it with the lease counted.
 The `x-ratelimit-remaining-*` headers of a request admitted from a lease count this replica's
 admissions exactly and other replicas' as they were when the lease was granted.
 
-The budget share of a lease is one hold in Redis (`Lease.hold`). What the requests admitted from a
-lease cost, and their token corrections, are summed in the replica and applied with the release of
-that hold once the lease is over and its last request has ended: until then the hold covers them, as
-a request's own hold does. Every change a lease makes after its grant (giving back, the final
-settlement) is guarded by a field the grant wrote in `gw:{<key name>}:leases` and the change deletes,
-so a call re-sent after its answer was lost changes nothing twice. Pure: the Limiter does the I/O.
+The budget share of a lease is a hold in Redis (`Lease.hold`), which covers what its requests cost
+while it lasts. When its second is over, one step gives back the unused requests and tokens, makes the
+token corrections and spends the cost of its requests that have ended, and swaps its hold for one of
+what the requests still running reserve; once the last of those ends, a final step spends their cost
+and releases that hold. A request that ends after its lease gets its token correction at once, on
+its own. The steps are guarded by the lease's stage in `gw:{<key name>}:leases` (written by the
+grant; a step applies only at its stage, then moves it on), so a call sent again after its answer
+was lost changes nothing twice, and a grant sent again counts nothing twice. Pure: the Limiter does
+the I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.accounting.limits_script import Admission, Hold, Scope, scope_headers
+from gateway.accounting.limits_script import Admission, Hold, LeaseStep, Scope, scope_headers
 from gateway.types import Headers
 
 # Leases are asked for with room for twice what the replica admitted for the key in the last second
@@ -47,8 +50,8 @@ class Lease:
     requests: int  # admissions left
     tokens: int  # estimated tokens left
     hold: Hold | None  # its budget share in Redis (reservation: the amount), None without a budget
-    id: str  # unique; its guards are `<id>` (the final settlement), `<id>:r` and `<id>:t` (giving back)
-    guards_key: str  # the key's hash of lease guards
+    id: str  # unique: its stage's field in the guards hash
+    guards_key: str  # the key's hash of lease stages
     size: int = 0  # requests granted
     granted_tokens: int = 0
     second: int = 0  # Redis's second the block is counted in
@@ -56,9 +59,10 @@ class Lease:
     counts: list[list[int]] = field(default_factory=list)  # per scope, as counted with the block
     budget_left: float = 0.0
     in_flight: int = 0
+    reserved: float = 0.0  # what its requests in flight reserve
     over: bool = False
-    cost: float = 0.0  # of its requests that have ended
-    token_delta: int = 0  # their tokens used minus their estimates
+    cost: float = 0.0  # of its requests that ended since its last step
+    token_delta: int = 0  # their tokens used minus their estimates, until it is over
 
     def __post_init__(self) -> None:
         self.size, self.granted_tokens = self.requests, self.tokens
@@ -81,42 +85,58 @@ class Lease:
         self.tokens -= estimate
         self.budget_left -= reservation
         self.in_flight += 1
-        rings = tuple(s.tokens_key for s in self.scopes if s.tpm is not None)
-        return Admission(self.key, rings, estimate, None, self.headers(), self.second, lease=self)
+        self.reserved += reservation
+        return Admission(
+            self.key, self._token_rings(), estimate, None, self.headers(), self.second, lease=self,
+            reservation=reservation,
+        )  # fmt: skip
 
-    def settled(self, admission: Admission, tokens: int, cost: float) -> None:
-        """One of its requests has ended."""
+    def settled(self, admission: Admission, tokens: int, cost: float) -> Admission | None:
+        """One of its requests has ended. Returns the token correction to settle on its own (an
+        admission to settle with `tokens`) when the lease is over already, else None."""
         self.in_flight -= 1
+        self.reserved -= admission.reservation
         self.cost += cost
-        if admission.token_rings:
-            self.token_delta += tokens - admission.estimate
+        if not admission.token_rings or tokens == admission.estimate:
+            return None
+        if self.over:
+            return Admission(self.key, admission.token_rings, admission.estimate, None, [], self.second)
+        self.token_delta += tokens - admission.estimate
+        return None
 
     def headers(self) -> Headers:
         """The rate limit headers as if the block's unused part were not counted."""
         counts = [[r - self.requests, t - self.tokens, *resets] for r, t, *resets in self.counts]
         return scope_headers(self.scopes, counts)
 
-    def unused(self) -> list[tuple[Admission, int, float]]:
-        """What to give back when its second is over, as settlements: the unused requests from every
-        scope's requests ring, the unused tokens from every tokens ring (each deletes its guard,
-        even with nothing to give back)."""
-        requests = tuple(s.requests_key for s in self.scopes)
-        tokens = tuple(s.tokens_key for s in self.scopes if s.tpm is not None)
-        return [
-            (Admission(self.key, requests, self.requests, None, [], self.second, guard=self._guard(":r")), 0, 0.0),
-            (Admission(self.key, tokens, self.tokens, None, [], self.second, guard=self._guard(":t")), 0, 0.0),
-        ]
+    def ended(self, hold: Hold | None, deadline: int) -> LeaseStep:
+        """The step when its second is over: give back what it did not use, correct the tokens and
+        spend the cost of its requests so far, and hold (as `hold`, made by the caller) what its
+        requests still in flight reserve instead of the whole share."""
+        self.over = True
+        step = LeaseStep(
+            self.guards_key, self.id, "granted", "ended" if self.in_flight else "",
+            tuple(s.requests_key for s in self.scopes), -self.requests,
+            self._token_rings(), self.token_delta - self.tokens, self.second,
+            self.hold, self.cost, hold if self.in_flight else None, deadline,
+        )  # fmt: skip
+        self.hold = step.make
+        self.cost, self.token_delta = 0.0, 0
+        return step
 
-    def final(self) -> tuple[Admission, int, float]:
-        """The settlement once it is over and its last request has ended (or its grant is unknown):
-        its hold released, its requests' cost spent and their token corrections made."""
-        rings = tuple(s.tokens_key for s in self.scopes if s.tpm is not None)
-        # Unconfirmed: the guard, not the hold, says whether it was applied before.
-        last = Admission(self.key, rings, 0, self.hold, [], self.second, confirmed=False, guard=self._guard(""))
-        return last, self.token_delta, self.cost
+    def done(self) -> LeaseStep:
+        """The step once its last request has ended: spend their cost, release its hold."""
+        return LeaseStep(self.guards_key, self.id, "ended", "", second=self.second, release=self.hold, cost=self.cost)
 
-    def _guard(self, suffix: str) -> tuple[str, str]:
-        return self.guards_key, self.id + suffix
+    def unknown(self) -> LeaseStep:
+        """The step for a lease whose grant is unknown (the call's answer was lost, or it was
+        granted by an earlier sending of the same call): release the hold it may have made. What
+        it may have counted stays counted for its minute (its second is unknown)."""
+        self.over = True
+        return LeaseStep(self.guards_key, self.id, "granted", "", release=self.hold)
+
+    def _token_rings(self) -> tuple[str, ...]:
+        return tuple(s.tokens_key for s in self.scopes if s.tpm is not None)
 
 
 def lease_size(
@@ -138,4 +158,6 @@ def lease_size(
             size = min(size, scope.tpm // (LEASE_SHARE * 2 * estimate))
     if budget is not None and reservation > 0:
         size = min(size, int(budget / (LEASE_SHARE * 2 * reservation)))
+        while size > 0 and 2 * size * reservation * LEASE_SHARE > budget:  # as the script computes it
+            size -= 1
     return size if size >= MIN_LEASE else 0

@@ -18,7 +18,7 @@ Budgets. A key with a budget has, per budget period (`day`, `month`: UTC; or `to
     gw:{<key name>}:budget:<period>        hash: spent, held
     gw:{<key name>}:holds:<period>         sorted set: one hold per request in flight, by deadline
                                            (and one per lease, see `leases`)
-    gw:{<key name>}:leases                 hash: the guards of leases not yet settled
+    gw:{<key name>}:leases                 hash: the stage of each lease not yet settled
 
 A request is admitted only while spent + held < budget; it then holds its reservation (its price per
 request, its estimated prompt, and its output cap priced; see `PriceTable.reservation`), released when
@@ -57,7 +57,17 @@ import orjson
 
 from gateway.accounting.keys import Principal
 from gateway.accounting.leases import Lease, lease_size
-from gateway.accounting.limits_script import SYNC, Admission, Hold, Pending, Scope, ScriptCall, duration, scope_headers
+from gateway.accounting.limits_script import (
+    SYNC,
+    Admission,
+    Hold,
+    LeaseStep,
+    Pending,
+    Scope,
+    ScriptCall,
+    duration,
+    scope_headers,
+)
 from gateway.accounting.prices import PriceTable
 from gateway.accounting.redis_client import REDIS_ERRORS, rejected
 from gateway.errors import GatewayError
@@ -246,13 +256,12 @@ class Limiter:
 
     def _hold(self, principal: Principal, period: str, amount: float) -> Hold:
         base = f"{self._prefix}:{{{principal.name}}}"
-        return Hold(
-            f"{base}:budget:{period}",
-            f"{base}:holds:{period}",
-            f"{self._hold_prefix}{next(self._hold_ids)}:{amount!r}",
-            amount,
-            _label(principal.budget_period, period),
-        )
+        label = _label(principal.budget_period, period)
+        return Hold(f"{base}:budget:{period}", f"{base}:holds:{period}", self._hold_member(amount), amount, label)
+
+    def _hold_member(self, amount: float) -> str:
+        """A hold's member in its sorted set: unique, and ending in its amount."""
+        return f"{self._hold_prefix}{next(self._hold_ids)}:{amount!r}"
 
     def _busy(self, shape: tuple[object, ...], second: int) -> list[int]:
         """Counts this replica's admissions of one shape: [this second, in it, in the one before]."""
@@ -275,25 +284,30 @@ class Limiter:
         asyncio.get_running_loop().call_at(lease.until, self._end_lease, lease)
 
     def _end_lease(self, lease: Lease) -> None:
-        """Its second is over: give back what it did not use; the rest once its last request ends."""
+        """Its second is over: the first of its steps (see `leases`)."""
         if lease.over:
             return
-        lease.over = True
         self._live.discard(lease)
         if self._leases.get(lease.shape) is lease:
             del self._leases[lease.shape]
-        for settlement in lease.unused():
-            self._queue_settlement(*settlement)
-        if not lease.in_flight:
-            self._finish_lease(lease)
+        share, hold = lease.hold, None
+        if share is not None and lease.in_flight:  # a hold of what the requests in flight reserve
+            amount = lease.reserved
+            hold = Hold(share.budget_key, share.holds_key, self._hold_member(amount), amount, share.period)
+        released = share.reservation - (hold.reservation if hold else 0.0) if share else 0.0
+        self._queue_step(lease, lease.ended(hold, lease.second + HOLD_SECONDS), released)
 
     def _finish_lease(self, lease: Lease) -> None:
-        """Release its hold, spend what its requests cost and correct their tokens."""
-        if lease.hold is not None:
-            balance_key = (lease.key, lease.hold.period)
-            if balance_key in self._balances:
-                self._balances[balance_key] -= lease.hold.reservation
-        self._queue_settlement(*lease.final())
+        """Its last request has ended after its second: the last of its steps."""
+        held = lease.hold.reservation if lease.hold is not None else 0.0
+        self._queue_step(lease, lease.done(), held)
+
+    def _queue_step(self, lease: Lease, step: LeaseStep, released: float) -> None:
+        """`released`: what the step takes off the budget held (for the last balance seen)."""
+        if step.release is not None and (lease.key, step.release.period) in self._balances:
+            self._balances[(lease.key, step.release.period)] -= released
+        self._queue(lease.key).steps.append(step)
+        self._kick(settle_only=True)
 
     def _admit_offline(
         self, principal: Principal, scopes: tuple[Scope, ...], counted: int, hold: Hold | None, second: int
@@ -350,10 +364,12 @@ class Limiter:
         """Replace a request's estimated tokens by what it used, and its hold by its cost (sent with
         the next script call of its key)."""
         lease = admission.lease
-        if lease is not None:  # settled with the lease's hold, once it is over and its requests ended
-            lease.settled(admission, tokens, cost)
+        if lease is not None:  # its cost is spent with a step of its lease
+            correction = lease.settled(admission, tokens, cost)
             if lease.hold is not None and (admission.key, lease.hold.period) in self._balances:
                 self._balances[(admission.key, lease.hold.period)] += cost
+            if correction is not None:
+                self._queue_settlement(correction, tokens, 0.0)
             if lease.over and not lease.in_flight:
                 self._finish_lease(lease)
             return
@@ -417,7 +433,7 @@ class Limiter:
                 log.error("limits script refused a call for key %s (%s): its settlements are dropped", name, exc)
             else:
                 self._failed(exc)
-                self._requeue(name, pending.settlements)
+                self._requeue(name, pending.settlements, pending.steps)
         except Exception:
             log.exception("limits script call for key %s failed", name)
         else:
@@ -426,26 +442,30 @@ class Limiter:
             for args, future in pending.admissions:
                 if args[6] is not None:
                     self._asking.discard(args[6].shape)
-                    if results is None:  # perhaps granted: release its hold, if it has one (guarded)
-                        args[6].over = True
-                        self._queue_settlement(*args[6].final())
+                    if results is None:  # perhaps granted: release the hold it may have made
+                        self._queue(name).steps.append(args[6].unknown())
+                        self._kick(settle_only=True)
                 if not future.done() and results is None:
                     future.set_result(None)
         if results is None:
             return
         for (args, future), result in zip(pending.admissions, results, strict=True):
             lease = args[6]
-            if lease is not None and result[0] == 0 and result[5] == 1:
+            if lease is not None and result[5] == 1:
                 lease.granted(result[4], result[6], sent, result[1])
                 self._start_lease(lease)
+            elif lease is not None and result[5] == 2:  # granted by an earlier sending of this call
+                self._queue(name).steps.append(lease.unknown())
+                self._kick(settle_only=True)
             if not future.done():
                 future.set_result(result)
             else:  # its request was cancelled while waiting (the client left)
                 self._release(name, args[1], args[2], args[5], result)
 
-    def _requeue(self, name: str, settlements: list[tuple[Admission, int, float]]) -> None:
-        if not settlements:
+    def _requeue(self, name: str, settlements: list[tuple[Admission, int, float]], steps: list[LeaseStep]) -> None:
+        if not settlements and not steps:
             return
+        self._queue(name).steps[:0] = steps  # in order: a lease's steps apply only one after another
         queue = self._queue(name).settlements
         queue[:0] = settlements
         total = sum(len(p.settlements) for p in self._pending.values())

@@ -20,15 +20,19 @@ GUARD_TTL = 4 * 3600
 
 # KEYS: every Redis key the batch names. ARGV[1]: JSON
 #   {s: settlements [[token ring indices], token delta, budget index, holds index, hold, reservation, cost,
-#                    confirmed (1: the hold is known to be in Redis), second of admission,
-#                    guard hash index, guard field (applied only if it deletes that field)],
+#                    confirmed (1: the hold is known to be in Redis), second of admission],
+#    l: lease steps  [guard hash index, lease id, stage it applies at, stage after ('': none left),
+#                     [requests ring indices], requests delta, [token ring indices], token delta, second,
+#                     budget index, holds index, hold to release, its amount, cost,
+#                     hold to make, its amount, its deadline],
 #    a: admissions  [[[requests index, tokens index, rpm, tpm], ...], estimate,
 #                     budget index, holds index, budget, hold, reservation, deadline, budget TTL,
 #                     lease asked for: 0 or [requests, tokens, amount, hold, guard hash index, lease id,
 #                                            guard TTL]]}
 # (index 0: none). Returns JSON: per admission [refused (0; i: scope i; -1: budget), per scope
 # [requests, tokens, requests reset, tokens reset] as counted after it, spent, held, the second,
-# 1 if the lease was granted (else 0), microseconds into the second].
+# lease: 1 granted, 0 not, 2 granted before (the call was sent again), microseconds into the second].
+# A hold is added to `held` only when it is new, so a call sent again adds nothing twice.
 SYNC = """
 -- Redis's clock, not the replicas': their skew cannot move a request to another second.
 local time = redis.call('TIME')
@@ -88,8 +92,8 @@ local function release_stale(budget, holds)
   end
 end
 for _, s in ipairs(batch.s) do
-  local apply = s[10] == 0 or redis.call('HDEL', KEYS[s[10]], s[11]) == 1
-  if apply and s[4] > 0 and s[5] ~= '' then
+  local apply = true
+  if s[4] > 0 and s[5] ~= '' then
     local removed = redis.call('ZREM', KEYS[s[4]], s[5]) == 1
     if removed then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'held', -tonumber(s[6])) end
     -- A confirmed hold found gone: this settlement was applied before (its first answer was lost).
@@ -98,6 +102,25 @@ for _, s in ipairs(batch.s) do
   if apply then
     if s[3] > 0 and tonumber(s[7]) > 0 then redis.call('HINCRBYFLOAT', KEYS[s[3]], 'spent', s[7]) end
     if s[2] ~= 0 then for _, t in ipairs(s[1]) do add_at(KEYS[t], s[9], s[2]) end end
+  end
+end
+for _, l in ipairs(batch.l or {}) do
+  -- A lease's steps go from stage to stage: each applies once, and only after the one before.
+  local guards = KEYS[l[1]]
+  if redis.call('HGET', guards, l[2]) == l[3] then
+    if l[4] == '' then redis.call('HDEL', guards, l[2]) else redis.call('HSET', guards, l[2], l[4]) end
+    if l[6] ~= 0 then for _, r in ipairs(l[5]) do add_at(KEYS[r], l[9], l[6]) end end
+    if l[8] ~= 0 then for _, t in ipairs(l[7]) do add_at(KEYS[t], l[9], l[8]) end end
+    if l[10] > 0 then
+      local budget, holds = KEYS[l[10]], KEYS[l[11]]
+      if l[12] ~= '' and redis.call('ZREM', holds, l[12]) == 1 then
+        redis.call('HINCRBYFLOAT', budget, 'held', -tonumber(l[13]))
+      end
+      if tonumber(l[14]) > 0 then redis.call('HINCRBYFLOAT', budget, 'spent', l[14]) end
+      if l[15] ~= '' and redis.call('ZADD', holds, l[17], l[15]) == 1 then
+        redis.call('HINCRBYFLOAT', budget, 'held', l[16])
+      end
+    end
   end
 end
 local out = {}
@@ -121,8 +144,7 @@ for _, a in ipairs(batch.a) do
       add(KEYS[scope[1]], n)
       if scope[4] > 0 and tokens > 0 then add(KEYS[scope[2]], tokens) end
     end
-    if a[3] > 0 and tonumber(amount) > 0 then
-      redis.call('ZADD', KEYS[a[4]], a[8], hold)
+    if a[3] > 0 and tonumber(amount) > 0 and redis.call('ZADD', KEYS[a[4]], a[8], hold) == 1 then
       held = tonumber(redis.call('HINCRBYFLOAT', KEYS[a[3]], 'held', amount))
       if a[9] > 0 then
         redis.call('EXPIRE', KEYS[a[3]], a[9])
@@ -147,11 +169,13 @@ for _, a in ipairs(batch.a) do
         end
       end
       if ok then
-        count(lease[1], lease[2], lease[4], lease[3])
-        local id = lease[6]
-        redis.call('HSET', KEYS[lease[5]], id, 1, id .. ':r', 1, id .. ':t', 1)
-        redis.call('EXPIRE', KEYS[lease[5]], lease[7])
-        leased = 1
+        if redis.call('HSETNX', KEYS[lease[5]], lease[6], 'granted') == 1 then
+          count(lease[1], lease[2], lease[4], lease[3])
+          redis.call('EXPIRE', KEYS[lease[5]], lease[7])
+          leased = 1
+        else
+          leased = 2
+        end
       end
     end
   end
@@ -200,7 +224,26 @@ class Admission:
     second: int  # when it was counted (Unix seconds): where its token correction goes
     confirmed: bool = True  # counted by Redis (else admitted while Redis was unreachable)
     lease: Lease | None = None  # the lease it was admitted from, without a call to Redis
-    guard: tuple[str, str] | None = None  # (hash, field): its settlement applies only if it deletes it
+    reservation: float = 0.0  # what it reserves of its lease's budget share
+
+
+@dataclass(slots=True)
+class LeaseStep:
+    """A change to what a lease counted in Redis, applied once, at its stage (see `leases`)."""
+
+    guards_key: str
+    lease_id: str
+    stage: str  # the stage it applies at
+    next_stage: str  # "": the lease is done
+    request_rings: tuple[str, ...] = ()
+    request_delta: int = 0
+    token_rings: tuple[str, ...] = ()
+    token_delta: int = 0
+    second: int = 0
+    release: Hold | None = None
+    cost: float = 0.0
+    make: Hold | None = None  # a hold to make (its budget and holds keys are the released one's)
+    deadline: int = 0
 
 
 @dataclass(slots=True)
@@ -211,6 +254,7 @@ class Pending:
     #  the waiting request's future)
     admissions: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = field(default_factory=list)
     settlements: list[tuple[Admission, int, float]] = field(default_factory=list)  # (admission, tokens, cost)
+    steps: list[LeaseStep] = field(default_factory=list)
 
 
 class ScriptCall:
@@ -230,10 +274,30 @@ class ScriptCall:
                 repr(cost),
                 1 if a.confirmed else 0,
                 a.second,
-                self._at(a.guard[0] if a.guard else None),
-                a.guard[1] if a.guard else "",
             ]
             for a, tokens, cost in pending.settlements
+        ]
+        steps = [
+            [
+                self._at(step.guards_key),
+                step.lease_id,
+                step.stage,
+                step.next_stage,
+                [self._at(ring) for ring in step.request_rings],
+                step.request_delta,
+                [self._at(ring) for ring in step.token_rings],
+                step.token_delta,
+                step.second,
+                self._at(budget.budget_key if (budget := step.release or step.make) else None),
+                self._at(budget.holds_key if budget else None),
+                step.release.member if step.release else "",
+                repr(step.release.reservation) if step.release else "0",
+                repr(step.cost),
+                step.make.member if step.make else "",
+                repr(step.make.reservation) if step.make else "0",
+                step.deadline,
+            ]
+            for step in pending.steps
         ]
         admissions = [
             [
@@ -251,7 +315,7 @@ class ScriptCall:
             for (scopes, counted, hold, budget, deadline, _, lease), _ in pending.admissions
         ]
         # Lua's cjson reads an empty array as an empty object; `ipairs` walks both alike.
-        self.payload = orjson.dumps({"s": settlements, "a": admissions})
+        self.payload = orjson.dumps({"s": settlements, "l": steps, "a": admissions})
 
     def _lease(self, lease: Lease | None) -> object:
         if lease is None:

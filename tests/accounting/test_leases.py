@@ -257,10 +257,66 @@ async def test_a_lease_granted_by_a_call_whose_answer_was_lost_holds_nothing_for
     assert float(budget["spent"]) == pytest.approx(0.02)  # the unknown admission's cost counted too
     assert float(budget["held"]) == pytest.approx(0, abs=1e-9)
     assert r.zcard("gw:{lost}:holds:total") == 0
+    assert r.hlen("gw:{lost}:leases") == 0  # the lost grant's stage too
     # What the lost grant counted stays counted (it cannot be told apart): early refusals, never late.
     # (Requests admitted in the second after the failure, without Redis, are not counted: fail-open.)
     confirmed = sum(a is not None and a.confirmed for a in admitted)
     assert _ring_total(redis_backend, "gw:{lost}:rl:requests") >= confirmed + 1 + 4
+
+
+async def test_when_a_lease_is_over_it_holds_only_what_its_requests_in_flight_reserve(
+    redis_backend: RedisBackend,
+) -> None:
+    limiter, _ = _limiter(redis_backend)
+    principal = Principal("long", rpm=1_000_000, tpm=1_000_000_000, budget=1000.0, budget_period="total")
+    await asyncio.sleep(1 - time.time() % 1)
+    admitted = [await limiter.admit(principal, "m", 10) for _ in range(50)]
+    assert all(a is not None for a in admitted) and admitted[-1] and admitted[-1].lease is not None
+    reservation = PRICES.reservation("m", 10, 1024)
+    running = admitted.pop()  # a long stream: it outlives its lease by far
+    for admission in admitted:
+        assert admission is not None
+        limiter.settle(admission, 1000, 0.001)
+    await asyncio.sleep(1.2)  # the lease is over: given back, its ended requests settled
+
+    r = redis_backend.client()
+    budget = r.hgetall("gw:{long}:budget:total")
+    assert float(budget["held"]) == pytest.approx(reservation)  # the running request's only
+    assert float(budget["spent"]) == pytest.approx(49 * 0.001)
+    assert _ring_total(redis_backend, "gw:{long}:rl:requests") == 50
+    assert _ring_total(redis_backend, "gw:{long}:rl:tokens") == 49 * 1000 + 10
+
+    limiter.settle(running, 500, 0.002)  # after its lease: its tokens corrected at once
+    await asyncio.sleep(0.1)
+    assert _ring_total(redis_backend, "gw:{long}:rl:tokens") == 49 * 1000 + 500
+    await limiter.aclose()
+    _settled_exactly(redis_backend, "long", 50, 49 * 1000 + 500, 49 * 0.001 + 0.002)
+
+
+async def test_a_call_sent_again_counts_its_grant_and_holds_once(redis_backend: RedisBackend) -> None:
+    limiter, _ = _limiter(redis_backend)
+    sync = limiter._sync
+    twice = []
+
+    async def again(**kwargs: Any) -> Any:  # as redis-py does after a timeout: the same call again
+        if b"L" in kwargs["args"][0].split(b'"a":', 1)[1] and not twice:
+            twice.append(await sync(**kwargs))
+        return await sync(**kwargs)
+
+    limiter._sync = again
+    principal = Principal("twice", rpm=1_000_000, budget=1000.0, budget_period="total")
+    admitted = [await limiter.admit(principal, "m", 10) for _ in range(20)]
+    assert len(twice) == 1
+    for admission in admitted:
+        assert admission is not None
+        limiter.settle(admission, 15, 0.001)
+    await asyncio.sleep(1.2)
+    await limiter.aclose()
+    r = redis_backend.client()
+    budget = r.hgetall("gw:{twice}:budget:total")
+    assert float(budget["held"]) == pytest.approx(0, abs=1e-9)  # no hold counted twice
+    assert float(budget["spent"]) == pytest.approx(0.02)
+    assert r.hlen("gw:{twice}:leases") == 0
 
 
 def test_a_lease_is_asked_for_with_room_for_twice_the_last_second() -> None:
@@ -276,3 +332,7 @@ def test_a_lease_is_asked_for_with_room_for_twice_the_last_second() -> None:
     assert lease_size(300, 0, (tpm,), estimate=10) == 100
     assert lease_size(300, 0, budget=64 * 2 * 0.5 * 7, reservation=0.5) == 7
     assert lease_size(300, 0, (Scope("r", "t", 200, None, ""),)) == 0
+    # The size the script accepts, to the last bit of the budget's floating point.
+    reservation = 0.0034706796979120393
+    size = lease_size(10_000, 0, budget=1000.0, reservation=reservation)
+    assert size and 2 * size * reservation * 64 <= 1000.0
