@@ -15,12 +15,12 @@ admissions exactly and other replicas' as they were when the lease was granted.
 The budget share of a lease is a hold in Redis (`Lease.hold`), which covers what its requests cost
 while it lasts. When its second is over, one step gives back the unused requests and tokens, makes the
 token corrections and spends the cost of its requests that have ended, and swaps its hold for one of
-what the requests still running reserve; once the last of those ends, a final step spends their cost
-and releases that hold. A request that ends after its lease gets its token correction at once, on
-its own. The steps are guarded by the lease's stage in `gw:{<key name>}:leases` (written by the
-grant; a step applies only at its stage, then moves it on), so a call sent again after its answer
-was lost changes nothing twice, and a grant sent again counts nothing twice. Pure: the Limiter does
-the I/O.
+what the requests still running reserve. What those requests use is sent in further steps as they
+end; the last step releases that hold. Each step is guarded by the lease's stage in
+`gw:{<key name>}:leases` (written by the grant; a step applies only at its stage, then moves it on),
+and a lease sends its next step only once the one before is answered, so the steps apply in order
+and a call sent again after its answer was lost changes nothing twice; a grant sent again counts
+nothing twice. Pure: the Limiter does the I/O.
 """
 
 from __future__ import annotations
@@ -62,10 +62,15 @@ class Lease:
     reserved: float = 0.0  # what its requests in flight reserve
     over: bool = False
     cost: float = 0.0  # of its requests that ended since its last step
-    token_delta: int = 0  # their tokens used minus their estimates, until it is over
+    token_delta: int = 0  # their tokens used minus their estimates
+    stage: int = 0  # of its steps made so far (0: granted)
+    sending: LeaseStep | None = None  # its step sent and not yet answered
+    finished: bool = False  # its last step is made
+    budget: Hold | None = None  # its first hold: the budget's keys
 
     def __post_init__(self) -> None:
         self.size, self.granted_tokens = self.requests, self.tokens
+        self.budget = self.hold
         if self.hold is not None:
             self.budget_left = self.hold.reservation
 
@@ -91,18 +96,13 @@ class Lease:
             reservation=reservation,
         )  # fmt: skip
 
-    def settled(self, admission: Admission, tokens: int, cost: float) -> Admission | None:
-        """One of its requests has ended. Returns the token correction to settle on its own (an
-        admission to settle with `tokens`) when the lease is over already, else None."""
+    def settled(self, admission: Admission, tokens: int, cost: float) -> None:
+        """One of its requests has ended."""
         self.in_flight -= 1
         self.reserved -= admission.reservation
         self.cost += cost
-        if not admission.token_rings or tokens == admission.estimate:
-            return None
-        if self.over:
-            return Admission(self.key, admission.token_rings, admission.estimate, None, [], self.second)
-        self.token_delta += tokens - admission.estimate
-        return None
+        if admission.token_rings:
+            self.token_delta += tokens - admission.estimate
 
     def headers(self) -> Headers:
         """The rate limit headers as if the block's unused part were not counted."""
@@ -114,26 +114,41 @@ class Lease:
         spend the cost of its requests so far, and hold (as `hold`, made by the caller) what its
         requests still in flight reserve instead of the whole share."""
         self.over = True
+        self.finished = not self.in_flight
         step = LeaseStep(
-            self.guards_key, self.id, "granted", "ended" if self.in_flight else "",
+            self.guards_key, self.id, "granted", "" if self.finished else "1",
             tuple(s.requests_key for s in self.scopes), -self.requests,
             self._token_rings(), self.token_delta - self.tokens, self.second,
-            self.hold, self.cost, hold if self.in_flight else None, deadline,
+            self.budget, self.hold, self.cost, None if self.finished else hold, deadline, lease=self,
         )  # fmt: skip
-        self.hold = step.make
+        self.stage, self.hold = 1, step.make
         self.cost, self.token_delta = 0.0, 0
         return step
 
-    def done(self) -> LeaseStep:
-        """The step once its last request has ended: spend their cost, release its hold."""
-        return LeaseStep(self.guards_key, self.id, "ended", "", second=self.second, release=self.hold, cost=self.cost)
+    def next_step(self) -> LeaseStep | None:
+        """Once it is over and its step before is answered: what its requests used since, and
+        with the last of them, the release of its hold. None: nothing to send now."""
+        if not self.over or self.finished or self.sending is not None:
+            return None
+        last = not self.in_flight
+        if not last and not self.cost and not self.token_delta:
+            return None
+        step = LeaseStep(
+            self.guards_key, self.id, str(self.stage), "" if last else str(self.stage + 1),
+            token_rings=self._token_rings(), token_delta=self.token_delta, second=self.second,
+            budget=self.budget, release=self.hold if last else None, cost=self.cost, lease=self,
+        )  # fmt: skip
+        self.stage += 1
+        self.finished = last
+        self.cost, self.token_delta = 0.0, 0
+        return step
 
     def unknown(self) -> LeaseStep:
         """The step for a lease whose grant is unknown (the call's answer was lost, or it was
         granted by an earlier sending of the same call): release the hold it may have made. What
         it may have counted stays counted for its minute (its second is unknown)."""
-        self.over = True
-        return LeaseStep(self.guards_key, self.id, "granted", "", release=self.hold)
+        self.over = self.finished = True
+        return LeaseStep(self.guards_key, self.id, "granted", "", budget=self.hold, release=self.hold)
 
     def _token_rings(self) -> tuple[str, ...]:
         return tuple(s.tokens_key for s in self.scopes if s.tpm is not None)

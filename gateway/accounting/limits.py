@@ -294,20 +294,29 @@ class Limiter:
         if share is not None and lease.in_flight:  # a hold of what the requests in flight reserve
             amount = lease.reserved
             hold = Hold(share.budget_key, share.holds_key, self._hold_member(amount), amount, share.period)
-        released = share.reservation - (hold.reservation if hold else 0.0) if share else 0.0
-        self._queue_step(lease, lease.ended(hold, lease.second + HOLD_SECONDS), released)
+        self._send_step(lease, lease.ended(hold, lease.second + HOLD_SECONDS))
 
-    def _finish_lease(self, lease: Lease) -> None:
-        """Its last request has ended after its second: the last of its steps."""
-        held = lease.hold.reservation if lease.hold is not None else 0.0
-        self._queue_step(lease, lease.done(), held)
+    def _advance(self, lease: Lease) -> None:
+        """Send a lease's next step, if it has one to send now."""
+        step = lease.next_step()
+        if step is not None:
+            self._send_step(lease, step)
 
-    def _queue_step(self, lease: Lease, step: LeaseStep, released: float) -> None:
-        """`released`: what the step takes off the budget held (for the last balance seen)."""
-        if step.release is not None and (lease.key, step.release.period) in self._balances:
-            self._balances[(lease.key, step.release.period)] -= released
+    def _send_step(self, lease: Lease, step: LeaseStep) -> None:
+        lease.sending = step
+        released, made = step.release, step.make
+        if released is not None and (lease.key, released.period) in self._balances:
+            self._balances[(lease.key, released.period)] -= released.reservation - (made.reservation if made else 0.0)
         self._queue(lease.key).steps.append(step)
         self._kick(settle_only=True)
+
+    def _answered(self, steps: list[LeaseStep]) -> None:
+        """These steps reached Redis (or never will): their leases may send their next ones."""
+        for step in steps:
+            lease = step.lease
+            if lease is not None and lease.sending is step:
+                lease.sending = None
+                self._advance(lease)
 
     def _admit_offline(
         self, principal: Principal, scopes: tuple[Scope, ...], counted: int, hold: Hold | None, second: int
@@ -364,14 +373,11 @@ class Limiter:
         """Replace a request's estimated tokens by what it used, and its hold by its cost (sent with
         the next script call of its key)."""
         lease = admission.lease
-        if lease is not None:  # its cost is spent with a step of its lease
-            correction = lease.settled(admission, tokens, cost)
-            if lease.hold is not None and (admission.key, lease.hold.period) in self._balances:
-                self._balances[(admission.key, lease.hold.period)] += cost
-            if correction is not None:
-                self._queue_settlement(correction, tokens, 0.0)
-            if lease.over and not lease.in_flight:
-                self._finish_lease(lease)
+        if lease is not None:  # settled with a step of its lease
+            lease.settled(admission, tokens, cost)
+            if lease.budget is not None and (admission.key, lease.budget.period) in self._balances:
+                self._balances[(admission.key, lease.budget.period)] += cost
+            self._advance(lease)
             return
         if admission.hold is None and (not admission.token_rings or tokens == admission.estimate):
             return
@@ -431,13 +437,16 @@ class Limiter:
         except REDIS_ERRORS as exc:
             if rejected(exc):  # the same call would fail again: not an outage
                 log.error("limits script refused a call for key %s (%s): its settlements are dropped", name, exc)
+                self._answered(pending.steps)
             else:
                 self._failed(exc)
                 self._requeue(name, pending.settlements, pending.steps)
         except Exception:
             log.exception("limits script call for key %s failed", name)
+            self._answered(pending.steps)
         else:
             self._recovered()
+            self._answered(pending.steps)
         finally:
             for args, future in pending.admissions:
                 if args[6] is not None:
@@ -455,8 +464,7 @@ class Limiter:
                 lease.granted(result[4], result[6], sent, result[1])
                 self._start_lease(lease)
             elif lease is not None and result[5] == 2:  # granted by an earlier sending of this call
-                self._queue(name).steps.append(lease.unknown())
-                self._kick(settle_only=True)
+                self._send_step(lease, lease.unknown())  # (its hold is in the balance just seen)
             if not future.done():
                 future.set_result(result)
             else:  # its request was cancelled while waiting (the client left)
@@ -493,23 +501,20 @@ class Limiter:
         return self._failing
 
     async def aclose(self) -> None:
-        """Send the settlements still waiting (briefly)."""
-        for lease in list(self._live):
-            self._end_lease(lease)
-        if self._scheduled is not None:
-            self._scheduled.cancel()
+        """Send the settlements and lease steps still waiting, and those their answers lead to (for
+        two seconds at most)."""
         self._down_until = 0.0
-        self._send_pending()
-        if self._calls:
-            await asyncio.wait(self._calls, timeout=2)
-        if self._live:  # granted by a call that was in flight
-            for lease in list(self._live):
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            for lease in list(self._live):  # (granted by a call that was in flight, too)
                 self._end_lease(lease)
             if self._scheduled is not None:
                 self._scheduled.cancel()
+                self._scheduled = None
             self._send_pending()
-            if self._calls:
-                await asyncio.wait(self._calls, timeout=2)
+            if not self._calls:
+                return
+            await asyncio.wait(self._calls, timeout=deadline - time.monotonic())
 
 
 def _token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:

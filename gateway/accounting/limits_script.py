@@ -240,10 +240,12 @@ class LeaseStep:
     token_rings: tuple[str, ...] = ()
     token_delta: int = 0
     second: int = 0
+    budget: Hold | None = None  # a hold of the key's budget in the period: its keys are the step's
     release: Hold | None = None
     cost: float = 0.0
-    make: Hold | None = None  # a hold to make (its budget and holds keys are the released one's)
+    make: Hold | None = None
     deadline: int = 0
+    lease: Lease | None = None  # told when the step is answered, to send its next one
 
 
 @dataclass(slots=True)
@@ -288,8 +290,8 @@ class ScriptCall:
                 [self._at(ring) for ring in step.token_rings],
                 step.token_delta,
                 step.second,
-                self._at(budget.budget_key if (budget := step.release or step.make) else None),
-                self._at(budget.holds_key if budget else None),
+                self._at(step.budget.budget_key if step.budget else None),
+                self._at(step.budget.holds_key if step.budget else None),
                 step.release.member if step.release else "",
                 repr(step.release.reservation) if step.release else "0",
                 repr(step.cost),

@@ -293,6 +293,33 @@ async def test_when_a_lease_is_over_it_holds_only_what_its_requests_in_flight_re
     _settled_exactly(redis_backend, "long", 50, 49 * 1000 + 500, 49 * 0.001 + 0.002)
 
 
+async def test_a_lease_s_steps_apply_in_order_when_an_answer_is_lost(redis_backend: RedisBackend) -> None:
+    limiter = Limiter(redis_client(redis_backend.url, timeout=2, cluster=redis_backend.cluster), PRICES)
+    lost = []
+
+    def lose(payload: bytes) -> bool:  # the first call with a lease step: it applies, its answer is lost
+        if b'"l":[[' in payload and not lost:
+            lost.append(payload)
+            return True
+        return False
+
+    _lossy(limiter, lose)
+    principal = Principal("steps", rpm=1_000_000, tpm=1_000_000_000, budget=1000.0, budget_period="total")
+    await asyncio.sleep(1 - time.time() % 1)
+    admitted = [await limiter.admit(principal, "m", 10) for _ in range(50)]
+    for admission in admitted[:30]:
+        assert admission is not None
+        limiter.settle(admission, 15, 0.001)
+    await asyncio.sleep(1.05)  # the lease is over: its first step goes, and its answer is lost
+    for admission in admitted[30:]:  # meanwhile its other requests end: their step must wait
+        assert admission is not None
+        limiter.settle(admission, 15, 0.001)
+    await asyncio.sleep(1.5)  # the first step sent again (a no-op), then the next
+    await limiter.aclose()
+    assert len(lost) == 1
+    _settled_exactly(redis_backend, "steps", 50, 50 * 15, 0.05)
+
+
 async def test_a_call_sent_again_counts_its_grant_and_holds_once(redis_backend: RedisBackend) -> None:
     limiter, _ = _limiter(redis_backend)
     sync = limiter._sync
