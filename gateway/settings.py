@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     upstream_total_timeout: float = Field(default=1800.0, gt=0, description="Longest an attempt may take.")
     upstream_pool_size: int = Field(default=1000, ge=1, description="Open upstream connections per process.")
 
-    ledger_flush_interval: float = Field(default=0.5, gt=0, description="Seconds between usage writes.")
+    ledger_flush_interval: float = Field(
+        default=0.5, gt=0, description="Seconds between usage writes (sooner once 256 log entries wait)."
+    )
     ledger_spool_dir: Path | None = Field(
         default=Path("spool"),
         description="Where usage Redis could not take at shutdown is written, and replayed from at start.",
