@@ -230,8 +230,7 @@ class Limiter:
         if result is None:  # Redis unreachable
             return self._admit_offline(principal, scopes, counted, hold, second)
         refused, counts, spent, held, second, leased, _ = result
-        if leased:  # what the lease counted is not this request's to see
-            assert asked is not None
+        if leased and asked is not None:  # what the lease counted is not this request's to see
             counts = [[r - asked.size, t - asked.granted_tokens, *resets] for r, t, *resets in counts]
         headers = scope_headers(scopes, counts)
         if hold is not None:
