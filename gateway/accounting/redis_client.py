@@ -33,8 +33,10 @@ def redis_client(url: str, *, timeout: float, cluster: bool = False) -> Any:
     kwargs: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        # A pooled connection Redis closed (it restarted) fails once, then a fresh one is tried.
-        "retry": Retry(NoBackoff(), 1),
+        # A pooled connection Redis closed (it restarted) fails once, then a fresh one is tried. A
+        # timeout is not tried again: the command may still run (a stalled Redis runs both, and a
+        # script that counts would count twice), and the caller would wait two timeouts, not one.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         "retry_on_error": [ConnectionError],
     }
     if cluster:

@@ -5,6 +5,7 @@ admitted, no more; a key near its limit is never admitted past it, from two repl
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from gateway.config.model import Price
 from tests.conftest import RedisBackend, config_yaml
 from tests.support.gateway_cli import make_key
 from tests.support.process import GatewayProcess
+from tests.support.redis_server import RedisServer
 
 PRICES = PriceTable([Price(model="m", request=0.001, input=1.0, output=2.0)])
 
@@ -344,6 +346,29 @@ async def test_a_call_sent_again_counts_its_grant_and_holds_once(redis_backend: 
     assert float(budget["held"]) == pytest.approx(0, abs=1e-9)  # no hold counted twice
     assert float(budget["spent"]) == pytest.approx(0.02)
     assert r.hlen("gw:{twice}:leases") == 0
+
+
+async def test_a_call_to_a_stalled_redis_times_out_once_and_is_not_sent_again(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    limiter = Limiter(redis_client(redis_url, timeout=0.3), PRICES)
+    principal = Principal("stalled", rpm=1_000_000)
+    await limiter.admit(Principal("first", rpm=10), "m", 10)  # the script loaded in Redis
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)  # stalled: it takes the call, and answers late
+    try:
+        started = time.monotonic()
+        admission = await limiter.admit(principal, "m", 10)
+        waited = time.monotonic() - started
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    assert admission is not None and not admission.confirmed  # served without limits, after one timeout
+    assert waited < 0.55
+    await asyncio.sleep(0.3)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    ring = r.hgetall("gw:{stalled}:rl:requests")
+    assert sum(int(v.split(":")[1]) for v in ring.values()) == 1  # the call ran once, when Redis woke
+    await limiter.aclose()
 
 
 def test_a_lease_is_asked_for_with_room_for_twice_the_last_second() -> None:
