@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.accounting.limits_script import Admission, Hold, LeaseStep, Scope, scope_headers
+from gateway.accounting.limits_script import Admission, Hold, LeaseStep, Scope, scope_headers, token_rings
 from gateway.types import Headers
 
 # Leases are asked for with room for twice what the replica admitted for the key in the last second
@@ -67,10 +67,12 @@ class Lease:
     sending: LeaseStep | None = None  # its step sent and not yet answered
     finished: bool = False  # its last step is made
     budget: Hold | None = None  # its first hold: the budget's keys
+    token_rings: tuple[str, ...] = ()  # of its scopes with a tpm
 
     def __post_init__(self) -> None:
         self.size, self.granted_tokens = self.requests, self.tokens
         self.budget = self.hold
+        self.token_rings = token_rings(self.scopes)
         if self.hold is not None:
             self.budget_left = self.hold.reservation
 
@@ -92,7 +94,7 @@ class Lease:
         self.in_flight += 1
         self.reserved += reservation
         return Admission(
-            self.key, self._token_rings(), estimate, None, self.headers(), self.second, lease=self,
+            self.key, self.token_rings, estimate, None, self.headers(), self.second, lease=self,
             reservation=reservation,
         )  # fmt: skip
 
@@ -118,7 +120,7 @@ class Lease:
         step = LeaseStep(
             self.guards_key, self.id, "granted", "" if self.finished else "1",
             tuple(s.requests_key for s in self.scopes), -self.requests,
-            self._token_rings(), self.token_delta - self.tokens, self.second,
+            self.token_rings, self.token_delta - self.tokens, self.second,
             self.budget, self.hold, self.cost, None if self.finished else hold, deadline, lease=self,
         )  # fmt: skip
         self.stage, self.hold = 1, step.make
@@ -135,7 +137,7 @@ class Lease:
             return None
         step = LeaseStep(
             self.guards_key, self.id, str(self.stage), "" if last else str(self.stage + 1),
-            token_rings=self._token_rings(), token_delta=self.token_delta, second=self.second,
+            token_rings=self.token_rings, token_delta=self.token_delta, second=self.second,
             budget=self.budget, release=self.hold if last else None, cost=self.cost, lease=self,
         )  # fmt: skip
         self.stage += 1
@@ -149,9 +151,6 @@ class Lease:
         it may have counted stays counted for its minute (its second is unknown)."""
         self.over = self.finished = True
         return LeaseStep(self.guards_key, self.id, "granted", "", budget=self.hold, release=self.hold)
-
-    def _token_rings(self) -> tuple[str, ...]:
-        return tuple(s.tokens_key for s in self.scopes if s.tpm is not None)
 
 
 def lease_size(

@@ -48,7 +48,6 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -67,6 +66,7 @@ from gateway.accounting.limits_script import (
     ScriptCall,
     duration,
     scope_headers,
+    token_rings,
 )
 from gateway.accounting.prices import PriceTable
 from gateway.accounting.redis_client import REDIS_ERRORS, rejected
@@ -251,7 +251,7 @@ class Limiter:
         if refused < 0:
             assert hold is not None
             raise self._over_budget(principal, hold, float(spent) + float(held), headers)
-        return Admission(principal.name, _token_rings(scopes), counted, hold, headers, second)
+        return Admission(principal.name, token_rings(scopes), counted, hold, headers, second)
 
     def _hold(self, principal: Principal, period: str, amount: float) -> Hold:
         base = f"{self._prefix}:{{{principal.name}}}"
@@ -334,7 +334,7 @@ class Limiter:
             if known >= principal.budget:
                 raise self._over_budget(principal, hold, known, [])
             self._balances[balance_key] = known + hold.reservation
-        return Admission(principal.name, _token_rings(scopes), counted, hold, [], second, confirmed=False)
+        return Admission(principal.name, token_rings(scopes), counted, hold, [], second, confirmed=False)
 
     def _release(self, name: str, counted: int, hold: Hold | None, second: int, result: list[Any] | None) -> None:
         """Give back what an admission took for a request that will not run. `result`: the script's
@@ -514,10 +514,6 @@ class Limiter:
             if not self._calls:
                 return
             await asyncio.wait(self._calls, timeout=deadline - time.monotonic())
-
-
-def _token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:
-    return tuple(s.tokens_key for s in scopes if s.tpm is not None)
 
 
 class LimitSettler(Observer):

@@ -4,6 +4,7 @@ the records it counts with, and how one call's keys and payload are built. Pure:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -377,3 +378,8 @@ def scope_headers(scopes: tuple[Scope, ...], counts: list[list[int]]) -> Headers
         _, s, c = min(tokens, key=lambda item: item[0])
         out += limit_headers(None, s.tpm, 0, c[1], 0, c[3])
     return out
+
+
+def token_rings(scopes: Iterable[Scope]) -> tuple[str, ...]:
+    """The tokens rings of the scopes with a tpm: where an admission's tokens are counted."""
+    return tuple(s.tokens_key for s in scopes if s.tpm is not None)
