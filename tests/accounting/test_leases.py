@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,18 @@ def _limiter(backend: RedisBackend) -> tuple[Limiter, list[int]]:
     return limiter, calls
 
 
+def _settle_all(limiter: Limiter, admitted: Sequence[Admission | None], tokens: int, cost: float) -> None:
+    """Every request ends, each having used `tokens` and cost `cost`."""
+    for admission in admitted:
+        assert admission is not None
+        limiter.settle(admission, tokens, cost)
+
+
+def _asks_lease(payload: bytes) -> bool:
+    """Whether a script call asks for a lease (lease ids hold an `L`; hold ids are lowercase hex)."""
+    return b"L" in payload.split(b'"a":', 1)[1]
+
+
 def _ring_total(backend: RedisBackend, key: str) -> int:
     """What a rate-limit ring counts over the last minute."""
     now = time.time()
@@ -66,11 +78,10 @@ async def test_a_busy_key_is_admitted_from_leases_and_redis_then_counts_exactly_
         admitted.append(admission)
     assert calls[0] < 40  # a few to grow the lease, then about one a second
     assert sum(a.lease is not None for a in admitted) > 350
-    for admission in admitted[:200]:
-        limiter.settle(admission, 15, 0.001)
+    _settle_all(limiter, admitted[:200], 15, 0.001)
     await asyncio.sleep(1.1)  # every lease is over: their unused parts are given back
-    for admission in admitted[200:]:  # requests that outlive their lease: its hold waits for them
-        limiter.settle(admission, 15, 0.001)
+    # Requests that outlive their lease: its hold waits for them.
+    _settle_all(limiter, admitted[200:], 15, 0.001)
     await limiter.aclose()
 
     r = redis_backend.client()
@@ -210,7 +221,7 @@ def _settled_exactly(backend: RedisBackend, key: str, requests: int, tokens: int
 
 
 async def test_a_lease_s_settlements_resent_after_a_lost_answer_apply_once(redis_backend: RedisBackend) -> None:
-    limiter = Limiter(redis_client(redis_backend.url, timeout=2, cluster=redis_backend.cluster), PRICES)
+    limiter, _ = _limiter(redis_backend)
     lost = []
 
     def lose(payload: bytes) -> bool:  # the first two calls with settlements only
@@ -223,9 +234,7 @@ async def test_a_lease_s_settlements_resent_after_a_lost_answer_apply_once(redis
     principal = Principal("resent", rpm=1_000_000, tpm=1_000_000_000, budget=1000.0, budget_period="total")
     admitted = [await limiter.admit(principal, "m", 10) for _ in range(200)]
     assert sum(a is not None and a.lease is not None for a in admitted) > 150
-    for admission in admitted:
-        assert admission is not None
-        limiter.settle(admission, 15, 0.001)
+    _settle_all(limiter, admitted, 15, 0.001)
     await asyncio.sleep(1.2)  # leases over: their give-backs and final settlements go (and are lost)
     await asyncio.sleep(1.2)  # sent again once the second after the failure is over
     await limiter.aclose()
@@ -236,11 +245,11 @@ async def test_a_lease_s_settlements_resent_after_a_lost_answer_apply_once(redis
 async def test_a_lease_granted_by_a_call_whose_answer_was_lost_holds_nothing_for_long(
     redis_backend: RedisBackend,
 ) -> None:
-    limiter = Limiter(redis_client(redis_backend.url, timeout=2, cluster=redis_backend.cluster), PRICES)
+    limiter, _ = _limiter(redis_backend)
     lost = []
 
     def lose(payload: bytes) -> bool:  # the first call that asks for a lease
-        if b'"a":[[' in payload and b"L" in payload.split(b'"a":', 1)[1] and not lost:
+        if _asks_lease(payload) and not lost:
             lost.append(payload)
             return True
         return False
@@ -249,9 +258,7 @@ async def test_a_lease_granted_by_a_call_whose_answer_was_lost_holds_nothing_for
     principal = Principal("lost", rpm=1_000_000, budget=1000.0, budget_period="total")
     admitted = [await limiter.admit(principal, "m", 10) for _ in range(20)]
     assert len(lost) == 1
-    for admission in admitted:
-        assert admission is not None
-        limiter.settle(admission, 15, 0.001)
+    _settle_all(limiter, admitted, 15, 0.001)
     await asyncio.sleep(1.2)
     await limiter.aclose()
     r = redis_backend.client()
@@ -276,9 +283,7 @@ async def test_when_a_lease_is_over_it_holds_only_what_its_requests_in_flight_re
     assert all(a is not None for a in admitted) and admitted[-1] and admitted[-1].lease is not None
     reservation = PRICES.reservation("m", 10, 1024)
     running = admitted.pop()  # a long stream: it outlives its lease by far
-    for admission in admitted:
-        assert admission is not None
-        limiter.settle(admission, 1000, 0.001)
+    _settle_all(limiter, admitted, 1000, 0.001)
     await asyncio.sleep(1.2)  # the lease is over: given back, its ended requests settled
 
     r = redis_backend.client()
@@ -296,7 +301,7 @@ async def test_when_a_lease_is_over_it_holds_only_what_its_requests_in_flight_re
 
 
 async def test_a_lease_s_steps_apply_in_order_when_an_answer_is_lost(redis_backend: RedisBackend) -> None:
-    limiter = Limiter(redis_client(redis_backend.url, timeout=2, cluster=redis_backend.cluster), PRICES)
+    limiter, _ = _limiter(redis_backend)
     lost = []
 
     def lose(payload: bytes) -> bool:  # the first call with a lease step: it applies, its answer is lost
@@ -309,13 +314,10 @@ async def test_a_lease_s_steps_apply_in_order_when_an_answer_is_lost(redis_backe
     principal = Principal("steps", rpm=1_000_000, tpm=1_000_000_000, budget=1000.0, budget_period="total")
     await asyncio.sleep(1 - time.time() % 1)
     admitted = [await limiter.admit(principal, "m", 10) for _ in range(50)]
-    for admission in admitted[:30]:
-        assert admission is not None
-        limiter.settle(admission, 15, 0.001)
+    _settle_all(limiter, admitted[:30], 15, 0.001)
     await asyncio.sleep(1.05)  # the lease is over: its first step goes, and its answer is lost
-    for admission in admitted[30:]:  # meanwhile its other requests end: their step must wait
-        assert admission is not None
-        limiter.settle(admission, 15, 0.001)
+    # Meanwhile its other requests end: their step must wait.
+    _settle_all(limiter, admitted[30:], 15, 0.001)
     await asyncio.sleep(1.5)  # the first step sent again (a no-op), then the next
     await limiter.aclose()
     assert len(lost) == 1
@@ -328,7 +330,7 @@ async def test_a_call_sent_again_counts_its_grant_and_holds_once(redis_backend: 
     twice = []
 
     async def again(**kwargs: Any) -> Any:  # as redis-py does after a timeout: the same call again
-        if b"L" in kwargs["args"][0].split(b'"a":', 1)[1] and not twice:
+        if _asks_lease(kwargs["args"][0]) and not twice:
             twice.append(await sync(**kwargs))
         return await sync(**kwargs)
 
@@ -336,9 +338,7 @@ async def test_a_call_sent_again_counts_its_grant_and_holds_once(redis_backend: 
     principal = Principal("twice", rpm=1_000_000, budget=1000.0, budget_period="total")
     admitted = [await limiter.admit(principal, "m", 10) for _ in range(20)]
     assert len(twice) == 1
-    for admission in admitted:
-        assert admission is not None
-        limiter.settle(admission, 15, 0.001)
+    _settle_all(limiter, admitted, 15, 0.001)
     await asyncio.sleep(1.2)
     await limiter.aclose()
     r = redis_backend.client()
