@@ -108,7 +108,7 @@ def _serve(settings: Settings, config: GatewayConfig) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         if settings.workers == 1:
-            server = uvicorn.Server(ServerConfig(create_app(settings, config), **common))
+            server = uvicorn.Server(ServerConfig(create_app(settings, config, serving=True), **common))
             server.run()
             if not server.started:  # could not bind, or the app's start-up failed (logged)
                 return 3

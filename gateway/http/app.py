@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from gateway import __version__
+from gateway import __version__, collector
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.http.admin import router as admin_router
@@ -36,8 +36,9 @@ class GatewayApp:
     """Runs the runtime's start-up and shutdown, routes the chat path to the plain ASGI endpoint and
     the rest to FastAPI."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, serving: bool = False) -> None:
         self.runtime = runtime
+        self._serving = serving  # a server process of its own: the collector is set once started
         request_ids = RequestIds()
         self.api = ExchangeMiddleware(_fastapi(runtime), runtime.exchanges, request_ids)
         # The relayed APIs, by path: plain ASGI endpoints, without the framework on the hot path.
@@ -74,6 +75,8 @@ class GatewayApp:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                if self._serving:
+                    collector.settle()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
@@ -83,8 +86,9 @@ class GatewayApp:
                 return
 
 
-def create_app(settings: Settings, config: GatewayConfig) -> GatewayApp:
-    return GatewayApp(Runtime.build(settings, config))
+def create_app(settings: Settings, config: GatewayConfig, *, serving: bool = False) -> GatewayApp:
+    """The app; `serving` for a process that exists to serve it (`gateway serve`, its workers)."""
+    return GatewayApp(Runtime.build(settings, config), serving=serving)
 
 
 def app_from_env() -> GatewayApp:
@@ -92,7 +96,7 @@ def app_from_env() -> GatewayApp:
     settings = Settings()
     if settings.config is None:
         raise SystemExit("GATEWAY_CONFIG is not set: give the path of the config file")
-    return create_app(settings, load_config(settings.config))
+    return create_app(settings, load_config(settings.config), serving=True)
 
 
 def _fastapi(runtime: Runtime) -> FastAPI:
