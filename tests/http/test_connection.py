@@ -1,8 +1,9 @@
 """The connection's own answers (http/protocol.py), sent as raw bytes over real sockets: malformed
-HTTP, oversized and slow heads, and bodies that stop arriving."""
+HTTP, oversized and slow heads, and bodies that stop arriving; and how a response's head is written."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -12,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.config import parse_config
+from gateway.http.protocol import _HeadHeld
 from tests.conftest import CLIENT_KEY, RunningGateway, config_yaml
 
 HEAD_TIMEOUT = 0.5
@@ -213,3 +215,52 @@ def test_pipelined_requests_are_all_answered(connect: Callable[[], socket.socket
     sock.sendall(one + one + b"GET /healthz HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
     raw = _read_all(sock)
     assert raw.count(b"HTTP/1.1 200 OK") == 3
+
+
+class _Recorded:
+    """A transport that keeps what is written to it (the object under test only forwards)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+async def test_a_reply_sent_at_once_goes_out_in_one_write() -> None:
+    transport = _Recorded()
+    held = _HeadHeld(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert transport.writes == []
+    held.write(b"{}")
+    held.write(b"more")
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}", b"more"]
+    await asyncio.sleep(0)
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}", b"more"]  # nothing written twice
+
+
+async def test_a_head_with_no_body_yet_goes_out_at_the_end_of_the_loop_turn() -> None:
+    transport = _Recorded()
+    held = _HeadHeld(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    await asyncio.sleep(0)
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+    held.write(b"5\r\nevent\r\n")
+    assert transport.writes[-1] == b"5\r\nevent\r\n"
+
+
+async def test_closing_writes_a_held_head_first() -> None:
+    transport = _Recorded()
+    held = _HeadHeld(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    held.close()
+    assert transport.writes == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"] and transport.closed
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 1
