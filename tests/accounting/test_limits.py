@@ -132,8 +132,10 @@ def test_a_model_limit_applies_to_its_models_only(
     assert gpt[1].headers["x-ratelimit-remaining-requests"] == "0"
     echo = asyncio.run(spread([gateway.url], key, 3))
     assert [r.status_code for r in echo] == [200] * 3
-    assert echo[2].headers["x-ratelimit-limit-requests"] == "100"
-    assert echo[2].headers["x-ratelimit-remaining-requests"] == "95"  # 5 served on the key; a refusal is not counted
+    assert {r.headers["x-ratelimit-limit-requests"] for r in echo} == {"100"}
+    # Sent at once, admitted in some order: the last one admitted sees 5 served on the key (a
+    # refusal is not counted).
+    assert sorted(r.headers["x-ratelimit-remaining-requests"] for r in echo) == ["95", "96", "97"]
 
 
 def test_model_limits_are_checked_where_they_are_given(tmp_path: Path, fake_url: str, redis_url: str) -> None:
