@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+from gateway.collector import YOUNG_THRESHOLD
+
 SCRIPT = textwrap.dedent(
     """
     import asyncio, gc, json, sys
@@ -45,8 +47,6 @@ def _run(mode: str) -> dict[str, object]:
 
 
 def test_a_serving_app_freezes_what_start_up_built_and_collects_young_objects_less_often() -> None:
-    from gateway.collector import YOUNG_THRESHOLD
-
     result = _run("serving")
     assert result["sent"] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert result["before"] == 0

@@ -234,9 +234,13 @@ class _Recorded:
         return self.closed
 
 
-async def test_a_reply_sent_at_once_goes_out_in_one_write() -> None:
+def _held() -> tuple[_Recorded, _HeadHeld]:
     transport = _Recorded()
-    held = _HeadHeld(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    return transport, _HeadHeld(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+
+async def test_a_reply_sent_at_once_goes_out_in_one_write() -> None:
+    transport, held = _held()
     held.write(b"HTTP/1.1 200 OK\r\n\r\n")
     assert transport.writes == []
     held.write(b"{}")
@@ -247,8 +251,7 @@ async def test_a_reply_sent_at_once_goes_out_in_one_write() -> None:
 
 
 async def test_a_head_with_no_body_yet_goes_out_at_the_end_of_the_loop_turn() -> None:
-    transport = _Recorded()
-    held = _HeadHeld(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport, held = _held()
     held.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
     await asyncio.sleep(0)
     assert transport.writes == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
@@ -257,8 +260,7 @@ async def test_a_head_with_no_body_yet_goes_out_at_the_end_of_the_loop_turn() ->
 
 
 async def test_closing_writes_a_held_head_first() -> None:
-    transport = _Recorded()
-    held = _HeadHeld(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport, held = _held()
     held.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
     held.close()
     assert transport.writes == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"] and transport.closed
