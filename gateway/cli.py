@@ -99,6 +99,9 @@ def _serve(settings: Settings, config: GatewayConfig) -> int:
         "log_config": logging_config,
         "log_level": settings.log_level,
         "access_log": False,  # the gateway writes its own, one line per request
+        # Nothing reads a client's address (the access log names the key, not the peer): uvicorn's
+        # X-Forwarded-For rewriting of it would be work on every request for nothing.
+        "proxy_headers": False,
         "lifespan": "on",
         "timeout_graceful_shutdown": settings.shutdown_timeout,
         "limits": connection_limits(settings),

@@ -71,6 +71,7 @@ class RelayedEndpoint:
         self._exchanges = exchanges
         self._limit = max_body_bytes
         self._log_content = log_content
+        self._watchers = _Watchers()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         authorization = api_key = x_api_key = length = presented_id = None
@@ -119,7 +120,7 @@ class RelayedEndpoint:
                 )
             transcript = Transcript(exchange, request.body) if self._log_content else None
             # From here on, a client that goes away cancels the work done for it, upstream call included.
-            watcher = _DisconnectWatcher(receive)
+            watcher = _DisconnectWatcher(receive, self._watchers)
             if not request.stream:
                 reply = await self._relay.complete(exchange, principal, request, api.name)
                 watcher.stop()
@@ -242,23 +243,22 @@ async def _quietly(sending: Awaitable[None]) -> None:
 class _DisconnectWatcher:
     """Cancels the current task when the client disconnects, until stopped.
 
-    The watch starts only once the request has taken `WATCH_AFTER` seconds: a timer costs far less than
-    a task, and a request answered sooner has nothing worth cancelling. A client that leaves is noticed
-    within that delay.
+    The watch starts only once the request has run for `WATCH_AFTER` to twice that (`_Watchers`): a
+    request answered sooner has nothing worth cancelling. A client that leaves is noticed within that.
     """
 
-    WATCH_AFTER = 0.05
+    __slots__ = ("_receive", "_stopped", "_target", "_task", "_watchers", "fired")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, watchers: _Watchers) -> None:
         self.fired = False
         self._stopped = False
         self._receive = receive
         self._target = asyncio.current_task()
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(self.WATCH_AFTER, self._start)
+        self._watchers = watchers
+        watchers.add(self)
 
-    def _start(self) -> None:
-        self._timer = None
+    def start(self) -> None:
         if not self._stopped:
             self._task = asyncio.create_task(self._watch())
 
@@ -272,12 +272,43 @@ class _DisconnectWatcher:
             self._target.cancel()
 
     def stop(self) -> None:
+        if self._stopped:
+            return
         self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._watchers.discard(self)
         if self._task is not None:
             self._task.cancel()
+
+
+class _Watchers:
+    """One timer for every request's disconnect watch, rather than one per request (a timer set and
+    cancelled costs about 2 us). Each tick starts the watches that were already waiting at the tick
+    before."""
+
+    WATCH_AFTER = 0.05
+
+    def __init__(self) -> None:
+        self._waiting: set[_DisconnectWatcher] = set()  # since before the last tick
+        self._new: set[_DisconnectWatcher] = set()  # since the last tick
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, watcher: _DisconnectWatcher) -> None:
+        self._new.add(watcher)
+        loop = asyncio.get_running_loop()
+        if self._timer is None or loop is not self._loop:  # (an app may outlive its first loop, in tests)
+            self._loop = loop
+            self._timer = loop.call_later(self.WATCH_AFTER, self._tick)
+
+    def discard(self, watcher: _DisconnectWatcher) -> None:
+        self._new.discard(watcher)
+        self._waiting.discard(watcher)
+
+    def _tick(self) -> None:
+        due, self._waiting, self._new = self._waiting, self._new, set()
+        for watcher in due:
+            watcher.start()
+        self._timer = asyncio.get_running_loop().call_later(self.WATCH_AFTER, self._tick) if self._waiting else None
 
 
 def _text(value: bytes | None) -> str | None:

@@ -168,8 +168,7 @@ class AccessLog(Observer):
         self._write(b"".join(piece))
 
     def _line(self, exchange: Exchange) -> bytes:
-        out = {"ts": self._clock(exchange.at + (exchange.duration or 0.0)), "level": "info"}
-        out.update(logger=ACCESS_LOGGER, msg="request", **access_fields(exchange))
+        out = access_record(exchange, self._clock(exchange.at + (exchange.duration or 0.0)))
         try:
             return json_line(out) if self._json else (text_line(out) + "\n").encode()
         except TypeError:  # logged content that cannot be written out (nested too deeply)
@@ -194,10 +193,15 @@ def _capped(text: str | None, limit: int = 256) -> str | None:
     return text if text is None or len(text) <= limit else text[:limit] + "..."
 
 
-def access_fields(exchange: Exchange) -> dict[str, Any]:
+def access_record(exchange: Exchange, ts: str) -> dict[str, Any]:
+    """The access log line of a finished exchange, as written (one dict built at once: this runs per request)."""
     usage = exchange.usage
     last = exchange.attempts[-1] if exchange.attempts else None
     fields: dict[str, Any] = {
+        "ts": ts,
+        "level": "info",
+        "logger": ACCESS_LOGGER,
+        "msg": "request",
         "request_id": exchange.request_id,
         "endpoint": exchange.endpoint,
         "key": exchange.key_name,

@@ -9,7 +9,6 @@ limits and budgets) read the finished record: nothing else records usage or coun
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import time
@@ -79,11 +78,34 @@ class Observer:
         self.flush()
 
 
+Hook = Callable[["Exchange"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """The observers' hooks an exchange calls, only those that do something: found once, not per request."""
+
+    started: tuple[Hook, ...] = ()
+    streaming: tuple[Hook, ...] = ()
+    finished: tuple[Hook, ...] = ()
+
+    @classmethod
+    def of(cls, observers: Sequence[Observer]) -> Hooks:
+        def overriding(name: str) -> tuple[Hook, ...]:
+            base = getattr(Observer, name)
+            return tuple(getattr(o, name) for o in observers if getattr(type(o), name) is not base)
+
+        return cls(overriding("started"), overriding("streaming"), overriding("finished"))
+
+
+NO_HOOKS = Hooks()
+
+
 class Exchange:
     """One request: who asked for what, each attempt, and how it ended."""
 
     __slots__ = (
-        "_observers",
+        "_hooks",
         "_prices",
         "_token",
         "admission",
@@ -118,7 +140,7 @@ class Exchange:
         self,
         request_id: str,
         endpoint: str,
-        observers: Sequence[Observer] = (),
+        hooks: Hooks = NO_HOOKS,
         prices: PriceTable | None = None,
     ) -> None:
         self.request_id = request_id
@@ -148,10 +170,10 @@ class Exchange:
         self.admission: Admission | None = None  # what the key's rate limits counted for it
         self.finished = False
         self._token: contextvars.Token[str | None] | None = None
-        self._observers = observers
+        self._hooks = hooks
         self._prices = prices
-        for observer in observers:
-            _notify(observer.started, self)
+        for hook in hooks.started:
+            _notify(hook, self)
 
     def attempt(self, upstream: str, model: str) -> Attempt:
         attempt = Attempt(upstream, model, time.perf_counter())
@@ -167,8 +189,8 @@ class Exchange:
         """The first events of a stream are ready to go out."""
         self.replied = True
         self.first_byte_after = time.perf_counter() - self.started
-        for observer in self._observers:
-            _notify(observer.streaming, self)
+        for hook in self._hooks.streaming:
+            _notify(hook, self)
 
     def fail(self, error: GatewayError) -> None:
         """The request ended in `error`: its status is the client's, unless a response had started."""
@@ -188,15 +210,17 @@ class Exchange:
         self.finished = True
         self.duration = time.perf_counter() - self.started
         if self._token is not None:
-            with contextlib.suppress(ValueError):  # finished in another context than it was opened in
+            try:  # noqa: SIM105 - contextlib.suppress costs a context manager per request
                 request_id.reset(self._token)
+            except ValueError:  # finished in another context than it was opened in
+                pass
         for attempt in self.attempts:
             attempt.end("cancelled")  # an attempt still open now was cut off (client gone, shutdown)
         model = self.served_model or self.model
         if self.replied and self._prices is not None and model is not None:
             self.cost = self._prices.cost(model, self.usage)
-        for observer in self._observers:
-            _notify(observer.finished, self)
+        for hook in self._hooks.finished:
+            _notify(hook, self)
 
 
 def _notify(hook: Callable[[Exchange], None], exchange: Exchange) -> None:
@@ -214,12 +238,12 @@ class Exchanges:
         self.observers = tuple(observers)
         self.prices = prices
         self._open = _OpenCount()
-        self._all = (self._open, *self.observers)
+        self._hooks = Hooks.of((self._open, *self.observers))
 
     def open(self, request_id_: str, endpoint: str) -> Exchange:
         """A new exchange; the running task's log lines carry its request id until it is finished."""
         token = request_id.set(request_id_)
-        exchange = Exchange(request_id_, endpoint, self._all, self.prices)
+        exchange = Exchange(request_id_, endpoint, self._hooks, self.prices)
         exchange._token = token
         return exchange
 

@@ -10,7 +10,11 @@ from gateway.dialects.base import UpstreamRequest
 
 class UpstreamResponse(Protocol):
     status: int
-    headers: dict[str, str]  # lower-case names
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-case names."""
+        ...
 
     @property
     def complete(self) -> bool:

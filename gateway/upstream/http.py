@@ -51,13 +51,20 @@ _READ_BUFFER = 64 * 1024
 
 
 class HttpResponse:
-    __slots__ = ("_resp", "_upstream", "headers", "status")
+    __slots__ = ("_headers", "_resp", "_upstream", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, upstream: str) -> None:
         self._resp = resp
         self._upstream = upstream
         self.status = resp.status
-        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # Read only for errors (Retry-After and the like): not built for every reply.
+        if self._headers is None:
+            self._headers = {k.lower(): v for k, v in self._resp.headers.items()}
+        return self._headers
 
     @property
     def complete(self) -> bool:

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.dialects.base import Usage
-from gateway.observability.logs import AccessLog, JsonFormatter, TextFormatter, access_fields, text_line
+from gateway.observability.logs import AccessLog, JsonFormatter, TextFormatter, access_record, text_line
 from gateway.relay import Exchange, Exchanges
 from gateway.relay.exchange import request_id
 from tests.conftest import CLIENT_KEY, checked_http, config_yaml, sdk
@@ -47,7 +47,7 @@ def test_text_lines_quote_what_could_be_misread() -> None:
     exchange = Exchange("req-1", "chat.completions")
     exchange.model = "evil\nmodel name"
     exchange.finish()
-    out = {"ts": "t", "level": "info", "logger": "gateway.access", "msg": "request", **access_fields(exchange)}
+    out = access_record(exchange, "t")
     line = text_line(out)
     assert "\n" not in line and 'model="evil\\nmodel name"' in line and "request_id=req-1" in line
     text = TextFormatter().format(_record("plain"))
@@ -144,7 +144,7 @@ def test_lines_go_out_in_pieces_no_larger_than_an_atomic_pipe_write(monkeypatch:
     monkeypatch.setattr(logs.os, "write", lambda fd, data: writes.append(bytes(data)) or len(data))
     log = AccessLog("json", fd=1)
     for i in range(40):
-        exchange = Exchange(f"req-{i}", "chat.completions", [log])
+        exchange = Exchange(f"req-{i}", "chat.completions")
         log._pending.append(exchange)  # as finished exchanges of one loop turn
         exchange.finished = True
     log.flush()

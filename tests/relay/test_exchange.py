@@ -11,7 +11,7 @@ from gateway.accounting.ledger.recorder import LedgerRecorder
 from gateway.dialects.base import Usage
 from gateway.errors import ClientDisconnected, InvalidRequest, UpstreamTimeout
 from gateway.relay import Exchange, Exchanges, Observer
-from gateway.relay.exchange import request_id
+from gateway.relay.exchange import Hooks, request_id
 
 
 class Recorder(Observer):
@@ -45,6 +45,14 @@ def test_finish_reaches_observers_exactly_once_and_a_broken_one_is_contained(
     assert recorder.calls == [("started", "req-1"), ("streaming", "req-1"), ("finished", "req-1")]
     assert exchange.finished and exchange.duration is not None
     assert any(r.levelno == logging.ERROR and "observer failed" in r.getMessage() for r in caplog.records)
+
+
+def test_only_the_hooks_an_observer_defines_are_called() -> None:
+    broken, recorder = Broken(), Recorder()
+    hooks = Hooks.of([broken, recorder])
+    assert hooks.started == (recorder.started,) and hooks.streaming == (recorder.streaming,)
+    assert hooks.finished == (broken.finished, recorder.finished)
+    assert Hooks.of([Observer()]) == Hooks()
 
 
 def test_an_attempt_still_open_at_finish_was_cancelled() -> None:
