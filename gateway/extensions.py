@@ -74,8 +74,15 @@ class Extensions:
     metadata: JSON | None
 
 
+# Every field `extract` reads: a body with none of them (most OpenAI clients') skips the work.
+_READ = CONSUMED - {"stream", "stream_options"}
+_NO_REASONING = Reasoning()
+
+
 def extract(body: JSON) -> Extensions:
     """The canonical values of the extension fields of an already type-checked body."""
+    if body.keys().isdisjoint(_READ):
+        return Extensions(_NO_REASONING, None, None, "max_completion_tokens", None, None, None, None)
     return Extensions(
         reasoning=_reasoning(body),
         response_format=_response_format(body),

@@ -6,6 +6,7 @@ instead of an upstream error; unknown fields pass through for the upstream to ju
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,31 +56,28 @@ def check_chat_body(body: JSON) -> ChatRequest:
             raise bad_type("stream_options", "an object", options)
         include_usage = optional_bool(options, "include_usage", "stream_options.") or False
 
-    _optional_number(body, "temperature", 0, 2)
-    _optional_number(body, "top_p", 0, 1)
-    _optional_number(body, "presence_penalty", -2, 2)
-    _optional_number(body, "frequency_penalty", -2, 2)
-    optional_int(body, "max_tokens", 1)
-    optional_int(body, "max_completion_tokens", 1)
-    optional_int(body, "n", 1, 128)
-    optional_int(body, "seed", None)
-    optional_int(body, "top_logprobs", 0, 20)
-    optional_bool(body, "logprobs")
-    optional_bool(body, "parallel_tool_calls")
-    optional_bool(body, "store")
-    if body.get("user") is not None and not isinstance(body["user"], str):
-        raise bad_type("user", "a string", body["user"])
-    _check_stop(body.get("stop"))
-    _check_tools(body.get("tools"))
-    _check_tool_choice(body.get("tool_choice"))
-    _check_response_format(body.get("response_format"))
-    for name in ("logit_bias", "metadata"):
-        value = body.get(name)
-        if value is not None and not isinstance(value, dict):
-            raise bad_type(name, "an object", value)
+    # Only the fields present are checked (most requests carry few), in the order the client sent them.
+    for name in body:
+        check = _OPTIONAL_FIELDS.get(name)
+        if check is not None:
+            check(body)
     return ChatRequest(
         body=passthrough(body), model=model, stream=stream, include_usage=include_usage, ext=extract(body)
     )
+
+
+def _check_user(body: JSON) -> None:
+    if body["user"] is not None and not isinstance(body["user"], str):
+        raise bad_type("user", "a string", body["user"])
+
+
+def _object(name: str) -> Callable[[JSON], None]:
+    def check(body: JSON) -> None:
+        value = body[name]
+        if value is not None and not isinstance(value, dict):
+            raise bad_type(name, "an object", value)
+
+    return check
 
 
 def _check_messages(messages: Any) -> None:
@@ -186,6 +184,29 @@ def _optional_number(obj: JSON, name: str, low: float, high: float) -> None:
         raise bad_type(name, "a number", value)
     if not low <= value <= high:
         raise InvalidRequest(f"Invalid value for '{name}': {value} is outside the range {low} to {high}.", param=name)
+
+
+_OPTIONAL_FIELDS: dict[str, Callable[[JSON], object]] = {
+    "temperature": lambda body: _optional_number(body, "temperature", 0, 2),
+    "top_p": lambda body: _optional_number(body, "top_p", 0, 1),
+    "presence_penalty": lambda body: _optional_number(body, "presence_penalty", -2, 2),
+    "frequency_penalty": lambda body: _optional_number(body, "frequency_penalty", -2, 2),
+    "max_tokens": lambda body: optional_int(body, "max_tokens", 1),
+    "max_completion_tokens": lambda body: optional_int(body, "max_completion_tokens", 1),
+    "n": lambda body: optional_int(body, "n", 1, 128),
+    "seed": lambda body: optional_int(body, "seed", None),
+    "top_logprobs": lambda body: optional_int(body, "top_logprobs", 0, 20),
+    "logprobs": lambda body: optional_bool(body, "logprobs"),
+    "parallel_tool_calls": lambda body: optional_bool(body, "parallel_tool_calls"),
+    "store": lambda body: optional_bool(body, "store"),
+    "user": _check_user,
+    "stop": lambda body: _check_stop(body["stop"]),
+    "tools": lambda body: _check_tools(body["tools"]),
+    "tool_choice": lambda body: _check_tool_choice(body["tool_choice"]),
+    "response_format": lambda body: _check_response_format(body["response_format"]),
+    "logit_bias": _object("logit_bias"),
+    "metadata": _object("metadata"),
+}
 
 
 def deepest_field(body: JSON) -> str:

@@ -80,32 +80,36 @@ def usage_of(usage: Any) -> Usage | None:
     """Token counts from an OpenAI-style usage object, wherever the vendor put the details."""
     if not isinstance(usage, dict):
         return None
-    prompt = token_count(usage.get("prompt_tokens"))
-    completion_tokens = token_count(usage.get("completion_tokens"))
-    total = token_count(usage.get("total_tokens")) or prompt + completion_tokens
-    p = usage.get("prompt_tokens_details")
-    c = usage.get("completion_tokens_details")
-    p = p if isinstance(p, dict) else {}
-    c = c if isinstance(c, dict) else {}
-    cached = token_count(p.get("cached_tokens"))
-    cached = cached or token_count(usage.get("prompt_cache_hit_tokens")) or token_count(usage.get("cached_tokens"))
-    billed = usage.get("billed_units")
-    billed_units = float(billed) if isinstance(billed, int | float) and not isinstance(billed, bool) else None
-    return Usage(
-        prompt,
-        completion_tokens,
-        total,
-        cached,
-        token_count(c.get("reasoning_tokens")),
-        billed_units,
-        cache_write_tokens=token_count(p.get("cache_write_tokens")) or token_count(p.get("cache_creation_tokens")),
-        audio_tokens=token_count(p.get("audio_tokens")) + token_count(c.get("audio_tokens")),
-        image_tokens=token_count(p.get("image_tokens")) + token_count(c.get("image_tokens")),
-        video_tokens=token_count(p.get("video_tokens")) + token_count(c.get("video_tokens")),
-        citation_tokens=token_count(usage.get("citation_tokens")),
-        accepted_prediction_tokens=token_count(c.get("accepted_prediction_tokens")),
-        rejected_prediction_tokens=token_count(c.get("rejected_prediction_tokens")),
-    )
+    get = usage.get
+    prompt = token_count(get("prompt_tokens"))
+    completion_tokens = token_count(get("completion_tokens"))
+    counted = Usage(prompt, completion_tokens, token_count(get("total_tokens")) or prompt + completion_tokens)
+    # Most replies carry few of the detail fields: each part is looked at only when present.
+    p = get("prompt_tokens_details")
+    if type(p) is dict and p:
+        counted.cached_tokens = token_count(p.get("cached_tokens"))
+        counted.cache_write_tokens = token_count(p.get("cache_write_tokens")) or token_count(
+            p.get("cache_creation_tokens")
+        )
+        counted.audio_tokens = token_count(p.get("audio_tokens"))
+        counted.image_tokens = token_count(p.get("image_tokens"))
+        counted.video_tokens = token_count(p.get("video_tokens"))
+    if not counted.cached_tokens:
+        counted.cached_tokens = token_count(get("prompt_cache_hit_tokens")) or token_count(get("cached_tokens"))
+    c = get("completion_tokens_details")
+    if type(c) is dict and c:
+        counted.reasoning_tokens = token_count(c.get("reasoning_tokens"))
+        counted.audio_tokens += token_count(c.get("audio_tokens"))
+        counted.image_tokens += token_count(c.get("image_tokens"))
+        counted.video_tokens += token_count(c.get("video_tokens"))
+        counted.accepted_prediction_tokens = token_count(c.get("accepted_prediction_tokens"))
+        counted.rejected_prediction_tokens = token_count(c.get("rejected_prediction_tokens"))
+    billed = get("billed_units")
+    if billed is not None and type(billed) in (int, float):
+        counted.billed_units = float(billed)
+    if "citation_tokens" in usage:
+        counted.citation_tokens = token_count(usage["citation_tokens"])
+    return counted
 
 
 def _choices(obj: JSON, inner: str) -> list[tuple[JSON, JSON]]:
@@ -190,7 +194,8 @@ def text_length(delta: JSON) -> int:
 
 def token_count(value: Any) -> int:
     """A token count from a vendor's JSON: a non-negative integer, else 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    # `type(...) is int`: JSON's integers are exactly int, and a bool is not a count.
+    return value if type(value) is int and value > 0 else 0
 
 
 def usage_object(usage: Usage) -> JSON:

@@ -13,8 +13,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.config import parse_config
+from gateway.http.app import create_app
 from gateway.http.protocol import _HeadHeld
 from tests.conftest import CLIENT_KEY, RunningGateway, config_yaml
+from tests.conftest import test_settings as settings_for_tests
+from tests.support.threads import UvicornServer
 
 HEAD_TIMEOUT = 0.5
 BODY_TIMEOUT = 0.5
@@ -215,6 +218,37 @@ def test_pipelined_requests_are_all_answered(connect: Callable[[], socket.socket
     sock.sendall(one + one + b"GET /healthz HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
     raw = _read_all(sock)
     assert raw.count(b"HTTP/1.1 200 OK") == 3
+
+
+KEEP_ALIVE = 0.4
+
+
+@pytest.fixture
+def keep_alive_port(fake_url: str) -> Iterator[int]:
+    app = create_app(settings_for_tests(), parse_config(config_yaml(fake_url)))
+    server = UvicornServer(app, timeout_keep_alive=KEEP_ALIVE)
+    yield server.port
+    server.close()
+
+
+def test_a_connection_in_use_is_kept_and_an_idle_one_closed_after_the_keep_alive_timeout(
+    keep_alive_port: int,
+) -> None:
+    sock = socket.create_connection(("127.0.0.1", keep_alive_port), timeout=5)
+    one = CHAT + b"content-length: %d\r\n\r\n" % len(BODY) + BODY
+    started = time.monotonic()
+    answered = 0
+    # Requests a little under the timeout apart, for three times the timeout: never closed.
+    while time.monotonic() - started < 3 * KEEP_ALIVE:
+        sock.sendall(one)
+        assert _response(sock.recv(65536))[0] == 200
+        idle_from = time.monotonic()
+        answered += 1
+        time.sleep(KEEP_ALIVE * 0.6)
+    assert answered >= 4
+    assert _read_all(sock) == b""
+    assert KEEP_ALIVE * 0.9 <= time.monotonic() - idle_from < KEEP_ALIVE + 1
+    sock.close()
 
 
 class _Recorded:

@@ -59,7 +59,7 @@ class AiohttpServer:
 class UvicornServer:
     """An ASGI app in a real uvicorn server (uvloop, the gateway's HTTP protocol) on a free loopback port."""
 
-    def __init__(self, app: Any, limits: ConnectionLimits | None = None) -> None:
+    def __init__(self, app: Any, limits: ConnectionLimits | None = None, **options: Any) -> None:
         config = ServerConfig(
             app,
             limits=limits or ConnectionLimits(),
@@ -68,6 +68,7 @@ class UvicornServer:
             loop="uvloop",
             log_level="warning",
             lifespan="on",
+            **options,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, daemon=True)
