@@ -99,9 +99,10 @@ def _serve(settings: Settings, config: GatewayConfig) -> int:
         "log_config": logging_config,
         "log_level": settings.log_level,
         "access_log": False,  # the gateway writes its own, one line per request
-        # Nothing reads a client's address (the access log names the key, not the peer): uvicorn's
-        # X-Forwarded-For rewriting of it would be work on every request for nothing.
-        "proxy_headers": False,
+        # Nothing of the gateway's reads a client's address or scheme (the access log names the key,
+        # not the peer): uvicorn's X-Forwarded-* rewriting is work on every request for nothing,
+        # unless the operator named the proxies to trust (uvicorn's FORWARDED_ALLOW_IPS).
+        "proxy_headers": "FORWARDED_ALLOW_IPS" in os.environ,
         "lifespan": "on",
         "timeout_graceful_shutdown": settings.shutdown_timeout,
         "limits": connection_limits(settings),
