@@ -294,10 +294,12 @@ class _Watchers:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, watcher: _DisconnectWatcher) -> None:
-        self._new.add(watcher)
         loop = asyncio.get_running_loop()
-        if self._timer is None or loop is not self._loop:  # (an app may outlive its first loop, in tests)
-            self._loop = loop
+        if loop is not self._loop:  # an app may outlive its first loop (in tests): that loop's watches are over
+            self._loop, self._timer = loop, None
+            self._waiting, self._new = set(), set()
+        self._new.add(watcher)
+        if self._timer is None:
             self._timer = loop.call_later(self.WATCH_AFTER, self._tick)
 
     def discard(self, watcher: _DisconnectWatcher) -> None:

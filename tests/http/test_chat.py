@@ -553,3 +553,31 @@ def test_an_http_1_0_stream_comes_whole_with_its_length(gateway: RunningGateway)
     head, _, payload = raw.partition(b"\r\n\r\n")
     assert b"transfer-encoding" not in head.lower() and b"content-length: %d" % len(payload) in head.lower()
     assert payload.endswith(b"data: [DONE]\n\n") and sse_payloads(payload)[0].startswith(b'{"id"')
+
+
+def test_disconnect_watches_of_a_loop_that_ended_are_not_started_on_the_next() -> None:
+    from gateway.http.relayed import _DisconnectWatcher, _Watchers
+
+    watchers = _Watchers()
+    started: list[_DisconnectWatcher] = []
+
+    class Recorded(_DisconnectWatcher):
+        def start(self) -> None:
+            started.append(self)
+
+    async def one_request() -> _DisconnectWatcher:
+        async def receive() -> dict[str, str]:
+            await asyncio.sleep(60)
+            return {"type": "http.disconnect"}
+
+        return Recorded(receive, watchers)
+
+    left_behind = asyncio.run(one_request())  # its loop ended with the request still running
+    current: list[_DisconnectWatcher] = []
+
+    async def next_loop() -> None:
+        current.append(await one_request())
+        await asyncio.sleep(_Watchers.WATCH_AFTER * 2.5)
+
+    asyncio.run(next_loop())
+    assert started == current and left_behind not in started
