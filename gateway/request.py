@@ -60,24 +60,10 @@ def check_chat_body(body: JSON) -> ChatRequest:
     for name in body:
         check = _OPTIONAL_FIELDS.get(name)
         if check is not None:
-            check(body)
+            check(body, name)
     return ChatRequest(
         body=passthrough(body), model=model, stream=stream, include_usage=include_usage, ext=extract(body)
     )
-
-
-def _check_user(body: JSON) -> None:
-    if body["user"] is not None and not isinstance(body["user"], str):
-        raise bad_type("user", "a string", body["user"])
-
-
-def _object(name: str) -> Callable[[JSON], None]:
-    def check(body: JSON) -> None:
-        value = body[name]
-        if value is not None and not isinstance(value, dict):
-            raise bad_type(name, "an object", value)
-
-    return check
 
 
 def _check_messages(messages: Any) -> None:
@@ -186,26 +172,51 @@ def _optional_number(obj: JSON, name: str, low: float, high: float) -> None:
         raise InvalidRequest(f"Invalid value for '{name}': {value} is outside the range {low} to {high}.", param=name)
 
 
-_OPTIONAL_FIELDS: dict[str, Callable[[JSON], object]] = {
-    "temperature": lambda body: _optional_number(body, "temperature", 0, 2),
-    "top_p": lambda body: _optional_number(body, "top_p", 0, 1),
-    "presence_penalty": lambda body: _optional_number(body, "presence_penalty", -2, 2),
-    "frequency_penalty": lambda body: _optional_number(body, "frequency_penalty", -2, 2),
-    "max_tokens": lambda body: optional_int(body, "max_tokens", 1),
-    "max_completion_tokens": lambda body: optional_int(body, "max_completion_tokens", 1),
-    "n": lambda body: optional_int(body, "n", 1, 128),
-    "seed": lambda body: optional_int(body, "seed", None),
-    "top_logprobs": lambda body: optional_int(body, "top_logprobs", 0, 20),
-    "logprobs": lambda body: optional_bool(body, "logprobs"),
-    "parallel_tool_calls": lambda body: optional_bool(body, "parallel_tool_calls"),
-    "store": lambda body: optional_bool(body, "store"),
-    "user": _check_user,
-    "stop": lambda body: _check_stop(body["stop"]),
-    "tools": lambda body: _check_tools(body["tools"]),
-    "tool_choice": lambda body: _check_tool_choice(body["tool_choice"]),
-    "response_format": lambda body: _check_response_format(body["response_format"]),
-    "logit_bias": _object("logit_bias"),
-    "metadata": _object("metadata"),
+# A check of one optional field: called with the body and the field's name, only when it is present.
+FieldCheck = Callable[[JSON, str], object]
+
+
+def _number(low: float, high: float) -> FieldCheck:
+    return lambda body, name: _optional_number(body, name, low, high)
+
+
+def _int(low: int | None, high: int | None = None) -> FieldCheck:
+    return lambda body, name: optional_int(body, name, low, high)
+
+
+def _of_type(kind: type, expected: str) -> FieldCheck:
+    def check(body: JSON, name: str) -> None:
+        value = body[name]
+        if value is not None and not isinstance(value, kind):
+            raise bad_type(name, expected, value)
+
+    return check
+
+
+def _value(check: Callable[[Any], None]) -> FieldCheck:
+    return lambda body, name: check(body[name])
+
+
+_OPTIONAL_FIELDS: dict[str, FieldCheck] = {
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "presence_penalty": _number(-2, 2),
+    "frequency_penalty": _number(-2, 2),
+    "max_tokens": _int(1),
+    "max_completion_tokens": _int(1),
+    "n": _int(1, 128),
+    "seed": _int(None),
+    "top_logprobs": _int(0, 20),
+    "logprobs": optional_bool,
+    "parallel_tool_calls": optional_bool,
+    "store": optional_bool,
+    "user": _of_type(str, "a string"),
+    "stop": _value(_check_stop),
+    "tools": _value(_check_tools),
+    "tool_choice": _value(_check_tool_choice),
+    "response_format": _value(_check_response_format),
+    "logit_bias": _of_type(dict, "an object"),
+    "metadata": _of_type(dict, "an object"),
 }
 
 
