@@ -10,6 +10,7 @@ ledger's last write. A second SIGTERM skips what is left of the drain.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -28,7 +29,7 @@ from gateway.accounting.prices import PriceTable
 from gateway.accounting.redis_client import redis_client, warm_up
 from gateway.config import GatewayConfig, Timeouts
 from gateway.observability.logs import AccessLog
-from gateway.observability.metrics import MetricsObserver
+from gateway.observability.metrics import CollectorPauses, MetricsObserver
 from gateway.relay import Exchanges, Observer, Relay
 from gateway.routing import DeploymentHealth, Router
 from gateway.settings import Settings
@@ -122,7 +123,7 @@ class Runtime:
         if limiter is not None:
             observers.append(LimitSettler(limiter))
         if settings.metrics:
-            observers.append(MetricsObserver())
+            observers += [MetricsObserver(), CollectorPauses()]
         if settings.access_log:
             observers.append(AccessLog(settings.log_format))
         exchanges = Exchanges(observers, prices)
@@ -144,6 +145,7 @@ class Runtime:
         if self.redis is not None:
             await warm_up(self.redis)
         await self.ledger.start()
+        gc.callbacks.extend(self._collector_watches())
         self._flusher = asyncio.create_task(self._flush_observers(), name="observer-flush")
         self._drain_on_sigterm()
 
@@ -172,6 +174,9 @@ class Runtime:
             await asyncio.sleep(OBSERVER_FLUSH_INTERVAL)
             self.flush_observers()
 
+    def _collector_watches(self) -> list[CollectorPauses]:
+        return [o for o in self.exchanges.observers if isinstance(o, CollectorPauses)]
+
     def flush_observers(self) -> None:
         """Move what observers hold in memory to where it is read; one failing never stops the others."""
         for observer in self.exchanges.observers:
@@ -188,6 +193,9 @@ class Runtime:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
+        for watch in self._collector_watches():
+            if watch in gc.callbacks:
+                gc.callbacks.remove(watch)
         try:
             for transport in {id(t): t for t in self.transports.values()}.values():
                 await transport.aclose()

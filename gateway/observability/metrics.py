@@ -12,6 +12,7 @@ import contextlib
 import os
 import platform
 import re
+import time
 from bisect import bisect_left
 from typing import Any
 
@@ -133,6 +134,13 @@ BUILD_INFO = Gauge(
 )
 BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
+GC_PAUSES = Histogram(
+    "gateway_gc_pause_seconds",
+    "Collections of the cyclic garbage collector, by the oldest generation collected: each holds the "
+    "event loop, and every request in it, for its length.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 _CODE = re.compile(r"^[a-z0-9_.\-]{1,48}$")
 _TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
 
@@ -171,13 +179,15 @@ class _Observations:
     def flush(self) -> None:
         # prometheus-client keeps one value per bucket (made cumulative when collected) and the sum;
         # adding to them is what `observe` does, once per observation instead of once per flush.
-        for i, count in enumerate(self.counts):
+        # Taken first, then added: an observation made meanwhile (by a garbage collection's
+        # callback, `CollectorPauses`) goes into the next flush rather than being zeroed.
+        counts, self.counts = self.counts, [0] * len(self.bounds)
+        total, self.total = self.total, 0.0
+        for i, count in enumerate(counts):
             if count:
                 self.child._buckets[i].inc(count)
-                self.counts[i] = 0
-        if self.total:
-            self.child._sum.inc(self.total)
-            self.total = 0.0
+        if total:
+            self.child._sum.inc(total)
 
 
 class _Kind:
@@ -293,6 +303,29 @@ class MetricsObserver(Observer):
         for endpoint, (requests, streams) in self._in_flight.items():
             IN_FLIGHT.labels(endpoint).set(requests)
             STREAMS_IN_FLIGHT.labels(endpoint).set(streams)
+
+
+class CollectorPauses(Observer):
+    """Times every collection of the garbage collector (it is a `gc.callbacks` entry while
+    installed) into `GC_PAUSES`, summed in memory as request figures are and added at each flush.
+
+    It takes no lock where it runs, inside the collector, which may start while this thread holds
+    one (an instrument's, in a flush). No per-request hook: its cost is two clock reads per
+    collection."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._generations = tuple(_Observations(GC_PAUSES.labels(str(g))) for g in range(3))
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._generations[info["generation"]].observe(time.perf_counter() - self._started)
+
+    def flush(self) -> None:
+        for generation in self._generations:
+            generation.flush()
 
 
 # prometheus-client chose where values live when it was imported: this module follows that choice.

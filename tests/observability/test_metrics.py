@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_l
 from gateway.config import parse_config
 from gateway.dialects.base import Usage
 from gateway.errors import ModelNotFound, UpstreamConnectError, UpstreamTimeout
-from gateway.observability.metrics import LATENCY_BUCKETS, MetricsObserver, _Observations
+from gateway.observability.metrics import LATENCY_BUCKETS, CollectorPauses, MetricsObserver, _Observations
 from gateway.relay import Exchanges
 from tests.conftest import CLIENT_KEY, config_yaml
 
@@ -130,6 +131,61 @@ def test_summed_observations_equal_prometheus_observe(value: float) -> None:
 
     assert samples("direct_seconds") == samples("summed_seconds")
     assert samples("summed_seconds")[("_count", "")] == 3
+
+
+def test_an_observation_made_during_a_flush_goes_into_the_next() -> None:
+    """What a garbage collection's callback observes while a flush is adding (the collector may run
+    on any allocation) is neither lost nor counted twice."""
+    registry = CollectorRegistry()
+    histogram = Histogram("flushed_seconds", "f", buckets=LATENCY_BUCKETS, registry=registry)
+    observations = _Observations(histogram)
+    bucket = histogram._buckets[0]
+    add = bucket.inc
+
+    def inc_then_observe(amount: float) -> None:
+        add(amount)
+        bucket.inc = add  # once
+        observations.observe(0.001)  # as if a collection ran now
+
+    bucket.inc = inc_then_observe
+    observations.observe(0.001)
+    observations.flush()
+    observations.flush()
+    assert registry.get_sample_value("flushed_seconds_count") == 2
+    assert registry.get_sample_value("flushed_seconds_sum") == pytest.approx(0.002)
+
+
+def test_collections_are_timed_by_generation() -> None:
+    pauses = CollectorPauses()
+    before = {g: _value("gateway_gc_pause_seconds_count", generation=g) for g in "012"}
+    gc.callbacks.append(pauses)
+    try:
+        gc.collect(0)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(pauses)
+    pauses.flush()
+    assert _value("gateway_gc_pause_seconds_count", generation="0") >= before["0"] + 1
+    assert _value("gateway_gc_pause_seconds_count", generation="2") >= before["2"] + 1
+    assert _value("gateway_gc_pause_seconds_sum", generation="2") > 0
+
+
+def test_a_running_gateway_times_collections_until_it_stops(start_gateway: Any) -> None:
+    config = f"""
+keys: [{{name: tester, key: {CLIENT_KEY}}}]
+upstreams: [{{name: local, dialect: echo}}]
+models: [{{name: echo, upstream: local}}]
+"""
+    running = start_gateway(parse_config(config))
+    watches = [c for c in gc.callbacks if isinstance(c, CollectorPauses)]
+    assert len(watches) == 1
+    before = _value("gateway_gc_pause_seconds_count", generation="2")
+    gc.collect()  # the gateway runs in this process: its watch times this collection
+    response = httpx.get(f"{running.url}/metrics")
+    assert 'gateway_gc_pause_seconds_bucket{generation="2",le="1.0"}' in response.text
+    assert _value("gateway_gc_pause_seconds_count", generation="2") >= before + 1
+    running.server.close()
+    assert not [c for c in gc.callbacks if isinstance(c, CollectorPauses)]
 
 
 def test_metrics_endpoint_counts_the_request_just_made(start_gateway: Any) -> None:
