@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -359,6 +360,7 @@ def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
     port = _free_port()
     with _process(gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-paced.log") as proc:
         peak = 0
+        collections0 = _collections(port)
         cpu0, _ = _proc_sample(proc.pid)
         started = time.perf_counter()
 
@@ -373,12 +375,14 @@ def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
         through = asyncio.run(run())
         cpu1, _ = _proc_sample(proc.pid)
         wall = time.perf_counter() - started
+        collections = {name: round(value - collections0[name], 4) for name, value in _collections(port).items()}
     up, floor, gw = _stream_stats(direct), _stream_stats(bare), _stream_stats(through)
     out = {"streams": n, "events_per_stream": PACED_EVENTS, "gap_ms": PACED_GAP * 1000, "upstream": up,
            "floor": floor, "gateway": gw,
            "added_ttft_p50_ms": gw["ttft_p50_ms"] - up["ttft_p50_ms"],
            "added_gap_p99_ms": gw["gap_p99_ms"] - up["gap_p99_ms"],
-           "gateway_cpu_percent": 100 * (cpu1 - cpu0) / wall, "gateway_peak_rss_mb": peak / 2**20}  # fmt: skip
+           "gateway_cpu_percent": 100 * (cpu1 - cpu0) / wall, "gateway_peak_rss_mb": peak / 2**20,
+           "gateway_collector": collections}  # fmt: skip
     print(f"\npaced: {n} concurrent streams of {PACED_EVENTS} events {PACED_GAP * 1000:.0f} ms apart, one worker")
     print("| | complete | TTFT p50 / p99 ms | gap p50 / p99 ms |")
     print("|---|---|---|---|")
@@ -387,7 +391,29 @@ def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
               f"{s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} |")  # fmt: skip
     print(f"added TTFT p50 {out['added_ttft_p50_ms']:.2f} ms, added gap p99 {out['added_gap_p99_ms']:.2f} ms, "
           f"gateway CPU {out['gateway_cpu_percent']:.0f}%, peak RSS {out['gateway_peak_rss_mb']:.0f} MB")  # fmt: skip
+    print("gateway's garbage collector meanwhile (gateway_gc_pause_seconds): "
+          + ", ".join(f"{name} {value:g}" for name, value in collections.items()))  # fmt: skip
     return out
+
+
+def _collections(port: int) -> dict[str, float]:
+    """The gateway's garbage collections so far, from its `/metrics` (`gateway_gc_pause_seconds`):
+    for each generation, how many, their seconds in all, and how many held the loop over 10 ms."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    series: dict[str, float] = {}
+    for line in lines:
+        if line.startswith("gateway_gc_pause_seconds_"):
+            name, value = line.rsplit(" ", 1)
+            series[name] = float(value)
+    found: dict[str, float] = {}
+    for g in "012":
+        count = series.get(f'gateway_gc_pause_seconds_count{{generation="{g}"}}', 0.0)
+        within = series.get(f'gateway_gc_pause_seconds_bucket{{generation="{g}",le="0.01"}}', 0.0)
+        found[f"gen{g} collections"] = count
+        found[f"gen{g} seconds"] = series.get(f'gateway_gc_pause_seconds_sum{{generation="{g}"}}', 0.0)
+        found[f"gen{g} over 10 ms"] = count - within
+    return found
 
 
 def _soak(work: Path, minutes: float) -> dict[str, Any]:
