@@ -461,7 +461,7 @@ def _load_generator_on_cpu_1() -> None:
     """This process (the paced and soak clients) on the load generator's CPU, with wrk and nginx, as
     the suite's layout says: left to the scheduler, it could run on the measured server's CPU and take
     its time."""
-    if (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity"):
+    if _on_cpu(1) and hasattr(os, "sched_setaffinity"):  # as the servers are pinned: taskset, two CPUs
         os.sched_setaffinity(0, {1})
 
 

@@ -145,7 +145,7 @@ class Runtime:
         if self.redis is not None:
             await warm_up(self.redis)
         await self.ledger.start()
-        gc.callbacks.extend(self._collector_watches())
+        gc.callbacks.extend(w for w in self._collector_watches() if w not in gc.callbacks)
         self._flusher = asyncio.create_task(self._flush_observers(), name="observer-flush")
         self._drain_on_sigterm()
 

@@ -172,8 +172,10 @@ class _Observations:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        # The first bucket whose bound is at least the value, as `Histogram.observe` picks it.
-        self.counts[bisect_left(self.bounds, value)] += 1
+        # The first bucket whose bound is at least the value, as `Histogram.observe` picks it; found
+        # before the list is read, so that a flush in another thread cannot come in between.
+        i = bisect_left(self.bounds, value)
+        self.counts[i] += 1
         self.total += value
 
     def flush(self) -> None:
@@ -311,7 +313,8 @@ class CollectorPauses(Observer):
 
     It takes no lock where it runs, inside the collector, which may start while this thread holds
     one (an instrument's, in a flush). No per-request hook: its cost is two clock reads per
-    collection."""
+    collection. A pause timed may include time another thread ran meanwhile, if the collection let
+    it (finalizers can)."""
 
     def __init__(self) -> None:
         self._started = 0.0
