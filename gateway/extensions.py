@@ -62,7 +62,7 @@ class Search:
     return_result: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Extensions:
     reasoning: Reasoning
     response_format: JSON | None
@@ -76,13 +76,16 @@ class Extensions:
 
 # Every field `extract` reads: a body with none of them (most OpenAI clients') skips the work.
 _READ = CONSUMED - {"stream", "stream_options"}
-_NO_REASONING = Reasoning()
 
 
 def extract(body: JSON) -> Extensions:
     """The canonical values of the extension fields of an already type-checked body."""
     if body.keys().isdisjoint(_READ):
-        return Extensions(_NO_REASONING, None, None, "max_completion_tokens", None, None, None, None)
+        return _NONE
+    return _extract(body)
+
+
+def _extract(body: JSON) -> Extensions:
     return Extensions(
         reasoning=_reasoning(body),
         response_format=_response_format(body),
@@ -175,3 +178,7 @@ def sess_id_of(value: Any) -> str | None:
 def _check_effort(value: Any, param: str) -> None:
     if value not in EFFORTS:
         raise bad_value(param, value, ", ".join(EFFORTS))
+
+
+# What every body without an extension field gets (one, shared: it is frozen).
+_NONE = _extract({})
