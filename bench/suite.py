@@ -42,6 +42,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import KEY, Result, _free_port, _nginx_quote, _on_cpu, _wait_port, _wrk, gateway_cmd, nginx_conf
 from sse_client import StreamTimes, one_stream, percentile, request_bytes
@@ -400,19 +402,20 @@ def _collections(port: int) -> dict[str, float]:
     """The gateway's garbage collections so far, from its `/metrics` (`gateway_gc_pause_seconds`):
     for each generation, how many, their seconds in all, and how many held the loop over 10 ms."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        lines = response.read().decode().splitlines()
-    series: dict[str, float] = {}
-    for line in lines:
-        if line.startswith("gateway_gc_pause_seconds_"):
-            name, value = line.rsplit(" ", 1)
-            series[name] = float(value)
-    found: dict[str, float] = {}
-    for g in "012":
-        count = series.get(f'gateway_gc_pause_seconds_count{{generation="{g}"}}', 0.0)
-        within = series.get(f'gateway_gc_pause_seconds_bucket{{generation="{g}",le="0.01"}}', 0.0)
-        found[f"gen{g} collections"] = count
-        found[f"gen{g} seconds"] = series.get(f'gateway_gc_pause_seconds_sum{{generation="{g}"}}', 0.0)
-        found[f"gen{g} over 10 ms"] = count - within
+        text = response.read().decode()
+    found = {f"gen{g} {what}": 0.0 for g in "012" for what in ("collections", "seconds", "over 10 ms")}
+    for family in text_string_to_metric_families(text):
+        if family.name != "gateway_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            gen = f"gen{sample.labels['generation']}"
+            if sample.name.endswith("_count"):
+                found[f"{gen} collections"] += sample.value
+                found[f"{gen} over 10 ms"] += sample.value
+            elif sample.name.endswith("_sum"):
+                found[f"{gen} seconds"] = sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.01:
+                found[f"{gen} over 10 ms"] -= sample.value  # the count less those within 10 ms
     return found
 
 
