@@ -353,44 +353,57 @@ def _proc_sample(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def _paced_through(proc: subprocess.Popen[bytes], port: int, path: str, n: int) -> dict[str, Any]:
+    """The paced streams through a server: their times, and the server's CPU seconds, CPU time per
+    event relayed and peak resident memory meanwhile."""
+    peak = 0
+    cpu0, _ = _proc_sample(proc.pid)
+    started = time.perf_counter()
+
+    async def run() -> list[StreamTimes]:
+        nonlocal peak
+        task = asyncio.create_task(_paced_streams(port, path, n))
+        while not task.done():
+            peak = max(peak, _proc_sample(proc.pid)[1])
+            await asyncio.sleep(0.2)
+        return await task
+
+    streams = asyncio.run(run())
+    cpu = _proc_sample(proc.pid)[0] - cpu0
+    wall = time.perf_counter() - started
+    events = sum(len(s.events) for s in streams)
+    return {**_stream_stats(streams), "cpu_percent": 100 * cpu / wall, "cpu_us_per_event": 1e6 * cpu / max(1, events),
+            "peak_rss_mb": peak / 2**20}  # fmt: skip
+
+
 def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
-    direct = asyncio.run(_paced_streams(up_port, "/paced/v1/chat/completions", n))
+    up = _stream_stats(asyncio.run(_paced_streams(up_port, "/paced/v1/chat/completions", n)))
     # The same stack doing nothing else: what opening and relaying that many streams costs by itself.
     port = _free_port()
-    with _process(_floor_cmd(port, up_port, "paced"), port):
-        bare = asyncio.run(_paced_streams(port, "/paced/v1/chat/completions", n))
+    with _process(_floor_cmd(port, up_port, "paced"), port) as proc:
+        floor = _paced_through(proc, port, "/paced/v1/chat/completions", n)
     port = _free_port()
     with _process(gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-paced.log") as proc:
-        peak = 0
         collections0 = _collections(port)
-        cpu0, _ = _proc_sample(proc.pid)
-        started = time.perf_counter()
-
-        async def run() -> list[StreamTimes]:
-            nonlocal peak
-            task = asyncio.create_task(_paced_streams(port, "/v1/chat/completions", n))
-            while not task.done():
-                peak = max(peak, _proc_sample(proc.pid)[1])
-                await asyncio.sleep(0.2)
-            return await task
-
-        through = asyncio.run(run())
-        cpu1, _ = _proc_sample(proc.pid)
-        wall = time.perf_counter() - started
+        gw = _paced_through(proc, port, "/v1/chat/completions", n)
         collections = {name: round(value - collections0[name], 4) for name, value in _collections(port).items()}
-    up, floor, gw = _stream_stats(direct), _stream_stats(bare), _stream_stats(through)
     out = {"streams": n, "events_per_stream": PACED_EVENTS, "gap_ms": PACED_GAP * 1000, "upstream": up,
            "floor": floor, "gateway": gw,
            "added_ttft_p50_ms": gw["ttft_p50_ms"] - up["ttft_p50_ms"],
            "added_gap_p99_ms": gw["gap_p99_ms"] - up["gap_p99_ms"],
-           "gateway_cpu_percent": 100 * (cpu1 - cpu0) / wall, "gateway_peak_rss_mb": peak / 2**20,
+           "gateway_cpu_percent": gw["cpu_percent"], "gateway_peak_rss_mb": gw["peak_rss_mb"],
            "gateway_collector": collections}  # fmt: skip
     print(f"\npaced: {n} concurrent streams of {PACED_EVENTS} events {PACED_GAP * 1000:.0f} ms apart, one worker")
-    print("| | complete | TTFT p50 / p99 ms | gap p50 / p99 ms |")
-    print("|---|---|---|---|")
+    print("| | complete | TTFT p50 / p99 ms | gap p50 / p99 ms | CPU | CPU us per event | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
     for name, s in (("upstream alone", up), ("via the floor", floor), ("via gateway", gw)):
+        cost = (
+            f"{s['cpu_percent']:.0f}% | {s['cpu_us_per_event']:.1f} | {s['peak_rss_mb']:.0f}"
+            if "cpu_percent" in s
+            else "| |"
+        )
         print(f"| {name} | {s['complete']}/{s['streams']} | {s['ttft_p50_ms']:.1f} / {s['ttft_p99_ms']:.1f} | "
-              f"{s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} |")  # fmt: skip
+              f"{s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} | {cost} |")  # fmt: skip
     print(f"added TTFT p50 {out['added_ttft_p50_ms']:.2f} ms, added gap p99 {out['added_gap_p99_ms']:.2f} ms, "
           f"gateway CPU {out['gateway_cpu_percent']:.0f}%, peak RSS {out['gateway_peak_rss_mb']:.0f} MB")  # fmt: skip
     print("gateway's garbage collector meanwhile (gateway_gc_pause_seconds): "
