@@ -341,23 +341,25 @@ def _stream_stats(streams: list[StreamTimes]) -> dict[str, float]:
             "gap_p99_ms": percentile(gaps, 99)}  # fmt: skip
 
 
-def _proc_sample(pid: int) -> tuple[float, int]:
-    """(CPU seconds used, resident bytes) of a process and its children."""
+def _proc_sample(pid: int) -> tuple[float, int, float]:
+    """(CPU seconds used, resident bytes, of those CPU seconds the kernel's) of a process and its children."""
     pids = [pid, *_children(pid)]
-    cpu, rss = 0.0, 0
+    user, system, rss = 0.0, 0.0, 0
     tick = os.sysconf("SC_CLK_TCK")
     for p in pids:
         stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu += (int(stat[11]) + int(stat[12])) / tick
+        user += int(stat[11]) / tick
+        system += int(stat[12]) / tick
         rss += int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-    return cpu, rss
+    return user + system, rss, system
 
 
 def _paced_through(proc: subprocess.Popen[bytes], port: int, path: str, n: int) -> dict[str, Any]:
-    """The paced streams through a server: their times, and the server's CPU seconds, CPU time per
-    event relayed and peak resident memory meanwhile."""
+    """The paced streams through a server: their times, and meanwhile the server's share of a CPU, its
+    CPU time per event relayed (all of it, and the kernel's part: system calls), and its peak
+    resident memory. Per event includes each stream's share of opening and closing it."""
     peak = 0
-    cpu0, _ = _proc_sample(proc.pid)
+    cpu0, _, sys0 = _proc_sample(proc.pid)
     started = time.perf_counter()
 
     async def run() -> list[StreamTimes]:
@@ -369,11 +371,12 @@ def _paced_through(proc: subprocess.Popen[bytes], port: int, path: str, n: int) 
         return await task
 
     streams = asyncio.run(run())
-    cpu = _proc_sample(proc.pid)[0] - cpu0
+    cpu1, _, sys1 = _proc_sample(proc.pid)
+    cpu, system = cpu1 - cpu0, sys1 - sys0
     wall = time.perf_counter() - started
     events = sum(len(s.events) for s in streams)
     return {**_stream_stats(streams), "cpu_percent": 100 * cpu / wall, "cpu_us_per_event": 1e6 * cpu / max(1, events),
-            "peak_rss_mb": peak / 2**20}  # fmt: skip
+            "kernel_us_per_event": 1e6 * system / max(1, events), "peak_rss_mb": peak / 2**20}  # fmt: skip
 
 
 def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
@@ -394,18 +397,28 @@ def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
            "gateway_cpu_percent": gw["cpu_percent"], "gateway_peak_rss_mb": gw["peak_rss_mb"],
            "gateway_collector": collections}  # fmt: skip
     print(f"\npaced: {n} concurrent streams of {PACED_EVENTS} events {PACED_GAP * 1000:.0f} ms apart, one worker")
-    print("| | complete | TTFT p50 / p99 ms | gap p50 / p99 ms | CPU | CPU us per event | peak RSS MB |")
+    print("| | complete | TTFT p50 / p99 ms | gap p50 / p99 ms | CPU | CPU us per event (kernel's) | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for name, s in (("upstream alone", up), ("via the floor", floor), ("via gateway", gw)):
         cost = (
-            f"{s['cpu_percent']:.0f}% | {s['cpu_us_per_event']:.1f} | {s['peak_rss_mb']:.0f}"
+            f"{s['cpu_percent']:.0f}% | {s['cpu_us_per_event']:.1f} ({s['kernel_us_per_event']:.1f}) | "
+            f"{s['peak_rss_mb']:.0f}"
             if "cpu_percent" in s
-            else "| |"
+            else " | | "
         )
         print(f"| {name} | {s['complete']}/{s['streams']} | {s['ttft_p50_ms']:.1f} / {s['ttft_p99_ms']:.1f} | "
               f"{s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} | {cost} |")  # fmt: skip
     print(f"added TTFT p50 {out['added_ttft_p50_ms']:.2f} ms, added gap p99 {out['added_gap_p99_ms']:.2f} ms, "
           f"gateway CPU {out['gateway_cpu_percent']:.0f}%, peak RSS {out['gateway_peak_rss_mb']:.0f} MB")  # fmt: skip
+    # At the peak every stream is open: n streams, an event each per gap.
+    peak_rate = n / PACED_GAP
+    out["peak_events_per_second"] = peak_rate
+    out["floor_kernel_cpus_at_peak"] = round(peak_rate * floor["kernel_us_per_event"] / 1e6, 2)
+    out["floor_cpus_at_peak"] = round(peak_rate * floor["cpu_us_per_event"] / 1e6, 2)
+    print(
+        f"at the peak {peak_rate:,.0f} events/s: the floor's system calls alone would take "
+        f"{out['floor_kernel_cpus_at_peak']:.2f} of a CPU, its whole work {out['floor_cpus_at_peak']:.2f}"
+    )
     print("gateway's garbage collector meanwhile (gateway_gc_pause_seconds): "
           + ", ".join(f"{name} {value:g}" for name, value in collections.items()))  # fmt: skip
     return out
