@@ -354,12 +354,11 @@ class Relay:
         if response.status >= 300:
             raise _status_error(dialect, response, await response.read(), built, upstream)
         decoder = dialect.stream_decoder(request)
-        chunks = response.iter_chunks()
         timeouts = self._timeouts_of(deployment)
         first: list[bytes] = []
 
         async def first_events() -> list[bytes]:
-            async for data in chunks:
+            while data := await response.read_chunk():
                 events: list[bytes] = decoding(upstream, decoder.feed, data)
                 if events:
                     return events
@@ -399,7 +398,6 @@ class Relay:
             attempt,
             decoder,
             response,
-            chunks,
             upstream,
             deadline,
             error_tail=STREAM_ERRORS[api],

@@ -46,7 +46,6 @@ class Stream:
         attempt: Attempt,
         decoder: StreamDecoder,
         response: UpstreamResponse | None = None,
-        chunks: AsyncIterator[bytes] | None = None,
         upstream: UpstreamConfig | None = None,
         deadline: float | None = None,
         error_tail: Callable[[GatewayError], bytes] = error_events,
@@ -57,7 +56,6 @@ class Stream:
         self._attempt = attempt
         self._decoder = decoder
         self._response = response  # None: the upstream had already finished and `first` is all of it
-        self._chunks = chunks
         self._upstream = upstream
         self._deadline = deadline  # time.perf_counter() by which the attempt must be over
         self._error_tail = error_tail  # the client API's end of a stream that failed
@@ -72,47 +70,43 @@ class Stream:
         return self._events
 
     async def _generate(self) -> AsyncIterator[tuple[bytes, bool]]:
-        if self._response is None or self._chunks is None or self._upstream is None:
+        response, upstream = self._response, self._upstream
+        if response is None or upstream is None:
             yield self.first, False
             return
         yield self.first, True
+        # One loop, no iterator beneath it: every layer between this and the socket is resumed for
+        # every event of every stream.
+        feed, deadline = self._decoder.feed, self._deadline
         try:
-            async for events in self._relay(self._chunks):
-                yield events, True
-            tail = b"".join(decoding(self._upstream, self._decoder.finish))
-            rounds = self.rounds
-            # A round-tripping decoder's `finish` gives nothing when it asks for another round.
-            while rounds is not None and not tail:
-                turn = cast(RoundTrip, self._decoder).take_turn()
-                if turn is None:
+            while True:
+                data = await response.read_chunk()
+                if data:
+                    # Everything one upstream read completes goes out at once: no event waits, fewer writes.
+                    events = decoding(upstream, feed, data)
+                    if events:
+                        yield b"".join(events), True
+                    if deadline is not None and time.perf_counter() > deadline:
+                        raise UpstreamTimeout(
+                            f"The upstream `{upstream.name}` did not finish its stream in the total time allowed."
+                        )
+                    continue
+                tail = b"".join(decoding(upstream, self._decoder.finish))
+                # A round-tripping decoder's `finish` gives nothing when it asks for another round.
+                rounds = self.rounds
+                turn = None if tail or rounds is None else cast(RoundTrip, self._decoder).take_turn()
+                if rounds is None or turn is None:
                     break
-                self._response.close()
-                self._response = await rounds.open(turn)
-                self._chunks = self._response.iter_chunks()
-                async for events in self._relay(self._chunks):
-                    yield events, True
-                tail = b"".join(decoding(self._upstream, self._decoder.finish))
+                response.close()
+                response = self._response = await rounds.open(turn)
             self._attempt.end("ok")
         except GatewayError as exc:
-            self._response.close()
-            exc.message = redact(exc.message, self._upstream)
-            log.warning("stream from %s failed after the first byte: %s", self._upstream.name, exc.message)
+            response.close()
+            exc.message = redact(exc.message, upstream)
+            log.warning("stream from %s failed after the first byte: %s", upstream.name, exc.message)
             self._exchange.fail(exc)
             tail = self._error_tail(exc)
         yield tail, False
-
-    async def _relay(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The client events of one upstream body, as they come."""
-        assert self._upstream is not None
-        # Everything one upstream read completes goes out at once: no event waits, fewer writes.
-        async for data in chunks:
-            events = decoding(self._upstream, self._decoder.feed, data)
-            if events:
-                yield b"".join(events)
-            if self._deadline is not None and time.perf_counter() > self._deadline:
-                raise UpstreamTimeout(
-                    f"The upstream `{self._upstream.name}` did not finish its stream in the total time allowed."
-                )
 
     async def aclose(self) -> None:
         if self._closed:
@@ -126,8 +120,6 @@ class Stream:
             await self._events.aclose()  # type: ignore[attr-defined]
         if self._response is not None:
             self._response.close()
-        if self._chunks is not None:
-            await self._chunks.aclose()  # type: ignore[attr-defined]
 
 
 def estimated_usage(exchange: Exchange, text_chars: int) -> Usage:

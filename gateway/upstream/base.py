@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 from gateway.dialects.base import UpstreamRequest
@@ -25,8 +24,9 @@ class UpstreamResponse(Protocol):
         """The whole body; releases the connection."""
         ...
 
-    def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body piece by piece, as it arrives."""
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body, as soon as there is one; `b""` once the body has ended (the
+        connection is then released)."""
         ...
 
     def close(self) -> None:

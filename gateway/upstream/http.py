@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import aiohttp
 
@@ -77,14 +76,17 @@ class HttpResponse:
             self._resp.close()
             raise translate(exc, self._upstream) from None
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
+    async def read_chunk(self) -> bytes:
+        # A coroutine per piece, not an iterator: each layer between a stream's loop and the socket
+        # is resumed on every event of every stream.
         try:
-            async for chunk in self._resp.content.iter_any():
-                yield chunk
+            chunk = await self._resp.content.readany()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._resp.close()
             raise translate(exc, self._upstream) from None
-        self._resp.release()
+        if not chunk:
+            self._resp.release()
+        return chunk
 
     def close(self) -> None:
         self._resp.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.dialects.base import UpstreamRequest
 
@@ -38,19 +38,26 @@ class MockResponse:
         self._delay = delay
         self.closed = False
         self.complete = not delay or len(self._chunks) <= 1  # reading it cannot wait
+        self._next = 0
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.iter_chunks()])
+        pieces = []
+        while chunk := await self.read_chunk():
+            pieces.append(chunk)
+        return b"".join(pieces)
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        for i, chunk in enumerate(self._chunks):
-            if self.closed:
-                return
+    async def read_chunk(self) -> bytes:
+        while not self.closed and self._next < len(self._chunks):
+            i = self._next
+            self._next += 1
             if self._delay and i:
                 await asyncio.sleep(self._delay)
+            chunk = self._chunks[i]
             if isinstance(chunk, BaseException):
                 raise chunk
-            yield chunk
+            if chunk:  # an empty piece is no piece: `b""` means the end
+                return chunk
+        return b""
 
     def close(self) -> None:
         self.closed = True

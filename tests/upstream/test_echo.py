@@ -42,7 +42,7 @@ async def test_stream_with_usage_and_delay() -> None:
             }
         )
     )
-    raw = b"".join([chunk async for chunk in response.iter_chunks()])
+    raw = await response.read()
     assert check_exchange("/v1/chat/completions", 200, response.headers["content-type"], raw) == 6
     assert b'"choices":[],"usage"' in raw
 
