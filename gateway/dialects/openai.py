@@ -21,6 +21,7 @@ from gateway.dialects.base import (
     decode_error,
     embedded_error,
 )
+from gateway.dialects.chunk_shape import ChunkShape
 from gateway.dialects.citations import Citations
 from gateway.dialects.sse import SSEParser
 from gateway.dialects.vendors import VendorProfile, write_request
@@ -29,6 +30,9 @@ from gateway.request import ChatRequest
 from gateway.types import JSON
 
 DONE_EVENT = b"data: [DONE]\n\n"
+# Tries per stream at taking the shape of its text chunks (`chunk_shape`): enough for a first text
+# written with escapes, a change from reasoning to content, and a few more.
+_SHAPES = 8
 
 
 def sse_event(obj: Any) -> bytes:
@@ -108,6 +112,8 @@ class OpenAIStreamDecoder:
         "_plain",
         "_round",
         "_saw_done",
+        "_shape",
+        "_shapes_left",
         "_spent",
         "search_rounds",
         "text_chars",
@@ -129,8 +135,17 @@ class OpenAIStreamDecoder:
         self._round = _SearchRound() if search_rounds else None
         self._spent: Usage | None = None  # the usage of the rounds before this one
         self._plain = not search  # nothing to gather, no rounds: chunks may go out unchanged
+        self._shape: ChunkShape | None = None  # of the text chunks last seen: those need no parsing
+        self._shapes_left = _SHAPES  # tries at taking a shape: a stream whose chunks all differ stops trying
 
     def feed(self, data: bytes) -> list[bytes]:
+        shape = self._shape
+        if shape is not None and self._parser.idle:
+            # One event a read, as a paced stream comes: a text chunk of the shape goes out as it is.
+            text = shape.event_text(data)
+            if text is not None:
+                self.text_chars += text
+                return [data]
         found = self._parser.data_only(data) if self._plain else None
         if found is None:
             return self._events([event.data for event in self._parser.feed(data)])
@@ -140,6 +155,12 @@ class OpenAIStreamDecoder:
         unchanged = True  # every event goes out as it came: `events` itself is the output
         last = len(pieces) - 1
         for i, piece in enumerate(pieces):
+            if shape is not None:
+                text = shape.text(piece)
+                if text is not None:
+                    self.text_chars += text
+                    out.append(b"data: " + piece + b"\n\n")
+                    continue
             if piece == b"[DONE]":
                 self._saw_done = True
                 unchanged = unchanged and i == last  # [DONE] goes out from `finish`, not here
@@ -155,8 +176,12 @@ class OpenAIStreamDecoder:
                 out += self._events([piece])
                 continue
             self.text_chars += text
-            if not self._finished and obj["choices"][0]["finish_reason"] is not None:
+            choice = obj["choices"][0]
+            if choice["finish_reason"] is not None:
                 self._finished = True
+            elif self._shapes_left and ("usage" not in obj or self._include_usage):
+                self._shapes_left -= 1
+                shape = self._shape = ChunkShape.of(piece, choice["delta"]) or shape
             if "usage" in obj and not self._include_usage:  # `"usage": null`, as OpenAI writes it when asked
                 piece = piece.replace(b',"usage":null', b"", 1)
                 if b'"usage"' in piece:

@@ -43,6 +43,11 @@ class SSEParser:
             self._line(line, events)
         return events
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is held: the next piece starts an event."""
+        return not self._buffer and not self._data and self._event is None and not self._pending_cr
+
     def data_only(self, chunk: bytes) -> tuple[list[bytes], bytes] | None:
         """When the events `chunk` completes are nothing but one-line `data: ` events (how
         OpenAI-compatible upstreams write): the data of each and the bytes of them all, found with a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import orjson
@@ -278,6 +279,96 @@ def test_the_pass_through_agrees_with_the_full_treatment(
         parsed = [orjson.loads(e[6:]) for e in b"".join(events).split(b"\n\n")[:-1]]
         outcomes.append((parsed, decoder.usage, decoder.text_chars, decoder._finished, decoder._saw_done))  # type: ignore[attr-defined]
     assert outcomes[0] == outcomes[1]
+
+
+# Text chunks as OpenAI-compatible upstreams write them, the same but for their text: the second and
+# later of a shape are checked by their bytes (`chunk_shape`), and must agree with the full treatment.
+_TEXT_CHUNK = st.fixed_dictionaries(
+    {
+        "id": st.just("c1"),
+        "object": st.just("chat.completion.chunk"),
+        "created": st.just(1),
+        "model": st.just("m"),
+        "choices": st.tuples(
+            st.sampled_from(["content", "content", "reasoning_content", "refusal", "role"]),
+            st.sampled_from([None, None, None, "stop", "weird"]),
+        ).map(lambda kf: [{"index": 0, "delta": {kf[0]: "a"}, "logprobs": None, "finish_reason": kf[1]}]),
+    },
+    optional={"usage": st.none(), "service_tier": st.just("default")},
+)
+_ENCODINGS = {
+    "compact": orjson.dumps,
+    "spaced": lambda c: json.dumps(c, ensure_ascii=False).encode(),
+    "ascii": lambda c: json.dumps(c, separators=(",", ":")).encode(),  # non-ASCII text as \u escapes
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.one_of(_TEXT_CHUNK, _TEXT_CHUNK, _TEXT_CHUNK, _CHUNK), min_size=1, max_size=4),
+    st.lists(st.one_of(st.text(max_size=5), st.binary(max_size=4)), min_size=1, max_size=4),
+    st.sampled_from(sorted(_ENCODINGS)),
+    st.booleans(),
+    st.one_of(st.none(), st.lists(st.integers(0, 4000), max_size=6)),
+)
+def test_chunks_that_differ_only_in_their_text_agree_with_the_full_treatment(
+    chunks: list[dict[str, object]],
+    texts: list[str | bytes],
+    encoding: str,
+    include_usage: bool,
+    cuts: list[int] | None,
+) -> None:
+    """Each chunk is followed by copies of it with other texts in its delta: written by the encoder
+    (a `str`), or put raw between the bytes around its text (`bytes`: quotes, backslashes, control
+    characters, broken UTF-8). Fed an event a read (`cuts` None), or all cut at `cuts`."""
+    encode = _ENCODINGS[encoding]
+    pieces: list[bytes] = []
+    for chunk in chunks:
+        piece = encode(chunk)
+        pieces.append(piece)
+        choices = chunk.get("choices")
+        delta = choices[0].get("delta") if type(choices) is list and choices and type(choices[0]) is dict else None
+        if type(delta) is not dict or len(delta) != 1 or type(next(iter(delta.values()))) is not str:
+            continue
+        name = next(iter(delta))
+        for text in texts:
+            if isinstance(text, str):
+                pieces.append(encode({**chunk, "choices": [{**choices[0], "delta": {name: text}}]}))  # type: ignore[list-item]
+            else:
+                marker = encode(next(iter(delta.values())))  # the text as written, quotes included
+                at = piece.rfind(marker)
+                pieces.append(piece[: at + 1] + text + piece[at + len(marker) - 1 :])
+    raw = [b"data: " + piece + b"\n\n" for piece in pieces]
+    if cuts is not None:
+        blob = b"".join(raw)
+        at = sorted({0, len(blob), *(cut % len(blob) for cut in cuts)})
+        raw = [blob[a:b] for a, b in itertools.pairwise(at)]
+    request = _request(stream=True, **({"stream_options": {"include_usage": True}} if include_usage else {}))
+    fast, full = DIALECT.stream_decoder(request), _full_treatment(DIALECT.stream_decoder(request))
+    outcomes = []
+    for decoder in (fast, full):
+        decoder._id = "chatcmpl-made"  # type: ignore[attr-defined]
+        events: list[bytes] = []
+        try:
+            for data in raw:
+                events += decoder.feed(data)
+        except UpstreamProtocolError as exc:
+            outcomes.append(("error", exc.message, b"".join(events).count(b"\n\n")))
+            continue
+        parsed = [orjson.loads(e[6:]) for e in b"".join(events).split(b"\n\n")[:-1]]
+        outcomes.append((parsed, decoder.usage, decoder.text_chars, decoder._finished))  # type: ignore[attr-defined]
+    assert outcomes[0] == outcomes[1]
+
+
+def test_text_chunks_of_one_shape_go_out_as_the_upstreams_bytes() -> None:
+    decoder = DIALECT.stream_decoder(_request(stream=True))
+    texts = ["Hi", " th\u00e9re", "\n", ' "q"', " end"]
+    for text in texts:
+        choice = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+        piece = orjson.dumps({**orjson.loads(PLAIN), "choices": [choice]})
+        assert decoder.feed(b"data: " + piece + b"\n\n") == [b"data: " + piece + b"\n\n"]
+    assert decoder.text_chars == sum(len(text) for text in texts)
+    assert decoder._shape is not None  # type: ignore[attr-defined]
 
 
 def test_only_a_bare_object_goes_out_as_it_came() -> None:

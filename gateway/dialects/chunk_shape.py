@@ -1,0 +1,77 @@
+"""Text chunks checked by their bytes: a stream's chunks that differ only in their text.
+
+Most chunks of an OpenAI-compatible stream are the same bytes but for the text in their delta:
+
+    {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,"finish_reason":null}]}
+
+Once one of them has been parsed and found to need no change (`openai.plain_chunk`), a later chunk
+that is the same bytes before and after its text, with a text written without escapes, is the same
+JSON but for that string: it needs no change either, and is not parsed again. Pure.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# The text as the first field of the delta; the byte before it must open or continue an object, so
+# that the quote it starts with opens a key (a quote inside a string is always escaped).
+_KEYS = {name: b'"delta":{"' + name.encode() + b'":"' for name in ("content", "reasoning_content")}
+# A JSON string's contents with nothing escaped: no quote, no backslash, no control character.
+_UNESCAPED = re.compile(rb'[^"\\\x00-\x1f]*')
+
+
+class ChunkShape:
+    __slots__ = ("event_head", "event_tail", "head", "tail")
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        self.head = head  # up to and including the text's opening quote
+        self.tail = tail  # from the text's closing quote on
+        # The same for a whole event: `data: ` before, the blank line that ends it after.
+        self.event_head, self.event_tail = b"data: " + head, tail + b"\n\n"
+
+    @classmethod
+    def of(cls, piece: bytes, delta: dict[str, Any]) -> ChunkShape | None:
+        """The shape of `piece`, a chunk that went out as it came, without a finish reason and with
+        the delta `delta`; None unless that delta is one text written without escapes, found in
+        `piece` at exactly one place."""
+        if len(delta) != 1:
+            return None
+        ((name, value),) = delta.items()
+        key = _KEYS.get(name)
+        if key is None or type(value) is not str:
+            return None
+        at = piece.find(key)
+        if at < 1 or piece[at - 1] not in b",{" or piece.find(key, at + 1) >= 0:
+            return None
+        start = at + len(key)
+        end = piece.find(b'"', start)
+        text = piece[start:end]
+        if end < 0 or not _UNESCAPED.fullmatch(text) or text.decode() != value:
+            return None
+        return cls(piece[:start], piece[end:])
+
+    def text(self, piece: bytes) -> int | None:
+        """The characters of text in `piece` when it has this shape, and so needs no change, as the
+        chunk this shape was taken from needed none; None when it may not have it."""
+        return _text(piece, self.head, self.tail)
+
+    def event_text(self, event: bytes) -> int | None:
+        """`text` for a whole one-line `data:` event, blank line included. A read holding more than
+        one event never matches: what lies between two events (a quote, line ends) is no text."""
+        return _text(event, self.event_head, self.event_tail)
+
+
+def _text(piece: bytes, head: bytes, tail: bytes) -> int | None:
+    end = len(piece) - len(tail)
+    if end < len(head) or not piece.startswith(head) or not piece.endswith(tail):
+        return None
+    text = piece[len(head) : end]
+    if not _UNESCAPED.fullmatch(text):
+        return None
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.decode())
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,77 @@
+"""Text chunks checked by their bytes (`chunk_shape`): which chunks give a shape, which match one."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway.dialects.chunk_shape import ChunkShape
+
+
+def _chunk(delta: dict[str, object], **extra: object) -> bytes:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+    body = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice], **extra}
+    return orjson.dumps(body)
+
+
+def _shape(delta: dict[str, object], **extra: object) -> ChunkShape | None:
+    return ChunkShape.of(_chunk(delta, **extra), delta)
+
+
+@pytest.mark.parametrize("name", ["content", "reasoning_content"])
+def test_a_text_chunk_has_the_shape_of_its_bytes_around_the_text(name: str) -> None:
+    shape = _shape({name: "Hi"})
+    assert shape is not None
+    assert shape.head.endswith(b'"delta":{"' + name.encode() + b'":"')
+    assert shape.tail.startswith(b'"},"logprobs":null')
+    assert shape.text(_chunk({name: "other words"})) == len("other words")
+    assert shape.text(_chunk({name: ""})) == 0
+    assert shape.text(_chunk({name: "thé 字"})) == len("thé 字")
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        {"content": 'say "hi"'},  # written with escapes: where it ends is not found by a search
+        {"content": "a\nb"},
+        {"content": None},
+        {"content": 5},
+        {"role": "assistant"},
+        {"refusal": "no"},
+        {"role": "assistant", "content": "Hi"},  # more than the text
+        {},
+    ],
+)
+def test_no_shape_unless_the_delta_is_one_text_written_plainly(delta: dict[str, object]) -> None:
+    assert _shape(delta) is None
+
+
+def test_no_shape_when_the_text_could_be_at_two_places() -> None:
+    twice = {"delta": {"content": "x"}}
+    assert _shape({"content": "x"}, extra=twice) is None
+
+
+def test_no_shape_when_the_byte_before_the_key_is_not_one_that_opens_or_goes_on_an_object() -> None:
+    piece = _chunk({"content": "Hi"})
+    assert ChunkShape.of(piece, {"content": "Hi"}) is not None
+    assert ChunkShape.of(piece.replace(b',"delta":{', b', "delta":{'), {"content": "Hi"}) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b'a"b', b"a\\nb", b"a\\", b"\x00", b"\x1f", b"\xff", b"\xc3", b"\xed\xa0\x80"],  # the last: a surrogate
+)
+def test_a_text_written_otherwise_does_not_match(text: bytes) -> None:
+    shape = _shape({"content": "Hi"})
+    assert shape is not None
+    assert shape.text(shape.head + text + shape.tail) is None
+
+
+def test_other_bytes_around_the_text_do_not_match() -> None:
+    shape = _shape({"content": "Hi"})
+    assert shape is not None
+    assert shape.text(_chunk({"content": "Hi"}, usage=None)) is None
+    assert shape.text(_chunk({"reasoning_content": "Hi"})) is None
+    assert shape.text(shape.head) is None  # shorter than the bytes around a text
+    assert shape.text(shape.head[:-1] + shape.tail) is None  # the quotes overlap
+    assert shape.text(b"[DONE]") is None
