@@ -56,6 +56,11 @@ class ChunkShape:
         chunk this shape was taken from needed none; None when it may not have it."""
         return _text(piece, self.head, self.tail)
 
+    def frames(self, piece: bytes) -> bool:
+        """Whether `piece` has this shape's bytes around its text, whatever its text."""
+        head, tail = self.head, self.tail
+        return len(piece) >= len(head) + len(tail) and piece.startswith(head) and piece.endswith(tail)
+
     def event_text(self, event: bytes) -> int | None:
         """`text` for a whole one-line `data:` event, blank line included. A read holding more than
         one event never matches: what lies between two events (a quote, line ends) is no text."""

@@ -30,8 +30,9 @@ from gateway.request import ChatRequest
 from gateway.types import JSON
 
 DONE_EVENT = b"data: [DONE]\n\n"
-# Tries per stream at taking the shape of its text chunks (`chunk_shape`): enough for a first text
-# written with escapes, a change from reasoning to content, and a few more.
+# Tries per stream at taking the shape of its text chunks (`chunk_shape`): enough for first texts
+# written with escapes, a change from reasoning to content, and a few more. A stream whose chunks
+# each have other bytes around their text stops trying.
 _SHAPES = 8
 
 
@@ -179,7 +180,12 @@ class OpenAIStreamDecoder:
             choice = obj["choices"][0]
             if choice["finish_reason"] is not None:
                 self._finished = True
-            elif self._shapes_left and ("usage" not in obj or self._include_usage):
+            elif (
+                self._shapes_left
+                and ("usage" not in obj or self._include_usage)
+                # A text written with escapes in a chunk of the shape is no reason for another one.
+                and (shape is None or not shape.frames(piece))
+            ):
                 self._shapes_left -= 1
                 shape = self._shape = ChunkShape.of(piece, choice["delta"]) or shape
             if "usage" in obj and not self._include_usage:  # `"usage": null`, as OpenAI writes it when asked

@@ -75,3 +75,11 @@ def test_other_bytes_around_the_text_do_not_match() -> None:
     assert shape.text(shape.head) is None  # shorter than the bytes around a text
     assert shape.text(shape.head[:-1] + shape.tail) is None  # the quotes overlap
     assert shape.text(b"[DONE]") is None
+
+
+def test_frames_whatever_the_text() -> None:
+    shape = _shape({"content": "Hi"})
+    assert shape is not None
+    assert shape.frames(_chunk({"content": 'say "hi"\n'}))
+    assert not shape.frames(_chunk({"reasoning_content": "Hi"}))
+    assert not shape.frames(shape.head[:-1] + shape.tail)

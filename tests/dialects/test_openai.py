@@ -371,6 +371,22 @@ def test_text_chunks_of_one_shape_go_out_as_the_upstreams_bytes() -> None:
     assert decoder._shape is not None  # type: ignore[attr-defined]
 
 
+def test_a_stream_takes_a_new_shape_when_its_text_moves_and_not_for_escaped_texts() -> None:
+    decoder = DIALECT.stream_decoder(_request(stream=True))
+
+    def event(name: str, text: str) -> bytes:
+        choice = {"index": 0, "delta": {name: text}, "finish_reason": None}
+        return b"data: " + orjson.dumps({**orjson.loads(PLAIN), "choices": [choice]}) + b"\n\n"
+
+    for text in ["Let me think", *["a\nb"] * 20, "so"]:
+        assert decoder.feed(event("reasoning_content", text)) == [event("reasoning_content", text)]
+    shape = decoder._shape  # type: ignore[attr-defined]
+    assert shape is not None and shape.head.endswith(b'{"reasoning_content":"')
+    assert decoder.feed(event("content", "Hi")) == [event("content", "Hi")]
+    assert decoder._shape.head.endswith(b'{"content":"')  # type: ignore[attr-defined]
+    assert decoder.text_chars == len("Let me think") + 20 * 3 + len("so") + len("Hi")
+
+
 def test_only_a_bare_object_goes_out_as_it_came() -> None:
     """Consumers of the relayed events (the other APIs' translators, the content log) read `data: {`:
     an object with spaces around it is written again."""
