@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
+
 # The text as the first field of the delta; the byte before it must open or continue an object, so
 # that the quote it starts with opens a key (a quote inside a string is always escaped).
 _KEYS = {name: b'"delta":{"' + name.encode() + b'":"' for name in ("content", "reasoning_content")}
@@ -49,7 +51,14 @@ class ChunkShape:
         text = piece[start:end]
         if end < 0 or not _UNESCAPED.fullmatch(text) or text.decode() != value:
             return None
-        return cls(piece[:start], piece[end:])
+        # That the text found is the one a parser reads as the delta's (not a duplicate key's, not
+        # another object's that looks the same): another text put there must come out as the delta's.
+        head, tail = piece[:start], piece[end:]
+        try:
+            other = orjson.loads(head + text + b"." + tail)["choices"][0]["delta"][name]
+        except (orjson.JSONDecodeError, LookupError, TypeError):
+            return None
+        return cls(head, tail) if other == value + "." else None
 
     def text(self, piece: bytes) -> int | None:
         """The characters of text in `piece` when it has this shape, and so needs no change, as the

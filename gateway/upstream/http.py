@@ -50,13 +50,14 @@ _READ_BUFFER = 64 * 1024
 
 
 class HttpResponse:
-    __slots__ = ("_headers", "_resp", "_upstream", "status")
+    __slots__ = ("_ended", "_headers", "_resp", "_upstream", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, upstream: str) -> None:
         self._resp = resp
         self._upstream = upstream
         self.status = resp.status
         self._headers: dict[str, str] | None = None
+        self._ended = False  # the body's end was read: the connection is released
 
     @property
     def headers(self) -> dict[str, str]:
@@ -79,12 +80,15 @@ class HttpResponse:
     async def read_chunk(self) -> bytes:
         # A coroutine per piece, not an iterator: each layer between a stream's loop and the socket
         # is resumed on every event of every stream.
+        if self._ended:  # a released response's stream raises on reading: the end stays the end
+            return b""
         try:
             chunk = await self._resp.content.readany()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._resp.close()
             raise translate(exc, self._upstream) from None
         if not chunk:
+            self._ended = True
             self._resp.release()
         return chunk
 

@@ -54,6 +54,7 @@ class MockResponse:
                 await asyncio.sleep(self._delay)
             chunk = self._chunks[i]
             if isinstance(chunk, BaseException):
+                self._next = len(self._chunks)  # a body that failed has ended, as a transport's has
                 raise chunk
             if chunk:  # an empty piece is no piece: `b""` means the end
                 return chunk

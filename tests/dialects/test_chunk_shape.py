@@ -83,3 +83,23 @@ def test_frames_whatever_the_text() -> None:
     assert shape.frames(_chunk({"content": 'say "hi"\n'}))
     assert not shape.frames(_chunk({"reasoning_content": "Hi"}))
     assert not shape.frames(shape.head[:-1] + shape.tail)
+
+
+@pytest.mark.parametrize(
+    "piece",
+    [
+        # A duplicate key: a parser reads the last text, not the one found.
+        b'{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+        b'"delta":{"content":"Hi","content":"Hi"},"finish_reason":null}]}',
+        # A duplicate delta, the one read written with a space.
+        b'{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+        b'"delta":{"content":"Hi"},"delta": {"content":"Hi"},"finish_reason":null}]}',
+        # Another object that looks like a delta, beside the real one written with a space.
+        b'{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","x":{"delta":{"content":"Hi"}},'
+        b'"choices":[{"index":0,"delta": {"content":"Hi"},"finish_reason":null}]}',
+    ],
+)
+def test_no_shape_when_the_text_found_is_not_the_one_read_as_the_deltas(piece: bytes) -> None:
+    delta = orjson.loads(piece)["choices"][0]["delta"]
+    assert delta == {"content": "Hi"}
+    assert ChunkShape.of(piece, delta) is None

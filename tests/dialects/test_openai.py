@@ -371,6 +371,39 @@ def test_text_chunks_of_one_shape_go_out_as_the_upstreams_bytes() -> None:
     assert decoder._shape is not None  # type: ignore[attr-defined]
 
 
+def _text_event(text: str, name: str = "content") -> bytes:
+    choice = {"index": 0, "delta": {name: text}, "finish_reason": None}
+    return b"data: " + orjson.dumps({**orjson.loads(PLAIN), "choices": [choice]}) + b"\n\n"
+
+
+def test_text_chunks_of_a_shape_seen_are_not_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = DIALECT.stream_decoder(_request(stream=True))
+    assert decoder.feed(_text_event("Hi")) == [_text_event("Hi")]
+
+    def unparsed(obj: object) -> int | None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr("gateway.dialects.openai.plain_chunk", unparsed)
+    assert decoder.feed(_text_event(" there")) == [_text_event(" there")]  # a read of one event
+    two = _text_event(" and") + _text_event(" thé")
+    assert decoder.feed(two) == [two]  # a read of several
+    assert decoder.text_chars == len("Hi there and thé")
+
+
+def test_a_read_that_starts_a_new_event_while_one_is_held_is_not_taken_whole() -> None:
+    """An event cut short and another after it: the bytes of both together are no chunk, and the
+    full treatment says so, fast or not."""
+    reads = [_text_event("Hi"), b'data: {"a', _text_event("ab")]
+    for decoder in (
+        DIALECT.stream_decoder(_request(stream=True)),
+        _full_treatment(DIALECT.stream_decoder(_request(stream=True))),
+    ):
+        decoder.feed(reads[0])
+        assert decoder.feed(reads[1]) == []
+        with pytest.raises(UpstreamProtocolError):
+            decoder.feed(reads[2])
+
+
 def test_a_stream_takes_a_new_shape_when_its_text_moves_and_not_for_escaped_texts() -> None:
     decoder = DIALECT.stream_decoder(_request(stream=True))
 

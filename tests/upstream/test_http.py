@@ -130,3 +130,37 @@ async def test_a_reply_is_complete_once_its_whole_body_has_arrived() -> None:
         await transport.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_stream_read_past_its_end_stays_ended() -> None:
+    """`read_chunk` gives `b""` at the body's end and again after it (the relay may ask once more,
+    as a stream whose first round gave no event does), and the connection goes back to the pool."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"6\r\ndata: \r\n4\r\n{}\n\n\r\n0\r\n\r\n"
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = HttpTransport(pool_size=1, connect_timeout=1, read_timeout=1)
+    request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/v1/chat/completions", {}, b"{}", "vendor")
+    try:
+        for _ in range(2):  # the second request rides the connection the first one released
+            response = await transport.open(request)
+            body = b""
+            while chunk := await response.read_chunk():
+                body += chunk
+            assert body == b"data: {}\n\n"
+            assert await response.read_chunk() == b""
+            assert await response.read_chunk() == b""
+    finally:
+        await transport.aclose()
+        server.close()
+        await server.wait_closed()
