@@ -236,6 +236,22 @@ def test_kimi_web_search_rounds_in_one_stream(
     assert checker.checked == len(chunks)
 
 
+def test_kimi_stream_whose_searching_turn_shows_the_client_nothing(
+    search_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI
+) -> None:
+    """Every event of the first turn is the gateway's to hold, so the stream's first events come from
+    the second: the first turn's body has ended by then, and reading it once more must find its end."""
+    client = sdk(search_gateway.url, checker)
+    question = [{"role": "user", "content": "What happened today? search-quietly"}]
+    chunks = list(
+        client.chat.completions.create(model="via-moonshot", messages=question, extra_body=EXTRA, stream=True)
+    )
+    assert len(fake.requests) == 2
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == KIMI_ANSWER
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert checker.checked == len(chunks)
+
+
 def test_kimi_still_searching_after_the_last_round_is_the_upstreams_failure(
     search_gateway: RunningGateway, checker: Checker, fake: FakeOpenAI
 ) -> None:

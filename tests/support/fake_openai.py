@@ -365,7 +365,8 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
     the call's id, gets the answer; any other answer is a 400. Thinking must be off. `search-twice`
     in the question makes the model search again after the first answer, `search-forever` always;
     `search-and-tool` calls the client's `get_weather` beside the search; `fail-after-search` fails
-    (500) once the search was answered."""
+    (500) once the search was answered; `search-quietly` streams a searching turn without the chunk
+    that opens it (its role), so that no event of it is one the client sees."""
     messages = body["messages"]
     if body.get("thinking") != {"type": "disabled"}:
         return openai_error(400, "thinking must be disabled to use $web_search", "invalid_request_error", None)
@@ -411,7 +412,8 @@ async def _kimi_search_reply(request: web.Request, body: dict[str, Any]) -> web.
                  "model": body["model"], "choices": choices, **extra}  # fmt: skip
         return f"data: {json.dumps(chunk)}\n\n".encode()
 
-    await resp.write(event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+    if finish != "tool_calls" or "search-quietly" not in question:
+        await resp.write(event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
     if finish == "tool_calls":
         for call in message["tool_calls"]:
             index, name = call["index"], call["function"]["name"]
