@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from gateway.dialects.base import UpstreamRequest
 from gateway.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from gateway.upstream.http import EXCEPTION_TABLE, HttpTransport, translate
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 def _aiohttp_exceptions() -> list[type[BaseException]]:
@@ -82,19 +86,11 @@ async def test_a_pooled_connection_the_upstream_closed_is_retried_once() -> None
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
             await writer.drain()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    transport = HttpTransport(pool_size=1, connect_timeout=1, read_timeout=1)
-    request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/v1/chat/completions", {}, b"{}", "vendor")
-    try:
+    async with _served(handle) as (transport, request):
         for _ in range(3):
             response = await transport.open(request)
             assert response.status == 200 and await response.read() == b"{}"
         assert answered == 3
-    finally:
-        await transport.aclose()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_reply_is_complete_once_its_whole_body_has_arrived() -> None:
@@ -111,11 +107,7 @@ async def test_a_reply_is_complete_once_its_whole_body_has_arrived() -> None:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    transport = HttpTransport(pool_size=1, connect_timeout=1, read_timeout=1)
-    request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/v1/chat/completions", {}, b"{}", "vendor")
-    try:
+    async with _served(handle) as (transport, request):
         response = await transport.open(request)
         await asyncio.sleep(0.05)
         assert not response.complete  # two of its four bytes are still to come
@@ -126,10 +118,6 @@ async def test_a_reply_is_complete_once_its_whole_body_has_arrived() -> None:
             await asyncio.sleep(0.01)
         assert response.complete
         assert await response.read() == b"{}  "
-    finally:
-        await transport.aclose()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_stream_read_past_its_end_stays_ended() -> None:
@@ -147,11 +135,7 @@ async def test_a_stream_read_past_its_end_stays_ended() -> None:
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    transport = HttpTransport(pool_size=1, connect_timeout=1, read_timeout=1)
-    request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/v1/chat/completions", {}, b"{}", "vendor")
-    try:
+    async with _served(handle) as (transport, request):
         for _ in range(2):  # the second request rides the connection the first one released
             response = await transport.open(request)
             body = b""
@@ -160,6 +144,18 @@ async def test_a_stream_read_past_its_end_stays_ended() -> None:
             assert body == b"data: {}\n\n"
             assert await response.read_chunk() == b""
             assert await response.read_chunk() == b""
+
+
+@contextlib.asynccontextmanager
+async def _served(handle: Handler) -> AsyncIterator[tuple[HttpTransport, UpstreamRequest]]:
+    """A raw upstream on loopback answering with `handle`, a one-connection transport to it, and a
+    request for it; all closed afterwards."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = HttpTransport(pool_size=1, connect_timeout=1, read_timeout=1)
+    request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/v1/chat/completions", {}, b"{}", "vendor")
+    try:
+        yield transport, request
     finally:
         await transport.aclose()
         server.close()
