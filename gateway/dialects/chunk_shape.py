@@ -67,8 +67,7 @@ class ChunkShape:
 
     def frames(self, piece: bytes) -> bool:
         """Whether `piece` has this shape's bytes around its text, whatever its text."""
-        head, tail = self.head, self.tail
-        return len(piece) >= len(head) + len(tail) and piece.startswith(head) and piece.endswith(tail)
+        return _framed(piece, self.head, self.tail)
 
     def event_text(self, event: bytes) -> int | None:
         """`text` for a whole one-line `data:` event, blank line included. A read holding more than
@@ -76,11 +75,15 @@ class ChunkShape:
         return _text(event, self.event_head, self.event_tail)
 
 
+def _framed(piece: bytes, head: bytes, tail: bytes) -> bool:
+    # Long enough for both, so that they cannot overlap (the quotes around the text are two).
+    return len(piece) >= len(head) + len(tail) and piece.startswith(head) and piece.endswith(tail)
+
+
 def _text(piece: bytes, head: bytes, tail: bytes) -> int | None:
-    end = len(piece) - len(tail)
-    if end < len(head) or not piece.startswith(head) or not piece.endswith(tail):
+    if not _framed(piece, head, tail):
         return None
-    text = piece[len(head) : end]
+    text = piece[len(head) : len(piece) - len(tail)]
     if not _UNESCAPED.fullmatch(text):
         return None
     if text.isascii():
