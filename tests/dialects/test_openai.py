@@ -360,20 +360,18 @@ def test_chunks_that_differ_only_in_their_text_agree_with_the_full_treatment(
     assert outcomes[0] == outcomes[1]
 
 
+def _text_event(text: str, name: str = "content") -> bytes:
+    choice = {"index": 0, "delta": {name: text}, "finish_reason": None}
+    return b"data: " + orjson.dumps({**orjson.loads(PLAIN), "choices": [choice]}) + b"\n\n"
+
+
 def test_text_chunks_of_one_shape_go_out_as_the_upstreams_bytes() -> None:
     decoder = DIALECT.stream_decoder(_request(stream=True))
     texts = ["Hi", " th\u00e9re", "\n", ' "q"', " end"]
     for text in texts:
-        choice = {"index": 0, "delta": {"content": text}, "finish_reason": None}
-        piece = orjson.dumps({**orjson.loads(PLAIN), "choices": [choice]})
-        assert decoder.feed(b"data: " + piece + b"\n\n") == [b"data: " + piece + b"\n\n"]
+        assert decoder.feed(_text_event(text)) == [_text_event(text)]
     assert decoder.text_chars == sum(len(text) for text in texts)
     assert decoder._shape is not None  # type: ignore[attr-defined]
-
-
-def _text_event(text: str, name: str = "content") -> bytes:
-    choice = {"index": 0, "delta": {name: text}, "finish_reason": None}
-    return b"data: " + orjson.dumps({**orjson.loads(PLAIN), "choices": [choice]}) + b"\n\n"
 
 
 def test_text_chunks_of_a_shape_seen_are_not_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -406,16 +404,11 @@ def test_a_read_that_starts_a_new_event_while_one_is_held_is_not_taken_whole() -
 
 def test_a_stream_takes_a_new_shape_when_its_text_moves_and_not_for_escaped_texts() -> None:
     decoder = DIALECT.stream_decoder(_request(stream=True))
-
-    def event(name: str, text: str) -> bytes:
-        choice = {"index": 0, "delta": {name: text}, "finish_reason": None}
-        return b"data: " + orjson.dumps({**orjson.loads(PLAIN), "choices": [choice]}) + b"\n\n"
-
     for text in ["Let me think", *["a\nb"] * 20, "so"]:
-        assert decoder.feed(event("reasoning_content", text)) == [event("reasoning_content", text)]
+        assert decoder.feed(_text_event(text, "reasoning_content")) == [_text_event(text, "reasoning_content")]
     shape = decoder._shape  # type: ignore[attr-defined]
     assert shape is not None and shape.head.endswith(b'{"reasoning_content":"')
-    assert decoder.feed(event("content", "Hi")) == [event("content", "Hi")]
+    assert decoder.feed(_text_event("Hi")) == [_text_event("Hi")]
     assert decoder._shape.head.endswith(b'{"content":"')  # type: ignore[attr-defined]
     assert decoder.text_chars == len("Let me think") + 20 * 3 + len("so") + len("Hi")
 
