@@ -21,16 +21,20 @@ import orjson
 _KEYS = {name: b'"delta":{"' + name.encode() + b'":"' for name in ("content", "reasoning_content")}
 # A JSON string's contents with nothing escaped: no quote, no backslash, no control character.
 _UNESCAPED = re.compile(rb'[^"\\\x00-\x1f]*')
+_ESCAPED = b'"\\' + bytes(range(0x20))
 
 
 class ChunkShape:
-    __slots__ = ("event_head", "event_tail", "head", "tail")
+    __slots__ = ("_chars", "_escaped", "event_head", "event_tail", "head", "tail")
 
     def __init__(self, head: bytes, tail: bytes) -> None:
         self.head = head  # up to and including the text's opening quote
         self.tail = tail  # from the text's closing quote on
         # The same for a whole event: `data: ` before, the blank line that ends it after.
         self.event_head, self.event_tail = b"data: " + head, tail + b"\n\n"
+        frame = head + tail
+        self._escaped = len(frame) - len(frame.translate(None, _ESCAPED))  # the bytes a text has none of
+        self._chars = len(frame.decode())
 
     @classmethod
     def of(cls, piece: bytes, delta: dict[str, Any]) -> ChunkShape | None:
@@ -64,6 +68,41 @@ class ChunkShape:
         """The characters of text in `piece` when it has this shape, and so needs no change, as the
         chunk this shape was taken from needed none; None when it may not have it."""
         return _text(piece, self.head, self.tail)
+
+    def run(self, pieces: list[bytes], start: int) -> tuple[int, int, int]:
+        """The pieces from `start` on that have this shape, as `text` would find them: the index
+        after the last, their bytes as events (`data: ` and blank line included), their characters
+        of text. Checked together, which costs less than one by one: what is between them is known."""
+        head, tail = self.head, self.tail
+        least = len(head) + len(tail)
+        end, count = start, len(pieces)
+        while end < count:
+            piece = pieces[end]
+            if len(piece) < least or not piece.startswith(head) or not piece.endswith(tail):
+                break
+            end += 1
+        if end == start:
+            return start, 0, 0
+        joined = b"".join(pieces[start:end])
+        kept = end - start
+        # Each is the shape's bytes around a text, so its text is written without escapes when they
+        # hold all its quotes, backslashes and control bytes: counted for them all at once.
+        if len(joined) - len(joined.translate(None, _ESCAPED)) == kept * self._escaped:
+            size = len(joined) + kept * 8
+            if joined.isascii():
+                return end, size, len(joined) - kept * least
+            try:  # the bytes either side of each text are quotes: a sequence cut there does not decode
+                return end, size, len(joined.decode()) - kept * self._chars
+            except UnicodeDecodeError:
+                pass
+        # A text among them that does not match: where the run ends is found one by one.
+        size = chars = 0
+        for at in range(start, end):
+            text = self.text(pieces[at])
+            if text is None:
+                return at, size, chars
+            size, chars = size + len(pieces[at]) + 8, chars + text
+        return end, size, chars
 
     def frames(self, piece: bytes) -> bool:
         """Whether `piece` has this shape's bytes around its text, whatever its text."""

@@ -151,20 +151,24 @@ class OpenAIStreamDecoder:
         if found is None:
             return self._events([event.data for event in self._parser.feed(data)])
         pieces, events = found
-        # Most chunks need no change: each is parsed and checked, and goes out as the upstream's bytes.
+        # Most chunks need no change: each is parsed and checked, and goes out as the upstream's
+        # bytes. Those kept are sent as slices of `events`, a run of them as one.
         out: list[bytes] = []
-        unchanged = True  # every event goes out as it came: `events` itself is the output
-        last = len(pieces) - 1
-        for i, piece in enumerate(pieces):
+        kept = at = 0  # events[kept:at] go out as they came; pieces[i] is the event at `at`
+        i, count = 0, len(pieces)
+        while i < count:
             if shape is not None:
-                text = shape.text(piece)
-                if text is not None:
-                    self.text_chars += text
-                    out.append(b"data: " + piece + b"\n\n")
+                end, size, chars = shape.run(pieces, i)
+                if end > i:
+                    self.text_chars += chars
+                    i, at = end, at + size
                     continue
+            piece = pieces[i]
+            i += 1
+            start, at = at, at + len(piece) + 8
             if piece == b"[DONE]":
-                self._saw_done = True
-                unchanged = unchanged and i == last  # [DONE] goes out from `finish`, not here
+                self._saw_done = True  # [DONE] goes out from `finish`, not here
+                kept = _cut(out, events, kept, start, at)
                 continue
             try:
                 # Only an object with nothing around it goes out as it came (consumers read `data: {`).
@@ -173,7 +177,7 @@ class OpenAIStreamDecoder:
                 obj = None  # the full treatment says what is wrong with it
             text = plain_chunk(obj)
             if text is None:
-                unchanged = False
+                kept = _cut(out, events, kept, start, at)
                 out += self._events([piece])
                 continue
             self.text_chars += text
@@ -189,16 +193,15 @@ class OpenAIStreamDecoder:
                 self._shapes_left -= 1
                 shape = self._shape = ChunkShape.of(piece, choice["delta"]) or shape
             if "usage" in obj and not self._include_usage:  # `"usage": null`, as OpenAI writes it when asked
+                kept = _cut(out, events, kept, start, at)
                 piece = piece.replace(b',"usage":null', b"", 1)
                 if b'"usage"' in piece:
-                    unchanged = False
                     del obj["usage"]
                     out.append(sse_event(obj))
-                    continue
-                unchanged = False
-            out.append(b"data: " + piece + b"\n\n")
-        if unchanged and out:
-            return [events[: -len(DONE_EVENT)] if pieces[last] == b"[DONE]" else events]
+                else:
+                    out.append(b"data: " + piece + b"\n\n")
+        if at > kept:
+            out.append(events[kept:at])  # all of `events` itself, not a copy, when every event was kept
         return out
 
     def _events(self, datas: list[bytes]) -> list[bytes]:
@@ -406,6 +409,14 @@ def plain_chunk(obj: Any) -> int | None:
         elif value is not None:
             return None
     return text
+
+
+def _cut(out: list[bytes], events: bytes, kept: int, start: int, end: int) -> int:
+    """The event at events[start:end] does not go out as it came: the kept ones before it go out
+    now. Where the next run of kept events starts."""
+    if start > kept:
+        out.append(events[kept:start])
+    return end
 
 
 def _empty_chunk(stream_id: Any, created: Any, model: Any) -> JSON:

@@ -64,8 +64,8 @@ class SSEParser:
             # would copy and search a growing buffer on every read of a long event.
             return None
         pieces = buffer[6 : end - 2].split(b"\n\ndata: ")
-        # Any other line (a second data line, a field, a comment) shows in the count.
-        if buffer.count(b"\n", 0, end) != 2 * len(pieces):
+        # Any other line (a second data line, a field, a comment) shows as a line end in a piece.
+        if b"\n" in b"".join(pieces):
             return None
         self._buffer = buffer[end:]
         return pieces, buffer[:end]

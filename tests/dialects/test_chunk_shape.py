@@ -77,6 +77,48 @@ def test_other_bytes_around_the_text_do_not_match() -> None:
     assert shape.text(b"[DONE]") is None
 
 
+def _run(shape: ChunkShape, texts: list[bytes]) -> tuple[int, int, int]:
+    """`run` from the second of an unrelated piece and then a piece per text."""
+    return shape.run([b"[DONE]", *(shape.head + text + shape.tail for text in texts)], 1)
+
+
+def test_a_run_of_pieces_of_the_shape_is_measured_at_once() -> None:
+    shape = _shape({"content": "Hi"})
+    assert shape is not None
+    texts = ["a", "", "thé", " 字 ", "\x7f"]
+    pieces = [_chunk({"content": text}) for text in texts]
+    end, size, chars = shape.run([*pieces, _chunk({"content": "x"}, usage=None), pieces[0]], 0)
+    assert (end, chars) == (len(texts), sum(map(len, texts)))
+    assert size == len(b"".join(b"data: " + piece + b"\n\n" for piece in pieces))
+    assert shape.run(pieces, 5) == (5, 0, 0)  # nothing from the end on
+    assert shape.run([b"[DONE]", *pieces], 0) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("texts", "kept"),
+    [
+        ([b"a", b'b"c', b"d"], 1),  # each ends the run at the first text written otherwise
+        ([b"a", b"b", b"c\\nd"], 2),
+        ([b"\t", b"a"], 0),
+        ([b"\xc3\xa9", b"\xc3", b"\xa9"], 1),  # a sequence cut between two texts is no text
+        ([b"a", b"\xed\xa0\x80"], 1),
+    ],
+)
+def test_a_run_ends_before_a_text_written_otherwise(texts: list[bytes], kept: int) -> None:
+    shape = _shape({"content": "Hi"})
+    assert shape is not None
+    end, size, chars = _run(shape, texts)
+    assert end == 1 + kept
+    assert size == sum(len(shape.head + text + shape.tail) + 8 for text in texts[:kept])
+    assert chars == sum(len(text.decode()) for text in texts[:kept])
+
+
+def test_a_run_ends_at_a_piece_too_short_for_the_shape() -> None:
+    shape = _shape({"content": "Hi"})
+    assert shape is not None
+    assert shape.run([_chunk({"content": "a"}), shape.head[:-1] + shape.tail], 0)[0] == 1
+
+
 def test_frames_whatever_the_text() -> None:
     shape = _shape({"content": "Hi"})
     assert shape is not None
