@@ -65,7 +65,7 @@ log = logging.getLogger("gateway.accounting.ledger")
 
 BATCH_MARKER_TTL = 7 * 86400  # a spool replayed within it cannot count a written batch twice
 SESSION_TTL = 7 * 86400
-LOG_ENTRIES = 10_000  # per key, approximately (`XADD MAXLEN ~`)
+LOG_ENTRIES = 10_000  # per key, approximately (`XTRIM MAXLEN ~` after each batch)
 QUEUE_ENTRIES = 200_000  # log entries held in memory while Redis is unreachable
 # Log entries that start a flush before the interval is over: a busy replica writes smaller batches
 # more often, so that no one flush holds the event loop (or Redis) for milliseconds.
@@ -73,8 +73,11 @@ FLUSH_ENTRIES = 256
 
 # KEYS[1]: the writer's marker; KEYS[2]: the key's days set; KEYS[3]: the key's log stream; then the
 # hashes and sets the entries name by index. ARGV: marker TTL, session TTL, log cap, JSON payload
-# {e: [[usage index, models index, model, day, team, counters]], s: [[session index, counters]],
-#  r: [log entry JSON]}, the batch's sequence number.
+# {e: [[usage index, models index, model, day, team, counters]], s: [[session index, counters]]},
+# the batch's sequence number, the log entries (JSON, each ended by a line end: JSON as orjson
+# writes it has none of its own). Not in the payload, which the script decodes, and trimmed once a
+# batch: Redis spends about 1.9 us per entry rather than 2.5, and the gateway writes one argument
+# (an argument each would take it 0.4 us per entry; `INFO commandstats`, 256 entries a call).
 _APPLY_BATCH = """
 local seq = tonumber(ARGV[5])
 if seq <= tonumber(redis.call('GET', KEYS[1]) or '0') then
@@ -101,8 +104,14 @@ for _, s in ipairs(batch.s) do
   add(KEYS[s[1]], s[2])
   redis.call('EXPIRE', KEYS[s[1]], ARGV[2])
 end
-for _, entry in ipairs(batch.r) do
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'entry', entry)
+local log, at = ARGV[6], 1
+while at <= #log do
+  local ends = string.find(log, '\\n', at, true)
+  redis.call('XADD', KEYS[3], '*', 'entry', string.sub(log, at, ends - 1))
+  at = ends + 1
+end
+if #log > 0 then
+  redis.call('XTRIM', KEYS[3], 'MAXLEN', '~', ARGV[3])
 end
 return 1
 """
@@ -311,11 +320,9 @@ class RedisLedger:
             keys.append(session_key(p, who, sess_id))
             sessions.append([len(keys), _counters(totals)])
         # Lua's cjson turns an empty array into an object; `ipairs` walks either the same way.
-        # Each entry goes in as a JSON string; one dumps of the decoded list is about ten times
-        # quicker than one per entry (2,000 entries: 0.45 ms against 4.2).
-        records = orjson.dumps([r.decode() for r in batch.records])
-        payload = b'{"e":%s,"s":%s,"r":%s}' % (orjson.dumps(entries), orjson.dumps(sessions), records)
-        await self._script(keys=keys, args=[BATCH_MARKER_TTL, SESSION_TTL, self._log_entries, payload, batch.seq])
+        payload = b'{"e":%s,"s":%s}' % (orjson.dumps(entries), orjson.dumps(sessions))
+        log = b"".join(record + b"\n" for record in batch.records)
+        await self._script(keys=keys, args=[BATCH_MARKER_TTL, SESSION_TTL, self._log_entries, payload, batch.seq, log])
 
     async def _register(self, principal: str) -> None:
         # Its own slot on a cluster, so not in the batch's script; adding twice changes nothing.

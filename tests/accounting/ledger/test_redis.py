@@ -268,6 +268,21 @@ async def test_the_log_queue_is_bounded_and_the_totals_are_not(redis_server: Red
     await ledger.aclose()
 
 
+async def test_the_request_log_is_trimmed_to_about_its_cap_and_keeps_the_newest(redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    ledger = RedisLedger(redis_url, flush_interval=60, log_entries=50)
+    for batch in range(3):
+        for i in range(400):
+            ledger.record(UsageRecord("tia", "m", Usage(1, 1, 2), request_id=f"req-{batch}-{i}"))
+        assert await ledger.flush()
+    assert (await ledger.usage("tia", _today()))["m"]["requests"] == 1200.0  # every request counted
+    # Trimmed approximately (whole stream nodes, 100 entries each by default), never below the cap.
+    assert 50 <= r.xlen("gw:{tia}:log") <= 150
+    newest = await ledger.requests("tia", 1)
+    assert newest[0]["request_id"] == "req-2-399"
+    await ledger.aclose()
+
+
 async def test_a_batch_redis_refuses_is_set_aside_and_the_rest_written(redis_url: str, tmp_path: Path) -> None:
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     r.set("gw:{zed}:days", "not a set")  # the batch's script fails on it, and would every time
