@@ -321,8 +321,9 @@ class RedisLedger:
             sessions.append([len(keys), _counters(totals)])
         # Lua's cjson turns an empty array into an object; `ipairs` walks either the same way.
         payload = b'{"e":%s,"s":%s}' % (orjson.dumps(entries), orjson.dumps(sessions))
-        log = b"".join(record + b"\n" for record in batch.records)
-        await self._script(keys=keys, args=[BATCH_MARKER_TTL, SESSION_TTL, self._log_entries, payload, batch.seq, log])
+        lines = b"".join(record + b"\n" for record in batch.records)
+        args = [BATCH_MARKER_TTL, SESSION_TTL, self._log_entries, payload, batch.seq, lines]
+        await self._script(keys=keys, args=args)
 
     async def _register(self, principal: str) -> None:
         # Its own slot on a cluster, so not in the batch's script; adding twice changes nothing.
