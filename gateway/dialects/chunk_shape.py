@@ -72,30 +72,32 @@ class ChunkShape:
     def run(self, pieces: list[bytes], start: int) -> tuple[int, int, int]:
         """The pieces from `start` on that have this shape, as `text` would find them: the index
         after the last, their bytes as events (`data: ` and blank line included), their characters
-        of text. Checked together, which costs less than one by one: what is between them is known."""
-        head, tail = self.head, self.tail
+        of text. Reads no piece past the first that does not match, so a read is walked once
+        however its runs are cut."""
+        head, tail, escaped = self.head, self.tail, self._escaped
         least = len(head) + len(tail)
         end, count = start, len(pieces)
         while end < count:
             piece = pieces[end]
             if len(piece) < least or not piece.startswith(head) or not piece.endswith(tail):
                 break
+            # Its text is written without escapes when the bytes around it hold all its quotes,
+            # backslashes and control bytes.
+            if len(piece) - len(piece.translate(None, _ESCAPED)) != escaped:
+                break
             end += 1
         if end == start:
             return start, 0, 0
         joined = b"".join(pieces[start:end])
         kept = end - start
-        # Each is the shape's bytes around a text, so its text is written without escapes when they
-        # hold all its quotes, backslashes and control bytes: counted for them all at once.
-        if len(joined) - len(joined.translate(None, _ESCAPED)) == kept * self._escaped:
-            size = len(joined) + kept * 8
-            if joined.isascii():
-                return end, size, len(joined) - kept * least
-            try:  # the bytes either side of each text are quotes: a sequence cut there does not decode
-                return end, size, len(joined.decode()) - kept * self._chars
-            except UnicodeDecodeError:
-                pass
-        # A text among them that does not match: where the run ends is found one by one.
+        size = len(joined) + kept * 8
+        if joined.isascii():
+            return end, size, len(joined) - kept * least
+        try:  # the bytes either side of each text are quotes: a sequence cut there does not decode
+            return end, size, len(joined.decode()) - kept * self._chars
+        except UnicodeDecodeError:
+            pass
+        # A text among them that is not UTF-8 (the stream fails on it): where the run ends.
         size = chars = 0
         for at in range(start, end):
             text = self.text(pieces[at])

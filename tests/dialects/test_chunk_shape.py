@@ -113,6 +113,28 @@ def test_a_run_ends_before_a_text_written_otherwise(texts: list[bytes], kept: in
     assert chars == sum(len(text.decode()) for text in texts[:kept])
 
 
+class _Watched(list[bytes]):
+    """A list that remembers the highest index read one by one."""
+
+    highest = -1
+
+    def __getitem__(self, at):  # type: ignore[no-untyped-def, override]
+        if isinstance(at, int):
+            self.highest = max(self.highest, at)
+        return super().__getitem__(at)
+
+
+def test_a_run_reads_no_piece_past_the_one_that_ends_it() -> None:
+    """So that a read whose runs are cut by texts written otherwise (a markdown line end is `\\n`
+    in JSON) is walked once, not once per cut."""
+    shape = _shape({"content": "Hi"})
+    assert shape is not None
+    plain, escaped = _chunk({"content": "a"}), _chunk({"content": "a\nb"})
+    pieces = _Watched([plain, plain, escaped, *[plain] * 1000])
+    assert shape.run(pieces, 0)[0] == 2
+    assert pieces.highest == 2
+
+
 def test_a_run_ends_at_a_piece_too_short_for_the_shape() -> None:
     shape = _shape({"content": "Hi"})
     assert shape is not None

@@ -7,12 +7,13 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 
 from gateway.accounting.ledger import UsageRecord
 from gateway.accounting.ledger.base import UsageQuery, bounded_metadata
-from gateway.accounting.ledger.redis import FLUSH_ENTRIES, RedisLedger, usage_key
+from gateway.accounting.ledger.redis import FLUSH_ENTRIES, Batch, RedisLedger, usage_key
 from gateway.config import parse_config
 from gateway.dialects.base import Usage
 from tests.conftest import RunningGateway, checked_http, config_yaml
@@ -281,6 +282,25 @@ async def test_the_request_log_is_trimmed_to_about_its_cap_and_keeps_the_newest(
     newest = await ledger.requests("tia", 1)
     assert newest[0]["request_id"] == "req-2-399"
     await ledger.aclose()
+
+
+async def test_a_batch_larger_than_one_trim_removes_is_trimmed_to_the_cap(redis_url: str) -> None:
+    """After an outage one batch may hold more entries than an approximate trim removes by default
+    (10,000): the log is still cut to about its cap."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    ledger = RedisLedger(redis_url, flush_interval=60, log_entries=100)
+    for i in range(10_500):
+        ledger.record(UsageRecord("uma", "m", Usage(1, 1, 2), request_id=f"req-{i}"))
+    assert await ledger.flush()
+    assert 100 <= r.xlen("gw:{uma}:log") <= 200
+    await ledger.aclose()
+
+
+def test_a_spooled_log_entry_with_a_line_end_stays_one_entry() -> None:
+    line = orjson.dumps(
+        {"writer": "w", "seq": 1, "principal": "p", "entries": [], "sessions": [], "records": ['{"a":\n1}']}
+    )
+    assert Batch.from_json(line).records == [b'{"a": 1}']
 
 
 async def test_a_batch_redis_refuses_is_set_aside_and_the_rest_written(redis_url: str, tmp_path: Path) -> None:
