@@ -310,6 +310,7 @@ _ENCODINGS = {
     st.sampled_from(sorted(_ENCODINGS)),
     st.booleans(),
     st.one_of(st.none(), st.lists(st.integers(0, 4000), max_size=6)),
+    st.one_of(st.none(), st.integers(0, 100)),
 )
 def test_chunks_that_differ_only_in_their_text_agree_with_the_full_treatment(
     chunks: list[dict[str, object]],
@@ -317,10 +318,13 @@ def test_chunks_that_differ_only_in_their_text_agree_with_the_full_treatment(
     encoding: str,
     include_usage: bool,
     cuts: list[int] | None,
+    done_at: int | None,
 ) -> None:
     """Each chunk is followed by copies of it with other texts in its delta: written by the encoder
     (a `str`), or put raw between the bytes around its text (`bytes`: quotes, backslashes, control
-    characters, broken UTF-8). Fed an event a read (`cuts` None), or all cut at `cuts`."""
+    characters, broken UTF-8). Fed an event a read (`cuts` None), or all cut at `cuts`; with a
+    `[DONE]` among them at `done_at`. No read's events hold an empty piece (a caller takes a list
+    with one as events to send)."""
     encode = _ENCODINGS[encoding]
     pieces: list[bytes] = []
     for chunk in chunks:
@@ -338,6 +342,8 @@ def test_chunks_that_differ_only_in_their_text_agree_with_the_full_treatment(
                 marker = encode(next(iter(delta.values())))  # the text as written, quotes included
                 at = piece.rfind(marker)
                 pieces.append(piece[: at + 1] + text + piece[at + len(marker) - 1 :])
+    if done_at is not None:
+        pieces.insert(done_at % (len(pieces) + 1), b"[DONE]")
     raw = [b"data: " + piece + b"\n\n" for piece in pieces]
     if cuts is not None:
         blob = b"".join(raw)
@@ -355,8 +361,9 @@ def test_chunks_that_differ_only_in_their_text_agree_with_the_full_treatment(
         except UpstreamProtocolError as exc:
             outcomes.append(("error", exc.message, b"".join(events).count(b"\n\n")))
             continue
+        assert all(events)
         parsed = [orjson.loads(e[6:]) for e in b"".join(events).split(b"\n\n")[:-1]]
-        outcomes.append((parsed, decoder.usage, decoder.text_chars, decoder._finished))  # type: ignore[attr-defined]
+        outcomes.append((parsed, decoder.usage, decoder.text_chars, decoder._finished, decoder._saw_done))  # type: ignore[attr-defined]
     assert outcomes[0] == outcomes[1]
 
 
