@@ -3,11 +3,13 @@ nginx upstream, one process each, the server on CPU 0 and the load generator and
 
 throughput  the upstream alone; the floor (bench/floor.py: a bare aiohttp pass-through on uvicorn, our
             stack); the gateway with everything on (a key with rpm, tpm and a budget, prices, usage
-            to Redis, metrics, the JSON access log to a file); LiteLLM's proxy (installed into
-            .bench/litellm from PyPI). Buffered and streamed (42 events, usage captured): requests/s
-            at 32 connections (wrk), p50 and p99 at one, the added latency (target minus upstream
-            alone), and the ratios gateway/floor and gateway/LiteLLM. Every target is measured in
-            turn, --rounds times over (3); each figure is the median of its rounds.
+            to Redis, metrics, the JSON access log to a file); the same gateway with its ledger's
+            writes to Redis held off for the run (what they add to the tail at one connection);
+            LiteLLM's proxy (installed into .bench/litellm from PyPI). Buffered and streamed (42
+            events, usage captured): requests/s at 32 connections (wrk), p50 and p99 at one, the
+            added latency (target minus upstream alone), and the ratios gateway/floor and
+            gateway/LiteLLM. Every target is measured in turn, --rounds times over (3); each figure
+            is the median of its rounds.
 paced       an upstream streaming 40 events 25 ms apart; N concurrent streams (default 2,000) straight
             from the upstream, through the floor, and through one gateway worker: added time to first
             token, added p99 gap between events; the floor's and the gateway's CPU, CPU time per
@@ -54,6 +56,7 @@ BENCH_HOME = ROOT / ".bench"
 STREAM_EVENTS = 42  # role, 39 content, finish, usage
 PACED_EVENTS, PACED_GAP = 40, 0.025
 LITELLM_VERSION = "litellm[proxy]"
+UNWRITTEN = "gateway, usage unwritten"  # the gateway with its ledger's writes to Redis held off
 
 
 def _chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> str:
@@ -206,6 +209,14 @@ def _throughput(
         gateway = running.enter_context(_process(gateway_cmd(work, port), port, GATEWAY_ENV, work / "access.log"))
         procs["gateway"] = gateway
         urls["gateway"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+        # The same with the ledger's writes to Redis held off for the whole run: each write has Redis
+        # (on one of the two cores) run a script that everything else waits on.
+        port = _free_port()
+        held = {**GATEWAY_ENV, "GATEWAY_LEDGER_FLUSH_INTERVAL": "3600", "GATEWAY_LEDGER_FLUSH_ENTRIES": "100000000"}
+        procs[UNWRITTEN] = running.enter_context(
+            _process(gateway_cmd(work, port), port, held, work / "access-unwritten.log")
+        )
+        urls[UNWRITTEN] = f"http://127.0.0.1:{port}/v1/chat/completions"
         if not skip_litellm:
             port = _free_port()
             cmd = [*_on_cpu(0), str(_litellm()), "--config", str(_litellm_config(work, up_port)), "--port",
@@ -280,7 +291,7 @@ def _print_throughput(data: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     print("\n| target | mode | req/s (c=32) | p50 / p99 ms (c=1) | added p50 / p99 ms |")
     print("|---|---|---|---|---|")
-    for target in ("upstream", "floor", "gateway", "litellm"):
+    for target in ("upstream", "floor", "gateway", UNWRITTEN, "litellm"):
         for mode in ("buffered", "streamed"):
             if target not in results:
                 continue

@@ -99,6 +99,7 @@ class Runtime:
                 spool_dir=settings.ledger_spool_dir,
                 log_entries=settings.ledger_log_entries,
                 queue_entries=settings.ledger_queue_entries,
+                flush_entries=settings.ledger_flush_entries,
             )
         else:
             ledger = MemoryLedger()

@@ -70,7 +70,10 @@ class Settings(BaseSettings):
     upstream_pool_size: int = Field(default=1000, ge=1, description="Open upstream connections per process.")
 
     ledger_flush_interval: float = Field(
-        default=0.5, gt=0, description="Seconds between usage writes (sooner once 256 log entries wait)."
+        default=0.5, gt=0, description="Seconds between usage writes (sooner once `ledger_flush_entries` wait)."
+    )
+    ledger_flush_entries: int = Field(
+        default=256, ge=1, description="Request log entries that start a usage write before the interval is over."
     )
     ledger_spool_dir: Path | None = Field(
         default=Path("spool"),

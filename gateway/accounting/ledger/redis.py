@@ -186,9 +186,11 @@ class RedisLedger:
         spool_dir: Path | None = None,
         log_entries: int = LOG_ENTRIES,
         queue_entries: int = QUEUE_ENTRIES,
+        flush_entries: int = FLUSH_ENTRIES,
     ) -> None:
         self._prefix = prefix
         self._interval = flush_interval
+        self._flush_entries = flush_entries
         self._redis: Any = redis_client(url, timeout=timeout, cluster=cluster)
         self._script = self._redis.register_script(_APPLY_BATCH)
         self._spool_dir = spool_dir
@@ -223,7 +225,7 @@ class RedisLedger:
             return
         self._queued_entries += 1
         self._fresh += 1
-        if self._fresh == FLUSH_ENTRIES:
+        if self._fresh == self._flush_entries:
             self._wake.set()
         entries = self._records.get(record.principal)
         if entries is None:

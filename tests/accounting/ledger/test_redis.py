@@ -144,17 +144,21 @@ async def test_a_batch_resent_after_it_landed_is_not_counted_twice(redis_url: st
     await ledger.aclose()
 
 
-async def test_a_busy_ledger_writes_before_its_interval_is_over(redis_url: str) -> None:
-    ledger = RedisLedger(redis_url, flush_interval=60)
+@pytest.mark.parametrize("entries", [None, 10])
+async def test_a_busy_ledger_writes_before_its_interval_is_over(redis_url: str, entries: int | None) -> None:
+    """After FLUSH_ENTRIES log entries by default, or as many as `flush_entries` says."""
+    name = f"fay{entries}"
+    ledger = RedisLedger(redis_url, flush_interval=60, **({} if entries is None else {"flush_entries": entries}))
+    entries = entries or FLUSH_ENTRIES
     await ledger.start()
-    for i in range(FLUSH_ENTRIES - 1):
-        ledger.record(UsageRecord("fay", "m", Usage(1, 1, 2), request_id=f"r{i}"))
+    for i in range(entries - 1):
+        ledger.record(UsageRecord(name, "m", Usage(1, 1, 2), request_id=f"r{i}"))
     await asyncio.sleep(0.2)
-    assert await ledger.usage("fay", _today()) == {}  # fewer entries wait for the interval
-    ledger.record(UsageRecord("fay", "m", Usage(1, 1, 2), request_id="last"))
-    await _polled(lambda: ledger.usage("fay", _today()))
-    assert (await ledger.usage("fay", _today()))["m"]["requests"] == FLUSH_ENTRIES
-    assert (await ledger.requests("fay", 1))[0]["request_id"] == "last"
+    assert await ledger.usage(name, _today()) == {}  # fewer entries wait for the interval
+    ledger.record(UsageRecord(name, "m", Usage(1, 1, 2), request_id="last"))
+    await _polled(lambda: ledger.usage(name, _today()))
+    assert (await ledger.usage(name, _today()))["m"]["requests"] == entries
+    assert (await ledger.requests(name, 1))[0]["request_id"] == "last"
     await ledger.aclose()
 
 
