@@ -79,6 +79,7 @@ class ChunkShape:
         end, count = start, len(pieces)
         while end < count:
             piece = pieces[end]
+            # `_framed`, written out: a call per piece costs a tenth of a stream's decoding.
             if len(piece) < least or not piece.startswith(head) or not piece.endswith(tail):
                 break
             # Its text is written without escapes when the bytes around it hold all its quotes,
