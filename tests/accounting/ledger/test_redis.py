@@ -273,30 +273,31 @@ async def test_the_log_queue_is_bounded_and_the_totals_are_not(redis_server: Red
     await ledger.aclose()
 
 
-async def test_the_request_log_is_trimmed_to_about_its_cap_and_keeps_the_newest(redis_url: str) -> None:
+@pytest.mark.parametrize(
+    ("batches", "per_batch", "cap"),
+    [
+        (3, 400, 50),
+        # After an outage one batch may hold more entries than an approximate trim removes by
+        # default (10,000): the log is still cut to about its cap.
+        (1, 10_500, 100),
+    ],
+)
+async def test_the_request_log_is_trimmed_to_about_its_cap_and_keeps_the_newest(
+    redis_url: str, batches: int, per_batch: int, cap: int
+) -> None:
+    name = f"tia{per_batch}"
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    ledger = RedisLedger(redis_url, flush_interval=60, log_entries=50)
-    for batch in range(3):
-        for i in range(400):
-            ledger.record(UsageRecord("tia", "m", Usage(1, 1, 2), request_id=f"req-{batch}-{i}"))
+    ledger = RedisLedger(redis_url, flush_interval=60, log_entries=cap)
+    for batch in range(batches):
+        for i in range(per_batch):
+            ledger.record(UsageRecord(name, "m", Usage(1, 1, 2), request_id=f"req-{batch}-{i}"))
         assert await ledger.flush()
-    assert (await ledger.usage("tia", _today()))["m"]["requests"] == 1200.0  # every request counted
+    # every request counted
+    assert (await ledger.usage(name, _today()))["m"]["requests"] == batches * per_batch
     # Trimmed approximately (whole stream nodes, 100 entries each by default), never below the cap.
-    assert 50 <= r.xlen("gw:{tia}:log") <= 150
-    newest = await ledger.requests("tia", 1)
-    assert newest[0]["request_id"] == "req-2-399"
-    await ledger.aclose()
-
-
-async def test_a_batch_larger_than_one_trim_removes_is_trimmed_to_the_cap(redis_url: str) -> None:
-    """After an outage one batch may hold more entries than an approximate trim removes by default
-    (10,000): the log is still cut to about its cap."""
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    ledger = RedisLedger(redis_url, flush_interval=60, log_entries=100)
-    for i in range(10_500):
-        ledger.record(UsageRecord("uma", "m", Usage(1, 1, 2), request_id=f"req-{i}"))
-    assert await ledger.flush()
-    assert 100 <= r.xlen("gw:{uma}:log") <= 200
+    assert cap <= r.xlen(f"gw:{{{name}}}:log") <= cap + 100
+    newest = await ledger.requests(name, 1)
+    assert newest[0]["request_id"] == f"req-{batches - 1}-{per_batch - 1}"
     await ledger.aclose()
 
 
