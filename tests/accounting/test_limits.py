@@ -19,7 +19,7 @@ from gateway.config import ConfigError, Price, parse_config
 from tests.conftest import RedisBackend, RunningGateway, config_yaml
 from tests.support.gateway_cli import gateway_cli, make_key, spread, usage_json
 from tests.support.process import GatewayProcess
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, request_log
 
 
 def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake_url: str, redis_backend: RedisBackend) -> None:
@@ -51,7 +51,7 @@ def test_rpm_is_exact_across_two_replicas(tmp_path: Path, fake_url: str, redis_b
     r = redis_backend.client()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     assert r.hget(f"gw:{{sixty}}:usage:{day}:echo", "requests") == "60"
-    assert r.xlen("gw:{sixty}:log") == 60  # one request log entry per served request
+    assert len(request_log(r, "sixty")) == 60  # one request log entry per served request
     rows = usage_json(config, "--key", "sixty", env=redis_backend.env)
     assert [(row["key"], row["model"], row["day"], row["requests"]) for row in rows] == [("sixty", "echo", day, 60)]
 

@@ -5,7 +5,6 @@ three-master cluster (both keep their data on disk across the stop)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from gateway.accounting.ledger.redis import LOG_ENTRIES
 from tests.conftest import CLIENT_KEY, RedisBackend, config_yaml
 from tests.support.gateway_cli import USER, make_key, spread, usage_json
 from tests.support.process import GatewayProcess
+from tests.support.redis_server import request_log
 
 PRICES = """
 prices:
@@ -33,7 +33,7 @@ async def _load(
     done: list[tuple[int, bool]] = []
     deadline = time.monotonic() + seconds
     # Each client waits `pace` between starts, so that the load stays under the per-key request
-    # log's cap (LOG_ENTRIES, trimmed approximately) on a fast machine too.
+    # log's cap (LOG_ENTRIES) on a fast machine too.
     pace = seconds * CONCURRENCY / (0.8 * LOG_ENTRIES)
 
     async def client(n: int) -> None:
@@ -95,8 +95,7 @@ def test_redis_stopped_mid_load_loses_and_doubles_nothing(
     assert "usage writes to Redis failing" in output and "usage writes to Redis recovered" in output
     assert sum(row["requests"] for row in rows) == served
     assert sum(row["cost"] for row in rows) == pytest.approx(served * 0.001)
-    log = redis_backend.client().xrange("gw:{loaded}:log")
-    entries = [json.loads(fields["entry"]) for _, fields in log]
+    entries = request_log(redis_backend.client(), "loaded")
     assert len(entries) == served
     assert len({e["request_id"] for e in entries}) == served
     assert sum(e["stream"] for e in entries) == streamed
@@ -127,4 +126,4 @@ def test_usage_queued_at_shutdown_is_spooled_and_replayed_by_the_next_start(
         assert not list(spool.glob("ledger-*.jsonl")), again.output()  # replayed, then deleted
     rows = usage_json(config, "--key", "tester", env=redis_backend.env)
     assert [(row["model"], row["requests"], row["cost"]) for row in rows] == [("echo", 5, pytest.approx(0.005))]
-    assert len(redis_backend.client().xrange("gw:{tester}:log")) == 5
+    assert len(request_log(redis_backend.client(), "tester")) == 5

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.support.ports import free_port
 
@@ -209,3 +211,19 @@ def _complete_bulk(data: bytes) -> bool:
         return data.startswith((b"-", b":")) and data.endswith(b"\r\n")
     header, _, rest = data.partition(b"\r\n")
     return len(rest) >= int(header[1:]) + 2
+
+
+def request_log(client: Any, name: str) -> list[dict[str, Any]]:
+    """The request log of key `name` as the README documents it (the stream `gw:{<name>}:log`, an
+    entry per batch: `n` requests, their JSON in `entries`, a line each), oldest first."""
+    records: list[dict[str, Any]] = []
+    for _, fields in client.xrange(f"gw:{{{name}}}:log"):
+        fields = {_text(k): v for k, v in fields.items()}
+        lines = fields["entries"].splitlines()
+        assert int(fields["n"]) == len(lines) > 0
+        records += [json.loads(line) for line in lines]
+    return records
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

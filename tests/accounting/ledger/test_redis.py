@@ -13,12 +13,12 @@ import redis
 
 from gateway.accounting.ledger import UsageRecord
 from gateway.accounting.ledger.base import UsageQuery, bounded_metadata
-from gateway.accounting.ledger.redis import FLUSH_ENTRIES, Batch, RedisLedger, usage_key
+from gateway.accounting.ledger.redis import FLUSH_ENTRIES, LOG_PART, Batch, RedisLedger, usage_key
 from gateway.config import parse_config
 from gateway.dialects.base import Usage
 from tests.conftest import RunningGateway, checked_http, config_yaml
 from tests.conftest import sdk as make_sdk
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, request_log
 from tests.support.spec import Checker
 
 USER = [{"role": "user", "content": "hello brave new world"}]
@@ -276,28 +276,63 @@ async def test_the_log_queue_is_bounded_and_the_totals_are_not(redis_server: Red
 @pytest.mark.parametrize(
     ("batches", "per_batch", "cap"),
     [
-        (3, 400, 50),
-        # After an outage one batch may hold more entries than an approximate trim removes by
-        # default (10,000): the log is still cut to about its cap.
-        (1, 10_500, 100),
+        (3, 400, 50),  # each batch more than one stream entry (LOG_PART requests each at most)
+        (40, 3, 10),  # a quiet key: a few requests a batch
+        (1, 10_500, 100),  # after an outage: one batch of many parts
+        (2, 100, 500),  # under the cap: nothing trimmed
     ],
 )
-async def test_the_request_log_is_trimmed_to_about_its_cap_and_keeps_the_newest(
+async def test_the_request_log_is_trimmed_to_its_cap_in_whole_entries_and_keeps_the_newest(
     redis_url: str, batches: int, per_batch: int, cap: int
 ) -> None:
-    name = f"tia{per_batch}"
+    name = f"tia{batches}x{per_batch}"
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     ledger = RedisLedger(redis_url, flush_interval=60, log_entries=cap)
+    ids = []
     for batch in range(batches):
         for i in range(per_batch):
-            ledger.record(UsageRecord(name, "m", Usage(1, 1, 2), request_id=f"req-{batch}-{i}"))
+            ids.append(f"req-{batch}-{i}")
+            ledger.record(UsageRecord(name, "m", Usage(1, 1, 2), request_id=ids[-1]))
         assert await ledger.flush()
     # every request counted
     assert (await ledger.usage(name, _today()))["m"]["requests"] == batches * per_batch
-    # Trimmed approximately (whole stream nodes, 100 entries each by default), never below the cap.
-    assert cap <= r.xlen(f"gw:{{{name}}}:log") <= cap + 100
-    newest = await ledger.requests(name, 1)
-    assert newest[0]["request_id"] == f"req-{batches - 1}-{per_batch - 1}"
+    # The newest, in order: at least the cap, fewer than the cap and one more stream entry.
+    log = [entry["request_id"] for entry in request_log(r, name)]
+    assert log == ids[len(ids) - len(log) :]
+    assert min(cap, len(ids)) <= len(log) < cap + min(per_batch, LOG_PART)
+    assert [e["request_id"] for e in await ledger.requests(name, cap)] == log[::-1][:cap]
+    await ledger.aclose()
+
+
+async def test_the_newest_requests_are_read_across_stream_entries_of_any_size(redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, flush_interval=60)
+    ids = []
+    for size in (1, 700, 1, 1, 5, 2, 300, 1):  # a batch of 700 is three stream entries
+        for _ in range(size):
+            ids.append(f"r{len(ids)}")
+            ledger.record(UsageRecord("ned", "m", Usage(1, 1, 2), request_id=ids[-1]))
+        assert await ledger.flush()
+    newest_first = ids[::-1]
+    for limit in (1, 2, 3, 9, 10, 300, 301, 310, 1000, 1011, 5000):
+        assert [e["request_id"] for e in await ledger.requests("ned", limit)] == newest_first[:limit]
+    await ledger.aclose()
+
+
+async def test_a_log_written_one_entry_a_request_is_read_and_trimmed(redis_url: str) -> None:
+    """As versions before batch entries wrote it: field `entry`, one request each."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    for i in range(5):
+        r.xadd("gw:{olga}:log", {"entry": orjson.dumps({"request_id": f"old{i}"}).decode()})
+    ledger = RedisLedger(redis_url, flush_interval=60, log_entries=4)
+    ledger.record(UsageRecord("olga", "m", Usage(1, 1, 2), request_id="new0"))
+    assert await ledger.flush()
+    # The old entries stay, and are read, until the new ones alone hold the cap.
+    assert [e["request_id"] for e in await ledger.requests("olga", 3)] == ["new0", "old4", "old3"]
+    for i in range(1, 5):
+        ledger.record(UsageRecord("olga", "m", Usage(1, 1, 2), request_id=f"new{i}"))
+        assert await ledger.flush()
+    assert [e["request_id"] for e in await ledger.requests("olga", 10)] == ["new4", "new3", "new2", "new1"]
+    assert r.xlen("gw:{olga}:log") == 4
     await ledger.aclose()
 
 
