@@ -235,6 +235,7 @@ class RedisLedger:
         # made, so it wakes the flush once at most: an outage is retried once an interval.
         self._fresh = 0
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._failing = False
 
     def record(self, record: UsageRecord) -> None:
@@ -277,7 +278,12 @@ class RedisLedger:
                 log.exception("usage flush failed")
 
     async def flush(self) -> bool:
-        """Write what is pending; True when nothing is left unwritten."""
+        """Write what is pending; True when nothing is left unwritten. Calls at once take turns: each
+        batch is written, and taken off the queue, once."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> bool:
         while True:
             if not self._unwritten:
                 # Batched only once the batches before are written: while Redis is down, what comes

@@ -144,6 +144,19 @@ async def test_a_batch_resent_after_it_landed_is_not_counted_twice(redis_url: st
     await ledger.aclose()
 
 
+async def test_flushes_at_once_write_each_batch_once(redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, flush_interval=60)
+    for round_ in range(3):
+        for name in ("gus", "hal", "ida"):
+            ledger.record(UsageRecord(name, "m", Usage(1, 1, 2), request_id=f"{name}{round_}"))
+        assert all(await asyncio.gather(*(ledger.flush() for _ in range(4))))
+    for name in ("gus", "hal", "ida"):
+        assert (await ledger.usage(name, _today()))["m"]["requests"] == 3
+        assert [e["request_id"] for e in await ledger.requests(name, 10)] == [f"{name}{i}" for i in (2, 1, 0)]
+    assert ledger.queued() == 0
+    await ledger.aclose()
+
+
 @pytest.mark.parametrize("entries", [None, 10])
 async def test_a_busy_ledger_writes_before_its_interval_is_over(redis_url: str, entries: int | None) -> None:
     """After FLUSH_ENTRIES log entries by default, or as many as `flush_entries` says."""
