@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from gateway.dialects.base import Usage
 from gateway.types import JSON
 
@@ -39,6 +41,7 @@ def completion(obj: JSON, model: str) -> Usage | None:
     _envelope(obj, "chat.completion", model, completion_id)
     for choice, message in _choices(obj, "message"):
         _rename_reasoning(message)
+        _text_fields(message)
         message["role"] = "assistant"
         message.setdefault("content", None)
         message.setdefault("refusal", None)
@@ -66,6 +69,7 @@ def chunk(obj: JSON, model: str, stream_id: Callable[[], str], created: int) -> 
             if isinstance(usage, dict) and not isinstance(obj.get("usage"), dict):
                 obj["usage"] = usage
         _rename_reasoning(delta)
+        _text_fields(delta)
         tool_calls = delta.get("tool_calls")
         if isinstance(tool_calls, list):
             for i, call in enumerate(tool_calls):
@@ -153,6 +157,50 @@ def _rename_reasoning(message: JSON) -> None:
             text = message.pop(alias)
             if text is not None and message.get("reasoning_content") is None:
                 message["reasoning_content"] = text
+
+
+def _text_fields(message: JSON) -> None:
+    """`content` and `reasoning_content` as the spec has them, strings (or null), whatever the
+    upstream sent: Mistral's reasoning models send content as a list of parts, text and thinking
+    (whose text is the reasoning); another value becomes its JSON text."""
+    content = message.get("content")
+    if content is not None and type(content) is not str:
+        text, thinking = _texts(content)
+        message["content"] = text
+        if thinking is not None and message.get("reasoning_content") is None:
+            message["reasoning_content"] = thinking
+    reasoning = message.get("reasoning_content")
+    if reasoning is not None and type(reasoning) is not str:
+        text, thinking = _texts(reasoning)
+        message["reasoning_content"] = "".join(t for t in (thinking, text) if t is not None)
+
+
+def _texts(value: Any) -> tuple[str | None, str | None]:
+    """(text, thinking) of a value that should have been a string; None where there is none."""
+    if type(value) is str:
+        return value, None
+    if type(value) is dict:
+        if value.get("type") == "thinking":
+            return None, _texts(value.get("thinking"))[0]
+        text = value.get("text")
+        if type(text) is str:
+            return text, None
+        # A part of another kind (a reference, an image) has no text to give; a bare object is shown.
+        return (None, None) if "type" in value else (_json(value), None)
+    if type(value) is list:
+        texts, thoughts = [], []
+        for part in value:
+            text, thinking = _texts(part)
+            if text is not None:
+                texts.append(text)
+            if thinking is not None:
+                thoughts.append(thinking)
+        return ("".join(texts) if texts else None), ("".join(thoughts) if thoughts else None)
+    return (None, None) if value is None else (_json(value), None)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _usage(usage: JSON) -> Usage:

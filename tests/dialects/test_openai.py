@@ -434,3 +434,60 @@ def test_finish_reasons_of_any_type() -> None:
            "choices": [{"index": 0, "delta": {}, "finish_reason": ["stop"]}]}  # fmt: skip
     out = DIALECT.stream_decoder(_request(stream=True)).feed(b"data: " + orjson.dumps(bad) + b"\n\n")
     assert orjson.loads(out[0][6:])["choices"][0]["finish_reason"] == "stop"
+
+
+MISTRAL_THINKING = [
+    {"type": "thinking", "thinking": [{"type": "text", "text": "Two and "}, {"type": "text", "text": "two."}]},
+    {"type": "text", "text": "Four"},
+    {"type": "reference", "reference_ids": [1]},
+    {"type": "text", "text": "."},
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (MISTRAL_THINKING, {"content": "Four.", "reasoning_content": "Two and two."}),
+        ([{"type": "thinking", "thinking": "Hm."}], {"content": None, "reasoning_content": "Hm."}),
+        (["a", {"text": "b"}], {"content": "ab"}),
+        (42, {"content": "42"}),
+        ({"answer": 1}, {"content": '{"answer":1}'}),
+        ([], {"content": None}),
+    ],
+)
+def test_a_reply_whose_content_is_not_a_string_gets_one(content: object, expected: dict[str, object]) -> None:
+    raw = orjson.dumps(
+        {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+    )  # fmt: skip
+    body = orjson.loads(DIALECT.decode_reply(raw, _request()).body)
+    assert_valid("CreateChatCompletionResponse", body)
+    message = body["choices"][0]["message"]
+    assert {name: message.get(name) for name in expected} == expected
+    assert "reasoning_content" in message or "reasoning_content" not in expected
+
+
+def test_stream_deltas_whose_content_is_not_a_string_get_one() -> None:
+    def event(delta: dict[str, object]) -> bytes:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    upstream = b"".join(
+        [
+            event({"role": "assistant", "content": ""}),
+            event({"content": [MISTRAL_THINKING[0]]}),
+            event({"content": [{"type": "text", "text": "Four"}]}),
+            event({"content": "."}),
+            event({"content": 7, "reasoning_content": [{"type": "text", "text": "!"}]}),
+            b"data: [DONE]\n\n",
+        ]
+    )
+    out = b"".join(_decode_all([upstream], include_usage=False))
+    chunks = [orjson.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == "Four.7"
+    assert "".join(d.get("reasoning_content") or "" for d in deltas) == "Two and two.!"
+    assert out.endswith(b"data: [DONE]\n\n")
