@@ -215,12 +215,16 @@ def _complete_bulk(data: bytes) -> bool:
 
 def request_log(client: Any, name: str) -> list[dict[str, Any]]:
     """The request log of key `name` as the README documents it (the stream `gw:{<name>}:log`, an
-    entry per batch: `n` requests, their JSON in `entries`, a line each), oldest first."""
+    entry per part of a batch: `n` requests, their JSON in `entries`, a line each; or, as earlier
+    versions wrote it, one request's in `entry`), oldest first."""
     records: list[dict[str, Any]] = []
     for _, fields in client.xrange(f"gw:{{{name}}}:log"):
-        fields = {_text(k): v for k, v in fields.items()}
-        lines = fields["entries"].splitlines()
-        assert int(fields["n"]) == len(lines) > 0
+        fields = {_text(k): _text(v) for k, v in fields.items()}
+        if "entry" in fields:
+            records.append(json.loads(fields["entry"]))
+            continue
+        lines = fields["entries"].split("\n")
+        assert lines.pop() == "" and int(fields["n"]) == len(lines) > 0  # each ended by a line end
         records += [json.loads(line) for line in lines]
     return records
 

@@ -293,6 +293,8 @@ async def test_the_log_queue_is_bounded_and_the_totals_are_not(redis_server: Red
         (40, 3, 10),  # a quiet key: a few requests a batch
         (1, 10_500, 100),  # after an outage: one batch of many parts
         (2, 100, 500),  # under the cap: nothing trimmed
+        (2, 256, 256),  # the newest part alone holds the cap
+        (1, 1000, 300),  # one batch: three of its four parts go, then the rest would hold too few
     ],
 )
 async def test_the_request_log_is_trimmed_to_its_cap_in_whole_entries_and_keeps_the_newest(
@@ -346,6 +348,47 @@ async def test_a_log_written_one_entry_a_request_is_read_and_trimmed(redis_url: 
         assert await ledger.flush()
     assert [e["request_id"] for e in await ledger.requests("olga", 10)] == ["new4", "new3", "new2", "new1"]
     assert r.xlen("gw:{olga}:log") == 4
+    await ledger.aclose()
+
+
+async def test_a_replica_of_an_earlier_version_writing_meanwhile_leaves_the_log_its_cap(redis_url: str) -> None:
+    """A rolling upgrade: an old replica adds an entry a request (and trims by entries, about its
+    cap) while a new one adds parts. The log still holds the newest requests, at least its cap."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    cap, written = 1000, []
+    ledger = RedisLedger(redis_url, flush_interval=60, log_entries=cap)
+    for round_ in range(8):
+        for i in range(300):
+            written.append(f"new{round_}-{i}")
+            ledger.record(UsageRecord("pia", "m", Usage(1, 1, 2), request_id=written[-1]))
+        assert await ledger.flush()
+        for i in range(250):  # as the earlier version wrote: XADD each, then XTRIM MAXLEN ~ cap
+            written.append(f"old{round_}-{i}")
+            r.xadd("gw:{pia}:log", {"entry": orjson.dumps({"request_id": written[-1]}).decode()})
+            r.xtrim("gw:{pia}:log", maxlen=cap, approximate=True, limit=0)
+        log = [e["request_id"] for e in request_log(r, "pia")]
+        assert log == written[len(written) - len(log) :] and len(log) >= min(cap, len(written))
+    await ledger.aclose()
+
+
+async def test_the_newest_few_requests_are_read_from_few_stream_entries(redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, flush_interval=60)
+    for i in range(10 * LOG_PART):
+        ledger.record(UsageRecord("quin", "m", Usage(1, 1, 2), request_id=f"r{i}"))
+    assert await ledger.flush()
+    read: list[int] = []
+    xrevrange = ledger._redis.xrevrange
+
+    async def counted(*args: object, **kwargs: object) -> object:  # the real client, its pages counted
+        page = await xrevrange(*args, **kwargs)
+        read.append(len(page))
+        return page
+
+    ledger._redis.xrevrange = counted
+    for limit, entries in ((1, 1), (LOG_PART, 1), (LOG_PART + 1, 2), (3 * LOG_PART, 3)):
+        read.clear()
+        assert len(await ledger.requests("quin", limit)) == limit
+        assert sum(read) == entries, limit
     await ledger.aclose()
 
 
