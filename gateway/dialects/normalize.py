@@ -175,13 +175,16 @@ def _text_fields(message: JSON) -> None:
         message["reasoning_content"] = "".join(t for t in (thinking, text) if t is not None)
 
 
-def _texts(value: Any) -> tuple[str | None, str | None]:
-    """(text, thinking) of a value that should have been a string; None where there is none."""
+def _texts(value: Any, depth: int = 0) -> tuple[str | None, str | None]:
+    """(text, thinking) of a value that should have been a string; None where there is none. Parts
+    nest a level or two (a thinking part's parts): deeper than `_PART_DEPTH`, nothing is read."""
     if type(value) is str:
         return value, None
+    if depth > _PART_DEPTH:
+        return None, None
     if type(value) is dict:
         if value.get("type") == "thinking":
-            return None, _texts(value.get("thinking"))[0]
+            return None, _texts(value.get("thinking"), depth + 1)[0]
         text = value.get("text")
         if type(text) is str:
             return text, None
@@ -190,7 +193,7 @@ def _texts(value: Any) -> tuple[str | None, str | None]:
     if type(value) is list:
         texts, thoughts = [], []
         for part in value:
-            text, thinking = _texts(part)
+            text, thinking = _texts(part, depth + 1)
             if text is not None:
                 texts.append(text)
             if thinking is not None:
@@ -199,8 +202,14 @@ def _texts(value: Any) -> tuple[str | None, str | None]:
     return (None, None) if value is None else (_json(value), None)
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+_PART_DEPTH = 4
+
+
+def _json(value: Any) -> str | None:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # nested past what orjson writes
+        return None
 
 
 def _usage(usage: JSON) -> Usage:

@@ -436,6 +436,13 @@ def test_finish_reasons_of_any_type() -> None:
     assert orjson.loads(out[0][6:])["choices"][0]["finish_reason"] == "stop"
 
 
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 MISTRAL_THINKING = [
     {"type": "thinking", "thinking": [{"type": "text", "text": "Two and "}, {"type": "text", "text": "two."}]},
     {"type": "text", "text": "Four"},
@@ -453,13 +460,15 @@ MISTRAL_THINKING = [
         (42, {"content": "42"}),
         ({"answer": 1}, {"content": '{"answer":1}'}),
         ([], {"content": None}),
+        ([[[[[[["deep"]]]]]]], {"content": None}),  # parts nest a level or two; deeper is not read
+        (_nested(300), {"content": None}),  # an object deeper than orjson writes
     ],
 )
 def test_a_reply_whose_content_is_not_a_string_gets_one(content: object, expected: dict[str, object]) -> None:
-    raw = orjson.dumps(
+    raw = json.dumps(  # not orjson: it writes no more than 254 levels
         {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
          "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
-    )  # fmt: skip
+    ).encode()  # fmt: skip
     body = orjson.loads(DIALECT.decode_reply(raw, _request()).body)
     assert_valid("CreateChatCompletionResponse", body)
     message = body["choices"][0]["message"]
