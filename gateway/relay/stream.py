@@ -74,18 +74,23 @@ class Stream:
         if response is None or upstream is None:
             yield self.first, False
             return
-        yield self.first, True
+        # Events wait to go out only while the upstream has finished sending: reading the rest of
+        # its body cannot wait then, and its last events go out with the end, in one write.
+        pending = self.first
         # One loop, no iterator beneath it: every layer between this and the socket is resumed for
         # every event of every stream.
         feed, deadline = self._decoder.feed, self._deadline
         try:
             while True:
+                if pending and not response.complete:
+                    yield pending, True
+                    pending = b""
                 data = await response.read_chunk()
                 if data:
                     # Everything one upstream read completes goes out at once: no event waits, fewer writes.
                     events = decoding(upstream, feed, data)
                     if events:
-                        yield b"".join(events), True
+                        pending += b"".join(events)
                     if deadline is not None and time.perf_counter() > deadline:
                         raise UpstreamTimeout(
                             f"The upstream `{upstream.name}` did not finish its stream in the total time allowed."
@@ -106,7 +111,7 @@ class Stream:
             log.warning("stream from %s failed after the first byte: %s", upstream.name, exc.message)
             self._exchange.fail(exc)
             tail = self._error_tail(exc)
-        yield tail, False
+        yield pending + tail, False
 
     async def aclose(self) -> None:
         if self._closed:

@@ -37,7 +37,10 @@ class MockResponse:
         self._chunks = list(chunks)
         self._delay = delay
         self.closed = False
-        self.complete = not delay or len(self._chunks) <= 1  # reading it cannot wait
+        # Reading it cannot wait; a body that fails (a chunk that is an exception) has not arrived.
+        self.complete = (not delay or len(self._chunks) <= 1) and not any(
+            isinstance(chunk, BaseException) for chunk in self._chunks
+        )
         self._next = 0
 
     async def read(self) -> bytes:

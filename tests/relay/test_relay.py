@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -216,11 +217,17 @@ async def test_a_stream_abandoned_at_any_point_closes_the_upstream(read: int) ->
     assert [a.outcome for a in exchange.attempts] == ["cancelled"]
 
 
-async def test_whole_stream_in_one_read() -> None:
-    relay, _ = _relay(lambda request: MockResponse(200, {}, [b"".join(STREAM)]))
+@pytest.mark.parametrize("cuts", [[], [1], [1, 2, 3, 4, 5]])
+async def test_a_stream_whose_upstream_has_finished_goes_out_in_one_piece(cuts: list[int]) -> None:
+    """The upstream's whole body arrived (in one read or several, none of which can wait): its
+    events go out with the end, one write to the client."""
+    edges = [0, *cuts, len(STREAM)]
+    chunks = [b"".join(STREAM[a:b]) for a, b in itertools.pairwise(edges)]
+    relay, _ = _relay(lambda request: MockResponse(200, {}, chunks))
     exchange = Exchange("r1", "chat.completions")
     pairs = await _drain(await relay.stream(exchange, _principal(), _request(stream=True)))
-    assert pairs[0][0].count(b"data: ") == 4 and pairs[-1] == (b"data: [DONE]\n\n", False)
+    assert len(pairs) == 1 and not pairs[0][1]
+    assert pairs[0][0].count(b"data: ") == 5 and pairs[0][0].endswith(b"data: [DONE]\n\n")
     assert exchange.usage is not None and exchange.usage.total_tokens == 9
     assert exchange.attempts[0].outcome == "ok"
 
