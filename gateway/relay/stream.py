@@ -103,6 +103,9 @@ class Stream:
                 if rounds is None or turn is None:
                     break
                 response.close()
+                if pending:  # the next round's answer can wait
+                    yield pending, True
+                    pending = b""
                 response = self._response = await rounds.open(turn)
             self._attempt.end("ok")
         except GatewayError as exc:
