@@ -45,6 +45,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_HOME = ROOT / ".bench"
 STREAM_EVENTS = 42  # role, 39 content, finish, usage
 PACED_EVENTS, PACED_GAP = 40, 0.025
+PACED_OPENING = 1.0  # seconds over which the paced streams open: all open at once at its end
 LITELLM_VERSION = "litellm[proxy]"
 UNWRITTEN = "gateway, usage unwritten"  # the gateway with its ledger's writes to Redis held off
 
@@ -336,21 +338,32 @@ async def _paced_streams(port: int, path: str, n: int) -> list[StreamTimes]:
     body = json.dumps({"model": "bench-paced", "messages": [{"role": "user", "content": "Hi"}],
                        "stream": True, "stream_options": {"include_usage": True}}).encode()  # fmt: skip
     request = request_bytes(port, path, body, KEY)
-    tasks = []
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+
+    async def at(i: int) -> StreamTimes:
+        # Stream i opens at its own time: a sleep after each opening would stretch the ramp by the
+        # loop's lateness (to 3.7 s for 2,000, seen: never more than 670 open at once).
+        await asyncio.sleep(start + i * PACED_OPENING / n - loop.time())
+        return await one_stream(port, request)
+
     with _collector_off():
-        for _ in range(n):  # opened over about a second, as clients arrive, not in one burst
-            tasks.append(asyncio.create_task(one_stream(port, request)))
-            await asyncio.sleep(1.0 / n)
-        return list(await asyncio.gather(*tasks))
+        return list(await asyncio.gather(*(at(i) for i in range(n))))
 
 
 def _stream_stats(streams: list[StreamTimes]) -> dict[str, float]:
     ok = [s for s in streams if s.status == 200 and s.done and s.events]
     ttft = [(s.events[0] - s.sent) * 1000 for s in ok]
     gaps = [(b - a) * 1000 for s in ok for a, b in zip(s.events[1:], s.events[2:], strict=False)]
-    return {"streams": len(streams), "complete": len(ok), "ttft_p50_ms": percentile(ttft, 50),
-            "ttft_p99_ms": percentile(ttft, 99), "gap_p50_ms": percentile(gaps, 50),
-            "gap_p99_ms": percentile(gaps, 99)}  # fmt: skip
+    # The most streams open at once: from a request sent to its last event.
+    edges = sorted([(s.sent, 1) for s in ok] + [(s.events[-1], -1) for s in ok])
+    open_now = peak_open = 0
+    for _, step in edges:
+        open_now += step
+        peak_open = max(peak_open, open_now)
+    return {"streams": len(streams), "complete": len(ok), "peak_open": peak_open,
+            "ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
+            "gap_p50_ms": percentile(gaps, 50), "gap_p99_ms": percentile(gaps, 99)}  # fmt: skip
 
 
 def _proc_sample(pid: int) -> tuple[float, int, float]:
@@ -382,7 +395,7 @@ def _paced_through(proc: subprocess.Popen[bytes], port: int, path: str, n: int) 
             await asyncio.sleep(0.2)
         return await task
 
-    streams = asyncio.run(run())
+    streams = uvloop.run(run())
     cpu1, _, sys1 = _proc_sample(proc.pid)
     cpu, system = cpu1 - cpu0, sys1 - sys0
     wall = time.perf_counter() - started
@@ -391,8 +404,29 @@ def _paced_through(proc: subprocess.Popen[bytes], port: int, path: str, n: int) 
             "kernel_us_per_event": 1e6 * system / max(1, events), "peak_rss_mb": peak / 2**20}  # fmt: skip
 
 
+def _relay_conf(work: Path, port: int, up_port: int) -> Path:
+    """nginx as a bare relay (one worker, unbuffered): what a relay in C does on this machine."""
+    home = work / "relay"
+    home.mkdir(exist_ok=True)
+    home.chmod(0o755)
+    location = f"""
+    location /paced/ {{
+      proxy_pass http://127.0.0.1:{up_port};
+      proxy_http_version 1.1;
+      proxy_buffering off;
+    }}"""
+    (home / "nginx.conf").write_text(nginx_conf(home, port, location, connections=10000))
+    return home
+
+
 def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
-    up = _stream_stats(asyncio.run(_paced_streams(up_port, "/paced/v1/chat/completions", n)))
+    up = _stream_stats(uvloop.run(_paced_streams(up_port, "/paced/v1/chat/completions", n)))
+    # The same streams through a relay written in C, on the measured server's CPU: how much of the
+    # gap this machine lets any relay keep.
+    port = _free_port()
+    home = _relay_conf(work, port, up_port)
+    with _process([*_on_cpu(0), "nginx", "-c", str(home / "nginx.conf"), "-p", str(home)], port) as proc:
+        relay = _paced_through(proc, port, "/paced/v1/chat/completions", n)
     # The same stack doing nothing else: what opening and relaying that many streams costs by itself.
     port = _free_port()
     with _process(_floor_cmd(port, up_port, "paced"), port) as proc:
@@ -403,25 +437,33 @@ def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
         gw = _paced_through(proc, port, "/v1/chat/completions", n)
         collections = {name: round(value - collections0[name], 4) for name, value in _collections(port).items()}
     out = {"streams": n, "events_per_stream": PACED_EVENTS, "gap_ms": PACED_GAP * 1000, "upstream": up,
-           "floor": floor, "gateway": gw,
+           "nginx_relay": relay, "floor": floor, "gateway": gw,
            "added_ttft_p50_ms": gw["ttft_p50_ms"] - up["ttft_p50_ms"],
            "added_gap_p99_ms": gw["gap_p99_ms"] - up["gap_p99_ms"],
            "gateway_cpu_percent": gw["cpu_percent"], "gateway_peak_rss_mb": gw["peak_rss_mb"],
            "gateway_collector": collections}  # fmt: skip
-    print(f"\npaced: {n} concurrent streams of {PACED_EVENTS} events {PACED_GAP * 1000:.0f} ms apart, one worker")
-    print("| | complete | TTFT p50 / p99 ms | gap p50 / p99 ms | CPU | CPU us per event (kernel's) | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
-    for name, s in (("upstream alone", up), ("via the floor", floor), ("via gateway", gw)):
+    for name in ("nginx_relay", "floor"):
+        out[f"{name}_added_gap_p99_ms"] = out[name]["gap_p99_ms"] - up["gap_p99_ms"]
+    print(f"\npaced: {n} streams of {PACED_EVENTS} events {PACED_GAP * 1000:.0f} ms apart, opened over "
+          f"{PACED_OPENING:g} s, one worker")  # fmt: skip
+    print("| | complete | most open at once | TTFT p50 / p99 ms | gap p50 / p99 ms | CPU "
+          "| CPU us per event (kernel's) | peak RSS MB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    rows = (("upstream alone", up), ("via nginx (C)", relay), ("via the floor", floor), ("via gateway", gw))
+    for name, s in rows:
         cost = (
             f"{s['cpu_percent']:.0f}% | {s['cpu_us_per_event']:.1f} ({s['kernel_us_per_event']:.1f}) | "
             f"{s['peak_rss_mb']:.0f}"
             if "cpu_percent" in s
             else " | | "
         )
-        print(f"| {name} | {s['complete']}/{s['streams']} | {s['ttft_p50_ms']:.1f} / {s['ttft_p99_ms']:.1f} | "
-              f"{s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} | {cost} |")  # fmt: skip
-    print(f"added TTFT p50 {out['added_ttft_p50_ms']:.2f} ms, added gap p99 {out['added_gap_p99_ms']:.2f} ms, "
-          f"gateway CPU {out['gateway_cpu_percent']:.0f}%, peak RSS {out['gateway_peak_rss_mb']:.0f} MB")  # fmt: skip
+        print(f"| {name} | {s['complete']}/{s['streams']} | {s['peak_open']} | "
+              f"{s['ttft_p50_ms']:.1f} / {s['ttft_p99_ms']:.1f} | {s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} | "
+              f"{cost} |")  # fmt: skip
+    print(f"added gap p99: nginx {out['nginx_relay_added_gap_p99_ms']:.2f} ms, floor "
+          f"{out['floor_added_gap_p99_ms']:.2f} ms, gateway {out['added_gap_p99_ms']:.2f} ms; gateway added TTFT "
+          f"p50 {out['added_ttft_p50_ms']:.2f} ms, CPU {out['gateway_cpu_percent']:.0f}%, peak RSS "
+          f"{out['gateway_peak_rss_mb']:.0f} MB")  # fmt: skip
     # At the peak every stream is open: n streams, an event each per gap.
     peak_rate = n / PACED_GAP
     out["peak_events_per_second"] = peak_rate
