@@ -10,10 +10,12 @@ throughput  the upstream alone; the floor (bench/floor.py: a bare aiohttp pass-t
             added latency (target minus upstream alone), and the ratios gateway/floor and
             gateway/LiteLLM. Every target is measured in turn, --rounds times over (3); each figure
             is the median of its rounds.
-paced       an upstream streaming 40 events 25 ms apart; N concurrent streams (default 2,000) straight
-            from the upstream, through the floor, and through one gateway worker: added time to first
-            token, added p99 gap between events; the floor's and the gateway's CPU, CPU time per
-            event (and the kernel's part) and peak resident memory.
+paced       an upstream streaming 40 events 25 ms apart; N streams (default 2,000) opened over a
+            second, so that at its end all are open at once: straight from the upstream, through
+            nginx as a bare relay (what a relay in C does on this machine), through the floor, and
+            through one gateway worker: added time to first token, added p99 gap between events, the
+            most streams open at once; the relays' CPU, CPU time per event (and the kernel's part)
+            and peak resident memory.
 soak        mixed buffered and streamed traffic, some clients leaving mid-stream, for --soak-minutes;
             the gateway's resident memory sampled every 10 s and its growth.
 
