@@ -115,8 +115,9 @@ def _nginx_quote(text: str) -> str:
 
 
 def nginx_conf(work: Path, port: int, locations: str, top: str = "", connections: int = 1024) -> str:
-    """The upstream nginx: one worker, no logs, temporary files in `work`; the instant buffered
-    completion at /buffered/v1/chat/completions, and `locations` (nginx `location` blocks) beside it."""
+    """An nginx (the upstream, or the suite's bare relay): one worker, no logs, temporary files in
+    `work`; the instant buffered completion at /buffered/v1/chat/completions, and `locations` (nginx
+    `location` blocks) beside it."""
     return f"""
 {top}
 worker_processes 1;

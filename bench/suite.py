@@ -10,12 +10,13 @@ throughput  the upstream alone; the floor (bench/floor.py: a bare aiohttp pass-t
             added latency (target minus upstream alone), and the ratios gateway/floor and
             gateway/LiteLLM. Every target is measured in turn, --rounds times over (3); each figure
             is the median of its rounds.
-paced       an upstream streaming 40 events 25 ms apart; N streams (default 2,000) opened over a
-            second, so that at its end all are open at once: straight from the upstream, through
-            nginx as a bare relay (what a relay in C does on this machine), through the floor, and
-            through one gateway worker: added time to first token, added p99 gap between events, the
-            most streams open at once; the relays' CPU, CPU time per event (and the kernel's part)
-            and peak resident memory.
+paced       an upstream streaming 40 events 25 ms apart; N clients (default 2,000) that start over a
+            second and then each hold a stream open for three more, opening the next as one ends:
+            straight from the upstream, through nginx as a bare relay (what a relay in C does on
+            this machine), through the floor, and through one gateway worker. Over the hold: added
+            time to first token, added p99 gap between events, how many streams were sending at
+            once; the relays' CPU, CPU time per event (and the kernel's part) and peak resident
+            memory. Each figure is the median of --paced-rounds (3).
 soak        mixed buffered and streamed traffic, some clients leaving mid-stream, for --soak-minutes;
             the gateway's resident memory sampled every 10 s and its growth.
 
@@ -58,7 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_HOME = ROOT / ".bench"
 STREAM_EVENTS = 42  # role, 39 content, finish, usage
 PACED_EVENTS, PACED_GAP = 40, 0.025
-PACED_OPENING = 1.0  # seconds over which the paced streams open: all open at once at its end
+# The paced clients start over PACED_OPENING seconds (so that their events' times spread evenly over
+# the pace), then each holds a stream open for PACED_HOLD more, opening its next as one ends: n streams
+# open together, measured over the hold.
+PACED_OPENING, PACED_HOLD = 1.0, 3.0
 LITELLM_VERSION = "litellm[proxy]"
 UNWRITTEN = "gateway, usage unwritten"  # the gateway with its ledger's writes to Redis held off
 
@@ -333,39 +337,63 @@ def _collector_off() -> Iterator[None]:
         gc.enable()
 
 
-async def _paced_streams(port: int, path: str, n: int) -> list[StreamTimes]:
+async def _paced_streams(port: int, path: str, n: int) -> tuple[list[StreamTimes], tuple[float, float]]:
+    """n clients, each holding a paced stream open until the hold is over: every stream, and the
+    hold's (start, end) in `time.perf_counter()`."""
     # With usage asked for, the gateway relays every event the upstream sends, as the upstream and
     # the floor do; without, it leaves out the usage chunk, and the gap across that chunk (twice the
     # pace, once per stream) would be counted as delay added to an event, which it is not.
     body = json.dumps({"model": "bench-paced", "messages": [{"role": "user", "content": "Hi"}],
                        "stream": True, "stream_options": {"include_usage": True}}).encode()  # fmt: skip
     request = request_bytes(port, path, body, KEY)
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.05
+    start = time.perf_counter() + 0.05
+    held, until = start + PACED_OPENING, start + PACED_OPENING + PACED_HOLD
+    streams: list[StreamTimes] = []
 
-    async def at(i: int) -> StreamTimes:
-        # Stream i opens at its own time: a sleep after each opening would stretch the ramp by the
-        # loop's lateness (to 3.7 s for 2,000, seen: never more than 670 open at once).
-        await asyncio.sleep(start + i * PACED_OPENING / n - loop.time())
-        return await one_stream(port, request)
+    async def client(i: int) -> None:
+        # Each client starts at its own time: a sleep after each start would stretch the opening by
+        # the loop's lateness (to 3.7 s for 2,000, seen: never more than about 670 open at once).
+        await asyncio.sleep(start + i * PACED_OPENING / n - time.perf_counter())
+        while time.perf_counter() < until:
+            times = await one_stream(port, request)
+            streams.append(times)
+            if not (times.status == 200 and times.done):
+                return  # refused or cut: no client hammers a failing server
 
     with _collector_off():
-        return list(await asyncio.gather(*(at(i) for i in range(n))))
+        await asyncio.gather(*(client(i) for i in range(n)))
+    return streams, (held, until)
 
 
-def _stream_stats(streams: list[StreamTimes]) -> dict[str, float]:
+def _stream_stats(run: tuple[list[StreamTimes], tuple[float, float]]) -> dict[str, float]:
+    """Over the hold: time to first token of the streams sent in it, the gaps between events that
+    arrived in it, and how many streams were sending events at once (from a stream's first event to
+    its last, sampled every 10 ms: the least and the median)."""
+    streams, (held, until) = run
     ok = [s for s in streams if s.status == 200 and s.done and s.events]
-    ttft = [(s.events[0] - s.sent) * 1000 for s in ok]
-    gaps = [(b - a) * 1000 for s in ok for a, b in zip(s.events[1:], s.events[2:], strict=False)]
-    # The most streams open at once: from a request sent to its last event.
-    edges = sorted([(s.sent, 1) for s in ok] + [(s.events[-1], -1) for s in ok])
-    open_now = peak_open = 0
-    for _, step in edges:
-        open_now += step
-        peak_open = max(peak_open, open_now)
-    return {"streams": len(streams), "complete": len(ok), "peak_open": peak_open,
+    ttft = [(s.events[0] - s.sent) * 1000 for s in ok if held <= s.sent < until]
+    gaps = [(b - a) * 1000 for s in ok for a, b in zip(s.events[1:], s.events[2:], strict=False) if held <= b < until]
+    edges = sorted([(s.events[0], 1) for s in ok] + [(s.events[-1], -1) for s in ok])
+    flowing, at, now, tick = [], 0, 0, held
+    while tick < until:
+        while at < len(edges) and edges[at][0] <= tick:
+            now += edges[at][1]
+            at += 1
+        flowing.append(now)
+        tick += 0.01
+    return {"streams": len(streams), "complete": len(ok), "flowing_min": min(flowing, default=0),
+            "flowing_median": statistics.median(flowing) if flowing else 0,
             "ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
             "gap_p50_ms": percentile(gaps, 50), "gap_p99_ms": percentile(gaps, 99)}  # fmt: skip
+
+
+def _rounds_median(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Each figure the median of its rounds (peak memory: the most), and every round kept."""
+    out: dict[str, Any] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    if "peak_rss_mb" in out:
+        out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    out["rounds"] = runs
+    return out
 
 
 def _proc_sample(pid: int) -> tuple[float, int, float]:
@@ -381,28 +409,32 @@ def _proc_sample(pid: int) -> tuple[float, int, float]:
     return user + system, rss, system
 
 
-def _paced_through(proc: subprocess.Popen[bytes], port: int, path: str, n: int) -> dict[str, Any]:
-    """The paced streams through a server: their times, and meanwhile the server's share of a CPU, its
-    CPU time per event relayed (all of it, and the kernel's part: system calls), and its peak
-    resident memory. Per event includes each stream's share of opening and closing it."""
+def _paced_through(proc: subprocess.Popen[bytes] | None, port: int, path: str, n: int) -> dict[str, Any]:
+    """The paced streams through a server (None: straight from the upstream): their times, and
+    meanwhile the server's share of a CPU, its CPU time per event relayed (all of it, and the
+    kernel's part: system calls), and its peak resident memory. Per event includes each stream's
+    share of opening and closing it."""
     peak = 0
-    cpu0, _, sys0 = _proc_sample(proc.pid)
+    cpu0, _, sys0 = _proc_sample(proc.pid) if proc is not None else (0.0, 0, 0.0)
     started = time.perf_counter()
 
-    async def run() -> list[StreamTimes]:
+    async def run() -> tuple[list[StreamTimes], tuple[float, float]]:
         nonlocal peak
         task = asyncio.create_task(_paced_streams(port, path, n))
-        while not task.done():
+        while proc is not None and not task.done():
             peak = max(peak, _proc_sample(proc.pid)[1])
             await asyncio.sleep(0.2)
         return await task
 
     streams = uvloop.run(run())
+    stats = _stream_stats(streams)
+    if proc is None:
+        return stats
     cpu1, _, sys1 = _proc_sample(proc.pid)
     cpu, system = cpu1 - cpu0, sys1 - sys0
     wall = time.perf_counter() - started
-    events = sum(len(s.events) for s in streams)
-    return {**_stream_stats(streams), "cpu_percent": 100 * cpu / wall, "cpu_us_per_event": 1e6 * cpu / max(1, events),
+    events = sum(len(s.events) for s in streams[0])
+    return {**stats, "cpu_percent": 100 * cpu / wall, "cpu_us_per_event": 1e6 * cpu / max(1, events),
             "kernel_us_per_event": 1e6 * system / max(1, events), "peak_rss_mb": peak / 2**20}  # fmt: skip
 
 
@@ -421,34 +453,37 @@ def _relay_conf(work: Path, port: int, up_port: int) -> Path:
     return home
 
 
-def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
-    up = _stream_stats(uvloop.run(_paced_streams(up_port, "/paced/v1/chat/completions", n)))
+def _paced(work: Path, up_port: int, n: int, rounds: int) -> dict[str, Any]:
+    path = "/paced/v1/chat/completions"
+    up = _rounds_median([_paced_through(None, up_port, path, n) for _ in range(rounds)])
     # The same streams through a relay written in C, on the measured server's CPU: how much of the
     # gap this machine lets any relay keep.
     port = _free_port()
     home = _relay_conf(work, port, up_port)
     with _process([*_on_cpu(0), "nginx", "-c", str(home / "nginx.conf"), "-p", str(home)], port) as proc:
-        relay = _paced_through(proc, port, "/paced/v1/chat/completions", n)
+        relay = _rounds_median([_paced_through(proc, port, path, n) for _ in range(rounds)])
     # The same stack doing nothing else: what opening and relaying that many streams costs by itself.
     port = _free_port()
     with _process(_floor_cmd(port, up_port, "paced"), port) as proc:
-        floor = _paced_through(proc, port, "/paced/v1/chat/completions", n)
+        floor = _rounds_median([_paced_through(proc, port, path, n) for _ in range(rounds)])
     port = _free_port()
     with _process(gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-paced.log") as proc:
         collections0 = _collections(port)
-        gw = _paced_through(proc, port, "/v1/chat/completions", n)
+        gw = _rounds_median([_paced_through(proc, port, "/v1/chat/completions", n) for _ in range(rounds)])
         collections = {name: round(value - collections0[name], 4) for name, value in _collections(port).items()}
-    out = {"streams": n, "events_per_stream": PACED_EVENTS, "gap_ms": PACED_GAP * 1000, "upstream": up,
-           "nginx_relay": relay, "floor": floor, "gateway": gw,
-           "added_ttft_p50_ms": gw["ttft_p50_ms"] - up["ttft_p50_ms"],
-           "added_gap_p99_ms": gw["gap_p99_ms"] - up["gap_p99_ms"],
-           "gateway_cpu_percent": gw["cpu_percent"], "gateway_peak_rss_mb": gw["peak_rss_mb"],
-           "gateway_collector": collections}  # fmt: skip
-    for name in ("nginx_relay", "floor"):
+    out: dict[str, Any] = {
+        "streams": n, "events_per_stream": PACED_EVENTS, "gap_ms": PACED_GAP * 1000, "opening_s": PACED_OPENING,
+        "hold_s": PACED_HOLD, "rounds": rounds, "upstream": up, "nginx_relay": relay, "floor": floor, "gateway": gw,
+        "gateway_added_ttft_p50_ms": gw["ttft_p50_ms"] - up["ttft_p50_ms"],
+        "gateway_cpu_percent": gw["cpu_percent"], "gateway_peak_rss_mb": gw["peak_rss_mb"],
+        "gateway_collector": collections,
+    }  # fmt: skip
+    for name in ("nginx_relay", "floor", "gateway"):
         out[f"{name}_added_gap_p99_ms"] = out[name]["gap_p99_ms"] - up["gap_p99_ms"]
-    print(f"\npaced: {n} streams of {PACED_EVENTS} events {PACED_GAP * 1000:.0f} ms apart, opened over "
-          f"{PACED_OPENING:g} s, one worker")  # fmt: skip
-    print("| | complete | most open at once | TTFT p50 / p99 ms | gap p50 / p99 ms | CPU "
+    print(f"\npaced: {n} streams held open, each of {PACED_EVENTS} events {PACED_GAP * 1000:.0f} ms apart and then "
+          f"the next, over {PACED_HOLD:g} s after {PACED_OPENING:g} s of opening; one worker; medians of {rounds} "
+          "rounds")  # fmt: skip
+    print("| | complete | sending at once, least / median | TTFT p50 / p99 ms | gap p50 / p99 ms | CPU "
           "| CPU us per event (kernel's) | peak RSS MB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     rows = (("upstream alone", up), ("via nginx (C)", relay), ("via the floor", floor), ("via gateway", gw))
@@ -459,22 +494,23 @@ def _paced(work: Path, up_port: int, n: int) -> dict[str, Any]:
             if "cpu_percent" in s
             else " | | "
         )
-        print(f"| {name} | {s['complete']}/{s['streams']} | {s['peak_open']} | "
-              f"{s['ttft_p50_ms']:.1f} / {s['ttft_p99_ms']:.1f} | {s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} | "
-              f"{cost} |")  # fmt: skip
+        print(f"| {name} | {s['complete']:.0f}/{s['streams']:.0f} | {s['flowing_min']:.0f} / "
+              f"{s['flowing_median']:.0f} | {s['ttft_p50_ms']:.1f} / {s['ttft_p99_ms']:.1f} | "
+              f"{s['gap_p50_ms']:.2f} / {s['gap_p99_ms']:.2f} | {cost} |")  # fmt: skip
     print(f"added gap p99: nginx {out['nginx_relay_added_gap_p99_ms']:.2f} ms, floor "
-          f"{out['floor_added_gap_p99_ms']:.2f} ms, gateway {out['added_gap_p99_ms']:.2f} ms; gateway added TTFT "
-          f"p50 {out['added_ttft_p50_ms']:.2f} ms, CPU {out['gateway_cpu_percent']:.0f}%, peak RSS "
-          f"{out['gateway_peak_rss_mb']:.0f} MB")  # fmt: skip
-    # At the peak every stream is open: n streams, an event each per gap.
-    peak_rate = n / PACED_GAP
-    out["peak_events_per_second"] = peak_rate
-    out["floor_kernel_cpus_at_peak"] = round(peak_rate * floor["kernel_us_per_event"] / 1e6, 2)
-    out["floor_cpus_at_peak"] = round(peak_rate * floor["cpu_us_per_event"] / 1e6, 2)
-    print(
-        f"at the peak {peak_rate:,.0f} events/s: the floor's system calls alone would take "
-        f"{out['floor_kernel_cpus_at_peak']:.2f} of a CPU, its whole work {out['floor_cpus_at_peak']:.2f}"
-    )
+          f"{out['floor_added_gap_p99_ms']:.2f} ms, gateway {out['gateway_added_gap_p99_ms']:.2f} ms; gateway "
+          f"added TTFT p50 {out['gateway_added_ttft_p50_ms']:.2f} ms, CPU {out['gateway_cpu_percent']:.0f}%, "
+          f"peak RSS {out['gateway_peak_rss_mb']:.0f} MB")  # fmt: skip
+    # All n streams sending: each sends its events and `[DONE]` over PACED_EVENTS gaps.
+    rate = n * (PACED_EVENTS + 1) / (PACED_EVENTS * PACED_GAP)
+    out["events_per_second_all_sending"] = rate
+    out["cpus_at_that_rate"] = {name: round(rate * out[name]["cpu_us_per_event"] / 1e6, 2)
+                                for name in ("nginx_relay", "floor", "gateway")}  # fmt: skip
+    out["floor_kernel_cpus_at_that_rate"] = round(rate * floor["kernel_us_per_event"] / 1e6, 2)
+    cpus = out["cpus_at_that_rate"]
+    print(f"with all {n} sending, {rate:,.0f} events/s, at its cost per event: nginx would take "
+          f"{cpus['nginx_relay']:.2f} CPUs, the floor {cpus['floor']:.2f} (its system calls alone "
+          f"{out['floor_kernel_cpus_at_that_rate']:.2f}), the gateway {cpus['gateway']:.2f}")  # fmt: skip
     print("gateway's garbage collector meanwhile (gateway_gc_pause_seconds): "
           + ", ".join(f"{name} {value:g}" for name, value in collections.items()))  # fmt: skip
     return out
@@ -556,6 +592,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; each figure is their median")
     parser.add_argument("--streams", type=int, default=2000, help="concurrent streams in the paced scenario")
+    parser.add_argument("--paced-rounds", type=int, default=3, help="paced rounds; each figure is their median")
     parser.add_argument("--soak-minutes", type=float, default=10.0)
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no package index needed)")
     parser.add_argument("--profile", action="store_true", help="record a py-spy flame graph of the gateway")
@@ -583,7 +620,7 @@ def main() -> int:
                 data = _throughput(work, up_port, args.seconds, args.rounds, args.profile, args.no_litellm)
                 report["throughput"] = _print_throughput(data)
             if args.part in ("all", "paced"):
-                report["paced"] = _paced(work, up_port, args.streams)
+                report["paced"] = _paced(work, up_port, args.streams, args.paced_rounds)
             if args.part in ("all", "soak"):
                 report["soak"] = _soak(work, args.soak_minutes)
     if args.json is not None:
