@@ -15,8 +15,8 @@ paced       an upstream streaming 40 events 25 ms apart; N clients (default 2,00
             straight from the upstream, through nginx as a bare relay (what a relay in C does on
             this machine), through the floor, and through one gateway worker. Over the hold: added
             time to first token, added p99 gap between events, how many streams were sending at
-            once; the relays' CPU, CPU time per event (and the kernel's part) and peak resident
-            memory. Each figure is the median of --paced-rounds (3).
+            once, the relays' share of a CPU; over the whole run, their CPU time per event (and the
+            kernel's part) and peak resident memory. Each figure is the median of --paced-rounds (3).
 soak        mixed buffered and streamed traffic, some clients leaving mid-stream, for --soak-minutes;
             the gateway's resident memory sampled every 10 s and its growth.
 
@@ -410,19 +410,21 @@ def _proc_sample(pid: int) -> tuple[float, int, float]:
 
 
 def _paced_through(proc: subprocess.Popen[bytes] | None, port: int, path: str, n: int) -> dict[str, Any]:
-    """The paced streams through a server (None: straight from the upstream): their times, and
-    meanwhile the server's share of a CPU, its CPU time per event relayed (all of it, and the
-    kernel's part: system calls), and its peak resident memory. Per event includes each stream's
-    share of opening and closing it."""
+    """The paced streams through a server (None: straight from the upstream): their times, and the
+    server's share of a CPU over the hold, its CPU time per event relayed over the whole run (all of
+    it, and the kernel's part: system calls; each stream's opening and closing included), and its
+    peak resident memory."""
     peak = 0
+    samples: list[tuple[float, float]] = []  # (time.perf_counter(), CPU seconds used so far)
     cpu0, _, sys0 = _proc_sample(proc.pid) if proc is not None else (0.0, 0, 0.0)
-    started = time.perf_counter()
 
     async def run() -> tuple[list[StreamTimes], tuple[float, float]]:
         nonlocal peak
         task = asyncio.create_task(_paced_streams(port, path, n))
         while proc is not None and not task.done():
-            peak = max(peak, _proc_sample(proc.pid)[1])
+            cpu, rss, _ = _proc_sample(proc.pid)
+            samples.append((time.perf_counter(), cpu))
+            peak = max(peak, rss)
             await asyncio.sleep(0.2)
         return await task
 
@@ -432,9 +434,11 @@ def _paced_through(proc: subprocess.Popen[bytes] | None, port: int, path: str, n
         return stats
     cpu1, _, sys1 = _proc_sample(proc.pid)
     cpu, system = cpu1 - cpu0, sys1 - sys0
-    wall = time.perf_counter() - started
     events = sum(len(s.events) for s in streams[0])
-    return {**stats, "cpu_percent": 100 * cpu / wall, "cpu_us_per_event": 1e6 * cpu / max(1, events),
+    held, until = streams[1]
+    during = [(t, c) for t, c in samples if held <= t <= until]
+    share = (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) > 1 else 0.0
+    return {**stats, "cpu_percent": 100 * share, "cpu_us_per_event": 1e6 * cpu / max(1, events),
             "kernel_us_per_event": 1e6 * system / max(1, events), "peak_rss_mb": peak / 2**20}  # fmt: skip
 
 
@@ -586,13 +590,20 @@ def _load_generator_on_cpu_1() -> None:
         os.sched_setaffinity(0, {1})
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("all", "throughput", "paced", "soak"), default="all")
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; each figure is their median")
-    parser.add_argument("--streams", type=int, default=2000, help="concurrent streams in the paced scenario")
-    parser.add_argument("--paced-rounds", type=int, default=3, help="paced rounds; each figure is their median")
+    parser.add_argument("--streams", type=_at_least_one, default=2000, help="streams held open in the paced scenario")
+    parser.add_argument("--paced-rounds", type=_at_least_one, default=3, help="paced rounds (figures: medians)")
     parser.add_argument("--soak-minutes", type=float, default=10.0)
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no package index needed)")
     parser.add_argument("--profile", action="store_true", help="record a py-spy flame graph of the gateway")
