@@ -409,19 +409,18 @@ def _proc_sample(pid: int) -> tuple[float, int, float]:
     return user + system, rss, system
 
 
-def _paced_through(proc: subprocess.Popen[bytes] | None, port: int, path: str, n: int) -> dict[str, Any]:
-    """The paced streams through a server (None: straight from the upstream): their times, and the
-    server's share of a CPU over the hold, its CPU time per event relayed over the whole run (all of
-    it, and the kernel's part: system calls; each stream's opening and closing included), and its
-    peak resident memory."""
+def _paced_through(proc: subprocess.Popen[bytes], port: int, path: str, n: int) -> dict[str, Any]:
+    """The paced streams through a server: their times, and the server's share of a CPU over the
+    hold, its CPU time per event relayed over the whole run (all of it, and the kernel's part: system
+    calls; each stream's opening and closing included), and its peak resident memory."""
     peak = 0
     samples: list[tuple[float, float]] = []  # (time.perf_counter(), CPU seconds used so far)
-    cpu0, _, sys0 = _proc_sample(proc.pid) if proc is not None else (0.0, 0, 0.0)
+    cpu0, _, sys0 = _proc_sample(proc.pid)
 
     async def run() -> tuple[list[StreamTimes], tuple[float, float]]:
         nonlocal peak
         task = asyncio.create_task(_paced_streams(port, path, n))
-        while proc is not None and not task.done():
+        while not task.done():
             cpu, rss, _ = _proc_sample(proc.pid)
             samples.append((time.perf_counter(), cpu))
             peak = max(peak, rss)
@@ -429,16 +428,13 @@ def _paced_through(proc: subprocess.Popen[bytes] | None, port: int, path: str, n
         return await task
 
     streams = uvloop.run(run())
-    stats = _stream_stats(streams)
-    if proc is None:
-        return stats
     cpu1, _, sys1 = _proc_sample(proc.pid)
     cpu, system = cpu1 - cpu0, sys1 - sys0
     events = sum(len(s.events) for s in streams[0])
     held, until = streams[1]
     during = [(t, c) for t, c in samples if held <= t <= until]
     share = (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) > 1 else 0.0
-    return {**stats, "cpu_percent": 100 * share, "cpu_us_per_event": 1e6 * cpu / max(1, events),
+    return {**_stream_stats(streams), "cpu_percent": 100 * share, "cpu_us_per_event": 1e6 * cpu / max(1, events),
             "kernel_us_per_event": 1e6 * system / max(1, events), "peak_rss_mb": peak / 2**20}  # fmt: skip
 
 
@@ -459,21 +455,25 @@ def _relay_conf(work: Path, port: int, up_port: int) -> Path:
 
 def _paced(work: Path, up_port: int, n: int, rounds: int) -> dict[str, Any]:
     path = "/paced/v1/chat/completions"
-    up = _rounds_median([_paced_through(None, up_port, path, n) for _ in range(rounds)])
+
+    def through(proc: subprocess.Popen[bytes], port: int, path: str) -> dict[str, Any]:
+        return _rounds_median([_paced_through(proc, port, path, n) for _ in range(rounds)])
+
+    up = _rounds_median([_stream_stats(uvloop.run(_paced_streams(up_port, path, n))) for _ in range(rounds)])
     # The same streams through a relay written in C, on the measured server's CPU: how much of the
     # gap this machine lets any relay keep.
     port = _free_port()
     home = _relay_conf(work, port, up_port)
     with _process([*_on_cpu(0), "nginx", "-c", str(home / "nginx.conf"), "-p", str(home)], port) as proc:
-        relay = _rounds_median([_paced_through(proc, port, path, n) for _ in range(rounds)])
+        relay = through(proc, port, path)
     # The same stack doing nothing else: what opening and relaying that many streams costs by itself.
     port = _free_port()
     with _process(_floor_cmd(port, up_port, "paced"), port) as proc:
-        floor = _rounds_median([_paced_through(proc, port, path, n) for _ in range(rounds)])
+        floor = through(proc, port, path)
     port = _free_port()
     with _process(gateway_cmd(work, port), port, GATEWAY_ENV, work / "access-paced.log") as proc:
         collections0 = _collections(port)
-        gw = _rounds_median([_paced_through(proc, port, "/v1/chat/completions", n) for _ in range(rounds)])
+        gw = through(proc, port, "/v1/chat/completions")
         collections = {name: round(value - collections0[name], 4) for name, value in _collections(port).items()}
     out: dict[str, Any] = {
         "streams": n, "events_per_stream": PACED_EVENTS, "gap_ms": PACED_GAP * 1000, "opening_s": PACED_OPENING,
