@@ -241,6 +241,7 @@ class RedisLedger:
         self._fresh = 0
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
+        self._closing = False
         self._failing = False
 
     def record(self, record: UsageRecord) -> None:
@@ -272,11 +273,16 @@ class RedisLedger:
         self._task = asyncio.create_task(self._run(), name="ledger-flush")
 
     async def _run(self) -> None:
-        while True:
+        # Ends on `_closing` as well as on its cancellation: a cancellation that meets a Redis
+        # call's own timeout can come out as that TimeoutError, a Redis error the flush keeps
+        # queued, and the loop would go on (a shutdown that waited for it hung, seen in CI).
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                break
             try:
                 await self.flush()
             except Exception:  # a bug must not stop every later write
@@ -433,6 +439,8 @@ class RedisLedger:
 
     async def aclose(self) -> None:
         if self._task is not None:
+            self._closing = True
+            self._wake.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

@@ -157,6 +157,34 @@ async def test_flushes_at_once_write_each_batch_once(redis_url: str) -> None:
     await ledger.aclose()
 
 
+async def test_close_ends_the_flush_loop_when_a_redis_call_swallows_its_cancellation(redis_url: str) -> None:
+    """A cancellation that meets a Redis call's own timeout can come out of it as a TimeoutError,
+    which the flush takes for an outage: closing must not wait for the loop forever."""
+    ledger = RedisLedger(redis_url, flush_interval=60, flush_entries=1)
+    await ledger.start()
+    calls = 0
+
+    async def swallowing(batch: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise TimeoutError  # Redis still "down" for the closing flush
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise TimeoutError from None
+
+    ledger._apply = swallowing  # type: ignore[method-assign]
+    ledger.record(UsageRecord("joy", "m", Usage(1, 1, 2), request_id="r0"))
+    await _polled(lambda: asyncio.sleep(0, calls))
+    closing = asyncio.ensure_future(ledger.aclose())
+    done, _ = await asyncio.wait({closing}, timeout=5)  # not `wait_for`: its own cancel would end the loop
+    if not done:
+        closing.cancel()
+    assert done and closing.result() is None
+    assert ledger.queued() == 1  # kept (no spool here), not written twice or lost from the count
+
+
 @pytest.mark.parametrize("entries", [None, 10])
 async def test_a_busy_ledger_writes_before_its_interval_is_over(redis_url: str, entries: int | None) -> None:
     """After FLUSH_ENTRIES log entries by default, or as many as `flush_entries` says."""
