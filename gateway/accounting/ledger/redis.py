@@ -273,9 +273,9 @@ class RedisLedger:
         self._task = asyncio.create_task(self._run(), name="ledger-flush")
 
     async def _run(self) -> None:
-        # Ends on `_closing` as well as on its cancellation: a cancellation that meets a Redis
-        # call's own timeout can come out as that TimeoutError, a Redis error the flush keeps
-        # queued, and the loop would go on (a shutdown that waited for it hung, seen in CI).
+        # Ends on `_closing` as well as on its cancellation, which was seen swallowed on its way
+        # through a Redis call (most likely as that call's own TimeoutError, an outage to the
+        # flush): the loop went on, and a shutdown waiting for it hung.
         while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
